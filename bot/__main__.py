@@ -1,0 +1,5 @@
+"""``python -m bot`` runs the CLI."""
+
+from bot.interfaces.cli import main
+
+main()

@@ -1,0 +1,384 @@
+"""Settings: ``tocsin.yaml`` validated with pydantic; secrets only from the environment.
+
+Loaded once in ``main`` (or a test) and passed down; nothing reads configuration at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bot.domain.models import ChannelName, DeliveryPolicy, Role, StatementKind
+from bot.domain.phone import normalise_phone
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``10m`` → 600.0; numbers are seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 10m, 1h)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file, the key path and why."""
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors, so that a typo never silently disables something."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Organisation(Strict):
+    name: str = "Tocsin"
+    locale: str = "fr"
+    locales: tuple[str, ...] = ("fr", "en")
+    timezone: str = "Europe/Paris"
+    region: str | None = None  # default phone region; derived from the locale when absent
+
+    @property
+    def phone_region(self) -> str:
+        return self.region or {"fr": "FR", "en": "GB"}.get(self.locale, "FR")
+
+
+class Storage(Strict):
+    url: str = "sqlite:///tocsin.db"
+
+
+class Server(Strict):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = "http://127.0.0.1:8080"
+
+
+class ApiToken(Strict):
+    name: str
+    token_env: str
+    role: Role
+
+
+class Auth(Strict):
+    tokens: tuple[ApiToken, ...] = ()
+    slack_users: dict[str, Role] = Field(default_factory=dict)
+    telegram_users: dict[str, Role] = Field(default_factory=dict)
+    secret_key_env: str = "TOCSIN_SECRET_KEY"
+
+
+class DeliverySettings(Strict):
+    lease_seconds: float = 60.0
+    concurrency: int = Field(default=50, ge=1, le=1000)
+    batch_size: int = Field(default=200, ge=1, le=5000)
+    max_attempts: int = Field(default=8, ge=1)
+    backoff_base: Duration = 2.0
+    backoff_max: Duration = 300.0
+    poll_interval: Duration = 0.5
+    shutdown_timeout: Duration = 10.0
+
+
+class SlackChannelSettings(Strict):
+    bot_token_env: str = "SLACK_BOT_TOKEN"
+    signing_secret_env: str = "SLACK_SIGNING_SECRET"
+    api_url: str = "https://slack.com/api/"
+    incident_channel: str | None = None
+    press_channel: str | None = None
+
+
+class TelegramChannelSettings(Strict):
+    token_env: str = "TELEGRAM_BOT_TOKEN"
+    webhook_secret_env: str = "TELEGRAM_WEBHOOK_SECRET"
+    api_url: str = "https://api.telegram.org"
+
+
+class SmsChannelSettings(Strict):
+    provider: Literal["kannel", "twilio"] = "kannel"
+    url: str = "http://127.0.0.1:13013/cgi-bin/sendsms"
+    username_env: str = "KANNEL_USER"
+    password_env: str = "KANNEL_PASSWORD"
+    account_sid_env: str = "TWILIO_ACCOUNT_SID"
+    auth_token_env: str = "TWILIO_AUTH_TOKEN"
+    api_url: str = "https://api.twilio.com"
+    sender: str | None = None
+    max_segments: int = Field(default=2, ge=1, le=10)
+
+
+class EmailChannelSettings(Strict):
+    host: str = "127.0.0.1"
+    port: int = 25
+    starttls: bool = False
+    use_tls: bool = False
+    username_env: str | None = None
+    password_env: str | None = None
+    ca_file: str | None = None
+    from_: str = Field(default="tocsin@example.org", alias="from")
+    timeout: Duration = 10.0
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class WebhookChannelSettings(Strict):
+    timeout: Duration = 10.0
+
+
+class Channels(Strict):
+    slack: SlackChannelSettings | None = None
+    telegram: TelegramChannelSettings | None = None
+    sms: SmsChannelSettings | None = None
+    email: EmailChannelSettings | None = None
+    webhook: WebhookChannelSettings = WebhookChannelSettings()
+
+    def configured(self) -> set[ChannelName]:
+        names = {ChannelName.WEBHOOK}
+        for name in (ChannelName.SLACK, ChannelName.TELEGRAM, ChannelName.SMS, ChannelName.EMAIL):
+            if getattr(self, name.value) is not None:
+                names.add(name)
+        return names
+
+
+DESTINATION_KINDS: dict[str, ChannelName] = {
+    "slack_channel": ChannelName.SLACK,
+    "telegram_chat": ChannelName.TELEGRAM,
+    "email_list": ChannelName.EMAIL,
+    "webhook": ChannelName.WEBHOOK,
+}
+
+
+class Destination(Strict):
+    """A channel, group or list reached as one delivery."""
+
+    slack_channel: str | None = None
+    telegram_chat: str | None = None
+    email_list: str | None = None
+    webhook: str | None = None
+    name: str | None = None
+    locale: str | None = None
+
+    @field_validator("telegram_chat", "slack_channel", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Destination:
+        given = [key for key in DESTINATION_KINDS if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "a destination needs exactly one of " + ", ".join(DESTINATION_KINDS)
+                + f" (got {', '.join(given) or 'none'})"
+            )
+        if self.webhook is not None and not self.webhook.startswith(("http://", "https://")):
+            raise ValueError("webhook must be an http:// or https:// URL")
+        return self
+
+    @property
+    def channel(self) -> ChannelName:
+        return next(DESTINATION_KINDS[k] for k in DESTINATION_KINDS if getattr(self, k))
+
+    @property
+    def address(self) -> str:
+        return next(str(getattr(self, k)) for k in DESTINATION_KINDS if getattr(self, k))
+
+
+class Member(Strict):
+    """A person, reached on the first channel of the audience policy that works for them."""
+
+    name: str
+    site: str | None = None
+    locale: str | None = None
+    telegram: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    slack: str | None = None
+    deputy: bool = False
+
+    @field_validator("telegram", mode="before")
+    @classmethod
+    def _telegram_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+            raise ValueError("not an e-mail address")
+        return value
+
+    def contacts(self) -> dict[str, str]:
+        """Addresses by channel name."""
+        pairs = {
+            ChannelName.TELEGRAM: self.telegram,
+            ChannelName.SMS: self.phone,
+            ChannelName.EMAIL: self.email,
+            ChannelName.SLACK: self.slack,
+        }
+        return {k.value: v for k, v in pairs.items() if v}
+
+
+class Policy(Strict):
+    channels: tuple[ChannelName, ...] = ()
+    require_ack: bool = False
+    escalate_after: Duration | None = None
+    escalate_via: ChannelName | None = None
+    confirm_per_site: int = Field(default=0, ge=0)
+
+    def to_domain(self) -> DeliveryPolicy:
+        return DeliveryPolicy(
+            channels=self.channels,
+            require_ack=self.require_ack,
+            escalate_after_s=self.escalate_after,
+            escalate_via=self.escalate_via,
+            confirm_per_site=self.confirm_per_site,
+        )
+
+
+class AudienceSettings(Strict):
+    statement: StatementKind
+    destinations: tuple[Destination, ...] = ()
+    members: tuple[Member, ...] = ()
+    policy: Policy = Policy()
+
+    @model_validator(mode="after")
+    def _policy_fits(self) -> AudienceSettings:
+        if self.members and not self.policy.channels:
+            raise ValueError("an audience with members needs policy.channels")
+        for member in self.members:
+            if not any(member.contacts().get(c.value) for c in self.policy.channels):
+                raise ValueError(
+                    f"member {member.name!r} has no address for any of the policy's channels"
+                )
+        return self
+
+
+class Settings(Strict):
+    """The whole of ``tocsin.yaml``."""
+
+    organisation: Organisation = Organisation()
+    storage: Storage = Storage()
+    server: Server = Server()
+    auth: Auth = Auth()
+    delivery: DeliverySettings = DeliverySettings()
+    channels: Channels = Channels()
+    audiences: dict[str, AudienceSettings] = Field(default_factory=dict)
+    default_audiences: tuple[str, ...] = ()
+    templates_dir: str | None = None
+    base_dir: str = "."
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        for name in self.default_audiences:
+            if name not in self.audiences:
+                raise ValueError(f"default_audiences: unknown audience {name!r}")
+        configured = self.channels.configured()
+        for aname, audience in self.audiences.items():
+            used = {d.channel for d in audience.destinations} | set(audience.policy.channels)
+            if audience.policy.escalate_via:
+                used.add(audience.policy.escalate_via)
+            missing = sorted(c.value for c in used - configured)
+            if missing:
+                raise ValueError(
+                    f"audiences.{aname}: channel(s) {', '.join(missing)} not configured "
+                    "under channels"
+                )
+        return self
+
+    def secret(self, env_name: str | None, *, required: bool = True) -> SecretStr | None:
+        """Read a secret from the environment (never from the file)."""
+        if not env_name:
+            return None
+        value = os.environ.get(env_name)
+        if value is None:
+            if required:
+                raise ConfigError(f"environment variable {env_name} is not set")
+            return None
+        return SecretStr(value)
+
+    def resolve_path(self, relative: str) -> Path:
+        """Paths in the config are relative to the config file's folder."""
+        path = Path(relative)
+        return path if path.is_absolute() else Path(self.base_dir) / path
+
+    @property
+    def database_url(self) -> str:
+        url = self.storage.url
+        if url.startswith("sqlite:///"):
+            raw = url.removeprefix("sqlite:///")
+            if raw != ":memory:":
+                return "sqlite:///" + str(self.resolve_path(raw))
+        return url
+
+
+def _normalise_phones(data: dict[str, Any]) -> None:
+    region = (data.get("organisation") or {}).get("region") or {"fr": "FR", "en": "GB"}.get(
+        (data.get("organisation") or {}).get("locale", "fr"), "FR"
+    )
+    audiences = data.get("audiences") or {}
+    if not isinstance(audiences, dict):
+        return
+    for aname, audience in audiences.items():
+        members = (audience or {}).get("members") if isinstance(audience, dict) else None
+        if not isinstance(members, list):
+            continue
+        for index, member in enumerate(members):
+            if isinstance(member, dict) and member.get("phone") is not None:
+                try:
+                    member["phone"] = normalise_phone(str(member["phone"]), region)
+                except ValueError as exc:
+                    raise ConfigError(
+                        f"audiences.{aname}.members.{index}.phone: {exc}"
+                    ) from None
+
+
+def settings_from_dict(data: dict[str, Any], *, source: str = "<config>") -> Settings:
+    """Validate a configuration mapping; errors name the source, the key path and why."""
+    data = dict(data)
+    try:
+        _normalise_phones(data)
+        return Settings.model_validate(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            message = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {path}: {message}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Load and validate a ``tocsin.yaml``."""
+    file = Path(path)
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no such configuration file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{file}{where}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping")
+    raw.setdefault("base_dir", str(file.resolve().parent))
+    return settings_from_dict(raw, source=str(file))

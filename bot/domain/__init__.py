@@ -1,0 +1,1 @@
+"""The domain: incidents, statements, audiences, deliveries. Knows no transport and no SQL."""

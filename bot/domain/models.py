@@ -1,0 +1,276 @@
+"""Domain records. Frozen dataclasses: a change is a new record, written through the store."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Severity(StrEnum):
+    """How bad an incident is."""
+
+    MINOR = "minor"
+    MAJOR = "major"
+    CRITICAL = "critical"
+
+
+class IncidentStatus(StrEnum):
+    """Lifecycle of an incident: draft → investigating → identified → monitoring → resolved."""
+
+    DRAFT = "draft"
+    INVESTIGATING = "investigating"
+    IDENTIFIED = "identified"
+    MONITORING = "monitoring"
+    RESOLVED = "resolved"
+
+
+class StatementKind(StrEnum):
+    """Audience-specific kinds of statement."""
+
+    INTERNAL = "internal"
+    DEPARTMENT_HEADS = "department_heads"
+    PRESS = "press"
+    PUBLIC = "public"
+    SMS = "sms"
+
+
+# Statements of these kinds need a second person's approval before they go out.
+APPROVAL_KINDS = frozenset({StatementKind.PRESS, StatementKind.PUBLIC})
+
+
+class StatementStatus(StrEnum):
+    """Approval state of one statement version."""
+
+    DRAFT = "draft"
+    APPROVED = "approved"
+    PUBLISHED = "published"
+    SUPERSEDED = "superseded"
+
+
+class DeliveryState(StrEnum):
+    """Where one (statement, recipient, channel) delivery stands."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    ACKNOWLEDGED = "acknowledged"
+    FAILED = "failed"
+    RETRYING = "retrying"
+    CANCELLED = "cancelled"
+
+
+# The worker still has something to do for these.
+PENDING_STATES = frozenset({DeliveryState.QUEUED, DeliveryState.SENDING, DeliveryState.RETRYING})
+# Forward-only order of the success path; provider callbacks never move a delivery backwards.
+PROGRESS_RANK: Mapping[DeliveryState, int] = {
+    DeliveryState.QUEUED: 0,
+    DeliveryState.RETRYING: 0,
+    DeliveryState.SENDING: 1,
+    DeliveryState.SENT: 2,
+    DeliveryState.DELIVERED: 3,
+    DeliveryState.ACKNOWLEDGED: 4,
+    DeliveryState.FAILED: 5,
+    DeliveryState.CANCELLED: 5,
+}
+
+
+class ChannelName(StrEnum):
+    """Outbound channels."""
+
+    EMAIL = "email"
+    WEBHOOK = "webhook"
+    SLACK = "slack"
+    TELEGRAM = "telegram"
+    SMS = "sms"
+
+
+class Role(StrEnum):
+    """Who may do what. ``viewer`` < ``responder`` < ``admin``; ``press`` approves statements."""
+
+    VIEWER = "viewer"
+    RESPONDER = "responder"
+    ADMIN = "admin"
+    PRESS = "press"
+
+
+ROLE_RANK: Mapping[Role, int] = {Role.VIEWER: 0, Role.PRESS: 1, Role.RESPONDER: 1, Role.ADMIN: 2}
+
+
+@dataclass(frozen=True)
+class Actor:
+    """An authenticated person or system acting on Tocsin."""
+
+    name: str
+    role: Role
+
+    def can(self, needed: Role) -> bool:
+        """True when this actor holds ``needed`` (admin holds every role)."""
+        if self.role == Role.ADMIN or self.role == needed:
+            return True
+        if needed == Role.PRESS:
+            return False
+        if self.role == Role.PRESS:
+            return needed == Role.VIEWER
+        return ROLE_RANK[self.role] >= ROLE_RANK[needed]
+
+
+@dataclass(frozen=True)
+class Incident:
+    """An outage being communicated."""
+
+    id: str
+    title: str
+    systems: tuple[str, ...]
+    unaffected: tuple[str, ...]
+    impact: tuple[str, ...]
+    sites: tuple[str, ...]
+    severity: Severity
+    status: IncidentStatus
+    cause: str
+    locale: str
+    declared_by: str
+    claims: tuple[str, ...]
+    audiences: tuple[str, ...]
+    created_at: datetime
+    updated_at: datetime
+    resolved_at: datetime | None = None
+    source: str = "manual"
+    source_key: str | None = None
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One append-only event in an incident's history: who, when, what."""
+
+    incident_id: str
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One rendered message of a kind in a locale, for one event (``seq``) of an incident.
+
+    ``bodies`` holds one rendering per format (``subject``, ``text``, ``html``, ``slack``,
+    ``telegram``, ``sms``); channels pick the formats they need.
+    """
+
+    id: str
+    incident_id: str
+    seq: int
+    event: str
+    kind: StatementKind
+    locale: str
+    version: int
+    status: StatementStatus
+    text: str
+    bodies: Mapping[str, str]
+    author: str
+    approved_by: str | None
+    created_at: datetime
+    claims: tuple[str, ...] = ()
+    audiences: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """How an audience is reached: channel preference, acknowledgement and escalation."""
+
+    channels: tuple[ChannelName, ...] = ()
+    require_ack: bool = False
+    escalate_after_s: float | None = None
+    escalate_via: ChannelName | None = None
+    confirm_per_site: int = 0
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One (statement, recipient, channel) send, and the work-queue row behind it."""
+
+    id: int
+    incident_id: str
+    seq: int
+    statement_id: str
+    audience: str
+    recipient: str
+    channel: ChannelName
+    address: str
+    state: DeliveryState
+    locale: str
+    site: str | None
+    contacts: Mapping[str, str]
+    policy: DeliveryPolicy
+    ack_token: str
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    provider_id: str | None = None
+    last_error: str | None = None
+    failover_of: int | None = None
+    escalation_of: int | None = None
+    root_id: int | None = None
+    escalate_at: datetime | None = None
+    acknowledged_by: str | None = None
+    acknowledged_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def is_member(self) -> bool:
+        """A person (with contacts to fail over to), not a channel/list destination."""
+        return bool(self.contacts)
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """A delivery to be inserted (the store assigns its id)."""
+
+    incident_id: str
+    seq: int
+    statement_id: str
+    audience: str
+    recipient: str
+    channel: ChannelName
+    address: str
+    locale: str
+    site: str | None
+    contacts: Mapping[str, str]
+    policy: DeliveryPolicy
+    ack_token: str
+    next_attempt_at: datetime
+    failover_of: int | None = None
+    escalation_of: int | None = None
+    root_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try at sending a delivery, as the provider answered it."""
+
+    delivery_id: int
+    at: datetime
+    outcome: str
+    provider_id: str | None = None
+    error: str | None = None
+    code: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the worker learned from one attempt; the store applies it atomically."""
+
+    delivery_id: int
+    state: DeliveryState
+    attempt: Attempt
+    next_attempt_at: datetime | None = None
+    escalate_at: datetime | None = None
+    count_attempt: bool = True
+    follow_up: NewDelivery | None = None

@@ -243,8 +243,9 @@ class Policy(Strict):
     escalate_via: ChannelName | None = None
     confirm_per_site: int = Field(default=0, ge=0)
 
-    def to_domain(self) -> DeliveryPolicy:
+    def to_domain(self, kind: StatementKind) -> DeliveryPolicy:
         return DeliveryPolicy(
+            kind=kind,
             channels=self.channels,
             require_ack=self.require_ack,
             escalate_after_s=self.escalate_after,

@@ -93,7 +93,6 @@ class Changes:
     statements: list[Statement] = field(default_factory=list)
     statement_updates: list[Statement] = field(default_factory=list)
     deliveries: list[NewDelivery] = field(default_factory=list)
-    cancel_deliveries_of_seq: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +101,9 @@ class Page:
 
     limit: int = 1000
     offset: int = 0
+
+
+FIRST_PAGE = Page()
 
 
 class Store(Protocol):
@@ -117,8 +119,8 @@ class Store(Protocol):
 
     async def ping(self) -> bool: ...
 
-    async def commit(self, changes: Changes) -> list[int]:
-        """Write ``changes`` atomically; return the ids of the new deliveries, in order."""
+    async def commit(self, changes: Changes) -> None:
+        """Write ``changes`` atomically (a unique-key clash raises ``Conflict``)."""
         ...
 
     async def next_incident_number(self, prefix: str) -> int: ...
@@ -127,7 +129,7 @@ class Store(Protocol):
 
     async def find_incident_by_source(self, source: str, key: str) -> Incident | None: ...
 
-    async def list_incidents(self, page: Page = Page()) -> list[Incident]: ...
+    async def list_incidents(self, page: Page = FIRST_PAGE) -> list[Incident]: ...
 
     async def timeline(self, incident_id: str) -> list[TimelineEntry]: ...
 
@@ -137,7 +139,7 @@ class Store(Protocol):
 
     async def get_statements(self, ids: Sequence[str]) -> list[Statement]: ...
 
-    async def deliveries(self, incident_id: str, page: Page = Page()) -> list[Delivery]: ...
+    async def deliveries(self, incident_id: str, page: Page = FIRST_PAGE) -> list[Delivery]: ...
 
     async def delivery_counts(self, incident_id: str) -> dict[str, int]: ...
 
@@ -156,10 +158,10 @@ class Store(Protocol):
         lease) to ``worker`` and mark them ``sending``."""
         ...
 
-    async def record(self, outcomes: Sequence[Outcome]) -> list[int]:
+    async def record(self, outcomes: Sequence[Outcome]) -> int:
         """Apply outcomes (state, attempt row, follow-up delivery) in one transaction; an
-        outcome whose delivery moved on meanwhile (acknowledged, cancelled) changes nothing but
-        its attempt row. Returns ids of follow-up deliveries."""
+        outcome whose delivery moved on meanwhile (acknowledged, cancelled, reported delivered)
+        keeps that state but gets its attempt row. Returns the number of follow-ups queued."""
         ...
 
     async def release(self, delivery_ids: Sequence[int], worker: str, at: datetime) -> None:
@@ -186,7 +188,10 @@ class Store(Protocol):
 
     async def due_escalations(self, now: datetime, limit: int) -> list[Delivery]: ...
 
-    async def mark_escalated(self, delivery_id: int, follow_up: NewDelivery) -> int | None: ...
+    async def mark_escalated(self, delivery_id: int, follow_up: NewDelivery) -> bool:
+        """Flag a delivery as escalated and queue ``follow_up``, once; False if already done
+        or acknowledged meanwhile."""
+        ...
 
     async def pending_count(self, incident_id: str | None = None) -> int: ...
 

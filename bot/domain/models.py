@@ -188,6 +188,8 @@ class DeliveryPolicy:
     escalate_after_s: float | None = None
     escalate_via: ChannelName | None = None
     confirm_per_site: int = 0
+    # The audience's statement kind, so a failover off SMS finds the full statement again.
+    kind: StatementKind = StatementKind.INTERNAL
 
 
 @dataclass(frozen=True)
@@ -269,7 +271,7 @@ class Outcome:
 
     delivery_id: int
     state: DeliveryState
-    attempt: Attempt
+    attempts: tuple[Attempt, ...]
     next_attempt_at: datetime | None = None
     escalate_at: datetime | None = None
     count_attempt: bool = True

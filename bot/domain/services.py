@@ -1,0 +1,394 @@
+"""Domain services: declare, confirm, update, resolve, edit/approve statements, acknowledge.
+
+Each service renders what it must, then commits the incident change, its timeline entry, its
+statements and every delivery they imply in one transaction: nothing is sent before that.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from bot.domain.audiences import Audience, StatementIndex, new_ack_token, plan_deliveries
+from bot.domain.declarations import IncidentDraft, parse_status
+from bot.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
+from bot.domain.models import (
+    APPROVAL_KINDS,
+    Actor,
+    ChannelName,
+    Delivery,
+    Incident,
+    IncidentStatus,
+    NewDelivery,
+    Role,
+    Statement,
+    StatementKind,
+    StatementStatus,
+    TimelineEntry,
+)
+from bot.ports import Changes, Clock, Store
+
+
+class Renderer(Protocol):
+    """What the services need from the template renderer."""
+
+    def render(
+        self, kind: StatementKind, event: str, locale: str, context: Mapping[str, Any]
+    ) -> dict[str, str]: ...
+
+    def bodies_from_text(self, kind: StatementKind, text: str, subject: str) -> dict[str, str]: ...
+
+    def claim_text(self, key: str, locale: str) -> str: ...
+
+    def known_claim(self, key: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class OrganisationInfo:
+    """The organisation as statements present it."""
+
+    name: str
+    locale: str
+    locales: tuple[str, ...]
+    timezone: str
+
+
+def incident_context(incident: Incident, org: OrganisationInfo) -> dict[str, Any]:
+    """The template context describing an incident."""
+    return {
+        "org": {"name": org.name, "locale": org.locale, "timezone": org.timezone},
+        "incident": {
+            "id": incident.id, "title": incident.title, "systems": list(incident.systems),
+            "unaffected": list(incident.unaffected), "impact": list(incident.impact),
+            "sites": list(incident.sites), "severity": incident.severity.value,
+            "status": incident.status.value, "cause": incident.cause,
+            "declared_at": incident.created_at, "updated_at": incident.updated_at,
+            "resolved_at": incident.resolved_at, "declared_by": incident.declared_by,
+        },
+    }
+
+
+class IncidentService:
+    """The crisis cell's verbs. Interfaces parse and authorise, then call these."""
+
+    def __init__(
+        self,
+        store: Store,
+        renderer: Renderer,
+        clock: Clock,
+        org: OrganisationInfo,
+        audiences: Mapping[str, Audience],
+        default_audiences: Sequence[str],
+        usable_channels: frozenset[ChannelName] | None = None,
+    ) -> None:
+        self.store = store
+        self.renderer = renderer
+        self.clock = clock
+        self.org = org
+        self.audiences = dict(audiences)
+        self.default_audiences = tuple(default_audiences)
+        self.usable_channels = usable_channels
+
+    # --- reading -----------------------------------------------------------------------
+    async def get(self, incident_id: str) -> Incident:
+        """The incident, or NotFound."""
+        incident = await self.store.get_incident(incident_id)
+        if incident is None:
+            raise NotFound(f"no incident {incident_id}")
+        return incident
+
+    async def statement(self, statement_id: str) -> Statement:
+        """The statement, or NotFound."""
+        statement = await self.store.get_statement(statement_id)
+        if statement is None:
+            raise NotFound(f"no statement {statement_id}")
+        return statement
+
+    # --- declaring ---------------------------------------------------------------------
+    def _check_draft(self, draft: IncidentDraft) -> None:
+        problems: dict[str, str] = {}
+        unknown = [a for a in (draft.audiences or ()) if a not in self.audiences]
+        if unknown:
+            problems["audiences"] = f"unknown audience(s): {', '.join(unknown)}"
+        if draft.locale and draft.locale not in self.org.locales:
+            problems["locale"] = f"not one of the organisation's locales {list(self.org.locales)}"
+        bad_claims = [c for c in draft.claims if not self.renderer.known_claim(c)]
+        if bad_claims:
+            problems["claims"] = f"unknown claim(s): {', '.join(bad_claims)}"
+        if problems:
+            raise InvalidInput("invalid declaration", detail=problems)
+
+    async def _new_id(self, now: datetime) -> str:
+        local = now.astimezone(ZoneInfo(self.org.timezone))
+        prefix = f"INC-{local:%Y-%m%d}-"
+        number = await self.store.next_incident_number(prefix)
+        return f"{prefix}{number:02d}"
+
+    async def declare(
+        self,
+        actor: Actor,
+        draft: IncidentDraft,
+        *,
+        as_draft: bool = False,
+        source: str = "manual",
+        source_key: str | None = None,
+    ) -> Incident:
+        """Declare an outage: render every statement and queue every delivery, atomically.
+
+        ``as_draft`` opens a draft that a person must confirm (monitoring alerts): nothing is
+        sent until :meth:`confirm`.
+        """
+        self._require(actor, Role.RESPONDER)
+        self._check_draft(draft)
+        for _ in range(5):
+            now = self.clock.now()
+            incident = Incident(
+                id=await self._new_id(now), title=draft.title, systems=draft.systems,
+                unaffected=draft.unaffected, impact=draft.impact, sites=draft.sites,
+                severity=draft.severity,
+                status=IncidentStatus.DRAFT if as_draft else IncidentStatus.INVESTIGATING,
+                cause=draft.cause, locale=draft.locale or self.org.locale,
+                declared_by=actor.name, claims=draft.claims,
+                audiences=draft.audiences if draft.audiences is not None
+                else self.default_audiences,
+                created_at=now, updated_at=now, source=source, source_key=source_key,
+            )
+            entry = TimelineEntry(
+                incident.id, 1, now, actor.name, "drafted" if as_draft else "declared",
+                {"severity": incident.severity.value, "systems": list(incident.systems),
+                 "audiences": list(incident.audiences), "source": source},
+            )
+            changes = Changes(incident=incident, new_incident=True, timeline=[entry])
+            if not as_draft:
+                self._fan_out(changes, incident, 1, "declared", actor, now)
+            try:
+                await self.store.commit(changes)
+            except Conflict:
+                continue  # another declaration took the same number: take the next one
+            return incident
+        raise Conflict("could not allocate an incident id")
+
+    async def confirm(self, actor: Actor, incident_id: str) -> Incident:
+        """Confirm a draft (e.g. from an alert): it becomes ``investigating`` and is sent."""
+        self._require(actor, Role.RESPONDER)
+        incident = await self.get(incident_id)
+        if incident.status != IncidentStatus.DRAFT:
+            raise Conflict(f"{incident_id} is not a draft")
+        now = self.clock.now()
+        seq = await self._next_seq(incident_id)
+        incident = replace(incident, status=IncidentStatus.INVESTIGATING, updated_at=now)
+        changes = Changes(
+            incident=incident,
+            timeline=[TimelineEntry(incident_id, seq, now, actor.name, "confirmed", {})],
+        )
+        self._fan_out(changes, incident, seq, "declared", actor, now)
+        await self.store.commit(changes)
+        return incident
+
+    async def update(
+        self, actor: Actor, incident_id: str, status: str | None, message: str | None
+    ) -> Incident:
+        """A status change and/or a message: new statements to the incident's audiences."""
+        self._require(actor, Role.RESPONDER)
+        if status is None and not (message and message.strip()):
+            raise InvalidInput("an update needs a status or a message",
+                               detail={"status": "or message required"})
+        new_status = parse_status(status) if status is not None else None
+        if message is not None and len(message) > 2000:
+            raise InvalidInput("message too long", detail={"message": "at most 2000 characters"})
+        if new_status == IncidentStatus.RESOLVED:
+            return await self.resolve(actor, incident_id, message)
+        incident = await self.get(incident_id)
+        self._require_open(incident)
+        now = self.clock.now()
+        seq = await self._next_seq(incident_id)
+        incident = replace(incident, status=new_status or incident.status, updated_at=now)
+        detail = {"status": incident.status.value, "message": (message or "").strip()}
+        changes = Changes(
+            incident=incident,
+            timeline=[TimelineEntry(incident_id, seq, now, actor.name, "updated", detail)],
+        )
+        self._fan_out(changes, incident, seq, "update", actor, now, update=detail)
+        await self.store.commit(changes)
+        return incident
+
+    async def resolve(self, actor: Actor, incident_id: str, message: str | None = None) -> Incident:
+        """Close the incident and send the resolution statements."""
+        self._require(actor, Role.RESPONDER)
+        incident = await self.get(incident_id)
+        self._require_open(incident)
+        now = self.clock.now()
+        seq = await self._next_seq(incident_id)
+        incident = replace(
+            incident, status=IncidentStatus.RESOLVED, updated_at=now, resolved_at=now
+        )
+        detail = {"status": "resolved", "message": (message or "").strip()}
+        changes = Changes(
+            incident=incident,
+            timeline=[TimelineEntry(incident_id, seq, now, actor.name, "resolved", detail)],
+        )
+        self._fan_out(changes, incident, seq, "resolved", actor, now, update=detail)
+        await self.store.commit(changes)
+        return incident
+
+    # --- statements --------------------------------------------------------------------
+    async def edit_statement(self, actor: Actor, statement_id: str, text: str) -> Statement:
+        """A person's edit of a draft makes a new version (the old one is superseded)."""
+        self._require(actor, Role.PRESS)
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInput("text is required", detail={"text": "a non-empty string"})
+        if len(text) > 20_000:
+            raise InvalidInput("text too long", detail={"text": "at most 20000 characters"})
+        current = await self.statement(statement_id)
+        if current.status != StatementStatus.DRAFT:
+            raise Conflict(f"statement {statement_id} is {current.status.value}: "
+                           "only a draft can be edited")
+        now = self.clock.now()
+        edited = replace(
+            current, id=_statement_id(), version=current.version + 1, text=text.strip(),
+            bodies=self.renderer.bodies_from_text(
+                current.kind, text.strip(), current.bodies.get("subject", "")
+            ),
+            author=actor.name, approved_by=None, created_at=now,
+        )
+        seq = await self._next_seq(current.incident_id)
+        changes = Changes(
+            statements=[edited],
+            statement_updates=[replace(current, status=StatementStatus.SUPERSEDED)],
+            timeline=[TimelineEntry(
+                current.incident_id, seq, now, actor.name, "statement_edited",
+                {"statement": edited.id, "kind": edited.kind.value, "locale": edited.locale,
+                 "version": edited.version, "supersedes": current.id},
+            )],
+        )
+        await self.store.commit(changes)
+        return edited
+
+    async def approve_statement(self, actor: Actor, statement_id: str) -> Statement:
+        """Four-eyes approval: a press-role person other than the author publishes it."""
+        self._require(actor, Role.PRESS)
+        current = await self.statement(statement_id)
+        if current.status != StatementStatus.DRAFT:
+            raise Conflict(f"statement {statement_id} is {current.status.value}, not a draft")
+        if current.author == actor.name:
+            raise Forbidden("the author of a statement cannot approve it (four-eyes rule)")
+        incident = await self.get(current.incident_id)
+        now = self.clock.now()
+        published = replace(current, status=StatementStatus.PUBLISHED, approved_by=actor.name)
+        seq = await self._next_seq(incident.id)
+        changes = Changes(
+            statement_updates=[published],
+            timeline=[TimelineEntry(
+                incident.id, seq, now, actor.name, "statement_approved",
+                {"statement": current.id, "kind": current.kind.value,
+                 "locale": current.locale, "version": current.version},
+            )],
+        )
+        targets = [self.audiences[a] for a in self._audiences_for(incident, current)]
+        changes.deliveries = plan_deliveries(
+            incident_id=incident.id, seq=current.seq, audiences=targets,
+            statements=StatementIndex([published], current.locale),
+            default_locale=incident.locale, now=now, kinds=frozenset({current.kind}),
+            locale_only=current.locale, usable=self.usable_channels,
+        )
+        await self.store.commit(changes)
+        return published
+
+    def _audiences_for(self, incident: Incident, statement: Statement) -> list[str]:
+        if statement.audiences:
+            return [a for a in statement.audiences if a in self.audiences]
+        return [
+            name for name, audience in self.audiences.items()
+            if audience.kind == statement.kind
+            and (name in incident.audiences or statement.kind == StatementKind.PRESS)
+        ]
+
+    # --- acknowledgements --------------------------------------------------------------
+    async def acknowledge(self, token: str, by: str) -> Delivery:
+        """Acknowledge the delivery behind an opaque token; pressing twice changes nothing."""
+        delivery = await self.store.find_by_ack_token(token)
+        if delivery is None:
+            raise NotFound("unknown or expired acknowledgement link")
+        await self.store.acknowledge(delivery.id, by, self.clock.now())
+        refreshed = await self.store.get_delivery(delivery.id)
+        assert refreshed is not None
+        return refreshed
+
+    # --- helpers -----------------------------------------------------------------------
+    def _fan_out(
+        self,
+        changes: Changes,
+        incident: Incident,
+        seq: int,
+        event: str,
+        actor: Actor,
+        now: datetime,
+        update: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Render every kind in every locale and plan the deliveries of the non-approval kinds."""
+        context = incident_context(incident, self.org)
+        context.update(event=event, update=dict(update) if update else None, correction=None)
+        statements: list[Statement] = []
+        for locale in self.org.locales:
+            context["claims"] = [
+                {"key": c, "text": self.renderer.claim_text(c, locale)} for c in incident.claims
+            ]
+            for kind in StatementKind:
+                bodies = self.renderer.render(kind, event, locale, context)
+                statements.append(Statement(
+                    id=_statement_id(), incident_id=incident.id, seq=seq, event=event,
+                    kind=kind, locale=locale, version=1,
+                    status=StatementStatus.DRAFT if kind in APPROVAL_KINDS
+                    else StatementStatus.PUBLISHED,
+                    text=bodies.get("text", ""), bodies=bodies, author=actor.name,
+                    approved_by=None, created_at=now, claims=incident.claims,
+                ))
+        changes.statements.extend(statements)
+        audiences = [self.audiences[a] for a in incident.audiences if a in self.audiences]
+        changes.deliveries.extend(plan_deliveries(
+            incident_id=incident.id, seq=seq, audiences=audiences,
+            statements=StatementIndex(statements, incident.locale),
+            default_locale=incident.locale, now=now,
+            kinds=frozenset(StatementKind) - APPROVAL_KINDS, usable=self.usable_channels,
+        ))
+
+    async def _next_seq(self, incident_id: str) -> int:
+        entries = await self.store.timeline(incident_id)
+        return (entries[-1].seq if entries else 0) + 1
+
+    @staticmethod
+    def _require(actor: Actor, role: Role) -> None:
+        if not actor.can(role):
+            raise Forbidden(f"{role.value} role required")
+
+    @staticmethod
+    def _require_open(incident: Incident) -> None:
+        if incident.status == IncidentStatus.RESOLVED:
+            raise Conflict(f"{incident.id} is already resolved")
+        if incident.status == IncidentStatus.DRAFT:
+            raise Conflict(f"{incident.id} is a draft: confirm it first")
+
+
+def _statement_id() -> str:
+    return "stm-" + secrets.token_hex(6)
+
+
+def new_follow_up(
+    delivery: Delivery, channel: ChannelName, statement_id: str, now: datetime, *,
+    escalation: bool = False,
+) -> NewDelivery:
+    """The same recipient on another channel: a failover (or an escalation) of ``delivery``."""
+    return NewDelivery(
+        incident_id=delivery.incident_id, seq=delivery.seq, statement_id=statement_id,
+        audience=delivery.audience, recipient=delivery.recipient, channel=channel,
+        address=delivery.contacts[channel.value], locale=delivery.locale, site=delivery.site,
+        contacts=delivery.contacts, policy=delivery.policy, ack_token=new_ack_token(),
+        next_attempt_at=now,
+        failover_of=None if escalation else delivery.id,
+        escalation_of=delivery.id if escalation else None,
+        root_id=delivery.root_id or delivery.id,
+    )

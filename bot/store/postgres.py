@@ -1,0 +1,125 @@
+"""PostgreSQL store (asyncpg): several workers on several machines share one queue.
+
+Claims use ``FOR UPDATE SKIP LOCKED``; commits that add work ``NOTIFY tocsin_work`` so idle
+workers wake at once (polling remains the fallback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from bot.store.sqlstore import IntegrityError, SqlStore
+
+_PLACEHOLDER = re.compile(r"\?")
+_CHANNEL = "tocsin_work"
+
+
+def to_dollar(sql: str) -> str:
+    """``?`` placeholders → ``$1, $2…`` (the store's SQL has no literal question marks)."""
+    counter = iter(range(1, 10_000))
+    return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
+
+
+class _PgConnection:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]:
+        return list(await self._conn.fetch(to_dollar(sql), *args))
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        try:
+            status = await self._conn.execute(to_dollar(sql), *args)
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise IntegrityError(str(exc)) from None
+        tail = str(status).rsplit(" ", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+    async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
+        try:
+            await self._conn.executemany(to_dollar(sql), args)
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise IntegrityError(str(exc)) from None
+
+    async def script(self, sql: str) -> None:
+        await self._conn.execute(sql)
+
+
+class PostgresStore(SqlStore):
+    """A pool of connections plus one listening connection."""
+
+    dialect = "postgres"
+    claim_sql = """
+UPDATE deliveries SET state = 'sending', lease_owner = ?, lease_until = ?, due_at = ?,
+    updated_at = ?
+WHERE id IN (
+    SELECT id FROM deliveries WHERE due_at IS NOT NULL AND due_at <= ?
+    ORDER BY due_at, id LIMIT ?
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING *
+"""
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        super().__init__()
+        self.url = url.replace("postgresql+asyncpg://", "postgresql://")
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._sizes = (min_size, max_size)
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self.url, min_size=self._sizes[0], max_size=self._sizes[1]
+        )
+        try:
+            self._listener = await asyncpg.connect(self.url)
+            await self._listener.add_listener(_CHANNEL, self._on_notify)
+        except (OSError, asyncpg.PostgresError):
+            self._listener = None  # polling still works
+
+    def _on_notify(self, *_: object) -> None:
+        self._work.set()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            with_listener, self._listener = self._listener, None
+            await with_listener.close()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await asyncio.wait_for(pool.close(), 10)
+
+    async def _notify(self, conn: Any) -> None:
+        await conn.execute(f"NOTIFY {_CHANNEL}")
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_PgConnection]:
+        pool = self._require()
+        async with pool.acquire() as conn, conn.transaction():
+            yield _PgConnection(conn)
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[_PgConnection]:
+        pool = self._require()
+        async with pool.acquire() as conn:
+            yield _PgConnection(conn)
+
+    async def migrate(self) -> list[str]:
+        # One migrator at a time across processes.
+        pool = self._require()
+        async with pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock(7461636)")
+            try:
+                return await super().migrate()
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(7461636)")
+
+    def _require(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        return self._pool

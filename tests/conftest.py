@@ -1,0 +1,96 @@
+"""Shared fixtures: real-server requirements, the network guard, stores."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("PTB_TIMEDELTA", "true")
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+PG_ADMIN_URL = os.environ.get("TOCSIN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip when a real server is missing, but fail on CI, where it must be there."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is required on CI (CI=true) but is not available")
+    pytest.skip(f"{what} not available")
+
+
+def _loopback(address: Any) -> bool:
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str | bytes) and not isinstance(address, tuple):
+        return True  # AF_UNIX paths (the local PostgreSQL socket)
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+@pytest.fixture(autouse=True)
+def _no_real_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fail any test that tries to reach a host other than this machine."""
+    original = socket.socket.connect
+    original_ex = socket.socket.connect_ex
+
+    def guarded(self: socket.socket, address: Any) -> Any:
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address):
+            raise AssertionError(f"test tried to reach the real network: {address!r}")
+        return original(self, address)
+
+    def guarded_ex(self: socket.socket, address: Any) -> Any:
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address):
+            raise AssertionError(f"test tried to reach the real network: {address!r}")
+        return original_ex(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded_ex)
+    yield
+
+
+async def _pg_available() -> bool:
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=3)
+    except (OSError, asyncpg.PostgresError):
+        return False
+    await conn.close()
+    return True
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    async with pg_database() as url:
+        yield url
+
+
+@asynccontextmanager
+async def pg_database() -> AsyncIterator[str]:
+    """Create a fresh database, yield its URL, drop it (CI fails if PostgreSQL is missing)."""
+    import asyncpg
+
+    require(await _pg_available(), "PostgreSQL on 127.0.0.1:5432")
+    name = f"tocsin_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()

@@ -98,18 +98,30 @@ class DeliverySettings(Strict):
     shutdown_timeout: Duration = 10.0
 
 
+class RateLimits(Strict):
+    """Overrides of a channel's built-in limits (messages per second, burst sizes)."""
+
+    rate: float | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, ge=1)
+    destination_rate: float | None = Field(default=None, gt=0)
+    destination_burst: int | None = Field(default=None, ge=1)
+    unlimited_destinations: bool = False
+
+
 class SlackChannelSettings(Strict):
     bot_token_env: str = "SLACK_BOT_TOKEN"
     signing_secret_env: str = "SLACK_SIGNING_SECRET"
     api_url: str = "https://slack.com/api/"
     incident_channel: str | None = None
     press_channel: str | None = None
+    limits: RateLimits = RateLimits()
 
 
 class TelegramChannelSettings(Strict):
     token_env: str = "TELEGRAM_BOT_TOKEN"
     webhook_secret_env: str = "TELEGRAM_WEBHOOK_SECRET"
     api_url: str = "https://api.telegram.org"
+    limits: RateLimits = RateLimits()
 
 
 class SmsChannelSettings(Strict):
@@ -122,6 +134,7 @@ class SmsChannelSettings(Strict):
     api_url: str = "https://api.twilio.com"
     sender: str | None = None
     max_segments: int = Field(default=2, ge=1, le=10)
+    limits: RateLimits = RateLimits()
 
 
 class EmailChannelSettings(Strict):
@@ -134,12 +147,14 @@ class EmailChannelSettings(Strict):
     ca_file: str | None = None
     from_: str = Field(default="tocsin@example.org", alias="from")
     timeout: Duration = 10.0
+    limits: RateLimits = RateLimits()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class WebhookChannelSettings(Strict):
     timeout: Duration = 10.0
+    limits: RateLimits = RateLimits()
 
 
 class Channels(Strict):

@@ -62,9 +62,12 @@ async def with_quick_retries(
 
     retrying = AsyncRetrying(
         stop=stop_after_attempt(max(policy.quick_tries, 1)),
-        wait=wait_exponential_jitter(initial=0.02, max=policy.quick_wait_max),
+        wait=wait_exponential_jitter(multiplier=0.02, max=policy.quick_wait_max),
         retry=retry_if_exception(_quick_retryable),
         before_sleep=before_sleep,
         reraise=True,
     )
-    return await retrying(send)
+    async def attempt() -> T:
+        return await send()
+
+    return await retrying(attempt)

@@ -70,7 +70,7 @@ class Dispatcher:
         self.public_url = public_url.rstrip("/")
         self.config = config or DispatchConfig()
         self.retry = retry or RetryPolicy()
-        self.limiter = limiter or RateLimiter()
+        self.limiter = limiter or RateLimiter(clock=lambda: clock.now().timestamp())
         self.worker_id = worker_id or f"worker-{secrets.token_hex(4)}"
         self.observers: list[Observer] = []
         self.alive_at: datetime | None = None
@@ -244,12 +244,14 @@ class Dispatcher:
             )
         except (TransientError, PermanentError, UnknownOutcome) as exc:
             attempts.append(self._attempt(delivery, exc))
+            await self._load_event(delivery)
             self._failure(delivery, channel, exc, tuple(attempts))
             return
-        except Exception as exc:
+        except Exception as exc:  # a bug in an adapter must not kill the worker
             log.exception("channel %s raised unexpectedly", delivery.channel.value)
             attempts.append(Attempt(delivery.id, self.clock.now(), "error",
                                     error=f"internal error: {type(exc).__name__}"))
+            await self._load_event(delivery)
             self._retry_or_fail(delivery, tuple(attempts), None)
             return
         self._success(delivery, receipt, (*attempts, Attempt(

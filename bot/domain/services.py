@@ -13,7 +13,14 @@ from datetime import datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from bot.domain.audiences import Audience, StatementIndex, new_ack_token, plan_deliveries
+from bot.domain.audiences import (
+    Audience,
+    StatementIndex,
+    new_ack_token,
+    next_channel,
+    plan_deliveries,
+    statement_kind_for,
+)
 from bot.domain.declarations import IncidentDraft, parse_status
 from bot.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from bot.domain.models import (
@@ -21,6 +28,7 @@ from bot.domain.models import (
     Actor,
     ChannelName,
     Delivery,
+    DeliveryState,
     Incident,
     IncidentStatus,
     NewDelivery,
@@ -317,6 +325,46 @@ class IncidentService:
         refreshed = await self.store.get_delivery(delivery.id)
         assert refreshed is not None
         return refreshed
+
+    async def acknowledge_by_reply(self, channel: ChannelName, address: str, by: str
+                                   ) -> Delivery | None:
+        """An "OK" reply from a known address acknowledges that person's latest pending
+        delivery on that channel; None when there is nothing to acknowledge."""
+        delivery = await self.store.latest_ack_pending(channel.value, address)
+        if delivery is None:
+            return None
+        await self.store.acknowledge(delivery.id, by, self.clock.now())
+        return await self.store.get_delivery(delivery.id)
+
+    async def delivery_report(
+        self, token: str, state: DeliveryState, *, outcome: str, code: str | None = None,
+        error: str | None = None,
+    ) -> Delivery | None:
+        """A provider's delivery report (SMS DLR, status callback). States only move forward;
+        a failure report of a person's message fails over to their next channel."""
+        delivery = await self.store.find_by_ack_token(token)
+        if delivery is None:
+            return None
+        now = self.clock.now()
+        moved = await self.store.advance(delivery.id, state, outcome, now, code, error)
+        if moved and state == DeliveryState.FAILED and delivery.is_member:
+            await self._fail_over(delivery, now)
+        return await self.store.get_delivery(delivery.id)
+
+    async def _fail_over(self, delivery: Delivery, now: datetime) -> None:
+        channel = next_channel(delivery.policy, delivery.contacts, delivery.channel,
+                               self.usable_channels)
+        if channel is None:
+            return
+        kind = statement_kind_for(channel, delivery.policy.kind)
+        same_event = [s for s in await self.store.statements(delivery.incident_id)
+                      if s.seq == delivery.seq and s.kind == kind and s.locale == delivery.locale]
+        if not same_event:
+            return
+        statement = max(same_event, key=lambda s: s.version)
+        await self.store.commit(Changes(
+            deliveries=[new_follow_up(delivery, channel, statement.id, now)]
+        ))
 
     # --- helpers -----------------------------------------------------------------------
     def _fan_out(

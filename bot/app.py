@@ -1,0 +1,231 @@
+"""Composition root: settings → store, renderer, services, channels, worker, aiohttp app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from bot.config import Settings
+from bot.delivery.retry import RetryPolicy
+from bot.delivery.worker import DispatchConfig, Dispatcher
+from bot.domain.audiences import Audience, Person, Target
+from bot.domain.clock import SystemClock
+from bot.domain.models import ChannelName
+from bot.domain.rendering import StatementRenderer
+from bot.domain.services import IncidentService, OrganisationInfo
+from bot.interfaces.auth import Authenticator
+from bot.ports import Channel, Clock, Store
+from bot.store import open_store
+
+log = logging.getLogger("tocsin.app")
+
+
+def audiences_from(settings: Settings) -> dict[str, Audience]:
+    """The configured audiences as domain objects."""
+    audiences: dict[str, Audience] = {}
+    for name, cfg in settings.audiences.items():
+        audiences[name] = Audience(
+            name=name,
+            kind=cfg.statement,
+            targets=tuple(Target(d.channel, d.address, d.name, d.locale) for d in cfg.destinations),
+            members=tuple(
+                Person(m.name, m.contacts(), m.site, m.locale, m.deputy) for m in cfg.members
+            ),
+            policy=cfg.policy.to_domain(cfg.statement),
+        )
+    return audiences
+
+
+def build_renderer(settings: Settings) -> StatementRenderer:
+    """The statement renderer over the packaged templates (or ``templates_dir``)."""
+    folder = settings.resolve_path(settings.templates_dir) if settings.templates_dir else None
+    max_segments = settings.channels.sms.max_segments if settings.channels.sms else 2
+    return StatementRenderer(
+        folder, timezone=settings.organisation.timezone, sms_max_segments=max_segments
+    )
+
+
+def build_service(
+    settings: Settings, store: Store, renderer: StatementRenderer, clock: Clock
+) -> IncidentService:
+    """The domain services, wired to this configuration."""
+    org = settings.organisation
+    return IncidentService(
+        store,
+        renderer,
+        clock,
+        OrganisationInfo(org.name, org.locale, org.locales, org.timezone),
+        audiences_from(settings),
+        settings.default_audiences,
+        usable_channels=frozenset(settings.channels.configured()),
+    )
+
+
+@dataclass
+class Runtime:
+    """Everything a running Tocsin holds; one per process."""
+
+    settings: Settings
+    store: Store
+    renderer: StatementRenderer
+    clock: Clock
+    service: IncidentService
+    auth: Authenticator
+    session: aiohttp.ClientSession | None = None
+    channels: dict[ChannelName, Channel] = field(default_factory=dict)
+    dispatcher: Dispatcher | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    worker_task: asyncio.Task[None] | None = None
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+ChannelFactory = Callable[[Settings, aiohttp.ClientSession], dict[ChannelName, Channel]]
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    store: Store | None = None,
+    with_channels: bool = True,
+    with_worker: bool = False,
+    channel_factory: ChannelFactory | None = None,
+) -> AsyncIterator[Runtime]:
+    """Open the store (migrating it), the shared HTTP session, the channels and the worker."""
+    clock = clock or SystemClock()
+    store = store or open_store(settings.database_url)
+    await store.open()
+    renderer = build_renderer(settings)
+    runtime = Runtime(
+        settings=settings,
+        store=store,
+        renderer=renderer,
+        clock=clock,
+        service=build_service(settings, store, renderer, clock),
+        auth=Authenticator(settings),
+    )
+    try:
+        await store.migrate()
+        if with_channels or with_worker:
+            runtime.session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=30),
+                connector=aiohttp.TCPConnector(limit=settings.delivery.concurrency * 2),
+            )
+            if channel_factory is None:
+                from bot.channels.registry import build_channels
+
+                channel_factory = build_channels
+            runtime.channels = channel_factory(settings, runtime.session)
+        if with_worker:
+            runtime.dispatcher = build_dispatcher(runtime)
+            runtime.worker_task = asyncio.create_task(runtime.dispatcher.run(runtime.stop))
+        yield runtime
+    finally:
+        runtime.stop.set()
+        if runtime.worker_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await runtime.worker_task
+        for channel in runtime.channels.values():
+            with contextlib.suppress(Exception):
+                await channel.close()
+        if runtime.session is not None:
+            await runtime.session.close()
+        await store.close()
+
+
+def build_dispatcher(runtime: Runtime) -> Dispatcher:
+    """A worker over the runtime's store and channels."""
+    cfg = runtime.settings.delivery
+    return Dispatcher(
+        runtime.store,
+        runtime.channels,
+        runtime.clock,
+        public_url=runtime.settings.server.public_url,
+        config=DispatchConfig(
+            lease_seconds=cfg.lease_seconds,
+            concurrency=cfg.concurrency,
+            batch_size=cfg.batch_size,
+            poll_interval=cfg.poll_interval,
+            shutdown_timeout=cfg.shutdown_timeout,
+        ),
+        retry=RetryPolicy(
+            max_attempts=cfg.max_attempts,
+            backoff_base=cfg.backoff_base,
+            backoff_max=cfg.backoff_max,
+        ),
+    )
+
+
+Setup = Callable[[web.Application, Runtime], Awaitable[None] | None]
+
+
+def build_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    store: Store | None = None,
+    with_worker: bool = True,
+    channel_factory: ChannelFactory | None = None,
+) -> web.Application:
+    """The aiohttp application: API, webhooks, dashboard, status page, and the worker."""
+    from bot.interfaces import http_api
+
+    app = web.Application(client_max_size=1024 * 1024, middlewares=http_api.middlewares())
+
+    async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with open_runtime(
+            settings,
+            clock=clock,
+            store=store,
+            with_worker=with_worker,
+            channel_factory=channel_factory,
+        ) as runtime:
+            app[RUNTIME] = runtime
+            for setup in _inbound_setups(settings):
+                result = setup(app, runtime)
+                if result is not None:
+                    await result
+            yield
+
+    app.cleanup_ctx.append(runtime_ctx)
+    http_api.add_routes(app)
+    _add_inbound_routes(app, settings)
+    return app
+
+
+def _inbound_setups(settings: Settings) -> list[Setup]:
+    """Inbound interfaces that need the runtime (Slack bolt app, Telegram application…)."""
+    setups: list[Setup] = []
+    if settings.channels.slack is not None:
+        from bot.interfaces import slack_app
+
+        setups.append(slack_app.setup)
+    if settings.channels.telegram is not None:
+        from bot.interfaces import telegram_bot
+
+        setups.append(telegram_bot.setup)
+    return setups
+
+
+def _add_inbound_routes(app: web.Application, settings: Settings) -> None:
+    if settings.channels.slack is not None:
+        from bot.interfaces import slack_app
+
+        slack_app.add_routes(app)
+    if settings.channels.telegram is not None:
+        from bot.interfaces import telegram_bot
+
+        telegram_bot.add_routes(app)
+    if settings.channels.sms is not None:
+        from bot.interfaces import sms_callbacks
+
+        sms_callbacks.add_routes(app)

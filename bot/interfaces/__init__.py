@@ -1,0 +1,1 @@
+"""Inbound interfaces: each parses, authorises, calls a domain service and answers."""

@@ -1,0 +1,254 @@
+"""HTTP API (aiohttp): parse, authorise, call the domain, answer JSON.
+
+Errors always answer ``{"error": ..., "detail": ...}``; rejected requests are logged without
+their payload.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from bot.app import RUNTIME, Runtime
+from bot.domain.declarations import IncidentDraft
+from bot.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, TocsinError
+from bot.domain.models import Actor, Role
+from bot.interfaces import openapi, serialize
+from bot.ports import Page
+
+log = logging.getLogger("tocsin.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(status: int, message: str, detail: Any = None) -> web.Response:
+    return web.json_response({"error": message, "detail": detail}, status=status)
+
+
+def middlewares() -> list[Any]:
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except InvalidInput as exc:
+            return _rejected(request, 422, str(exc), exc.detail)
+        except NotFound as exc:
+            return _rejected(request, 404, str(exc))
+        except Forbidden as exc:
+            return _rejected(request, 403, str(exc))
+        except Conflict as exc:
+            return _rejected(request, 409, str(exc))
+        except TocsinError as exc:
+            return _rejected(request, 400, str(exc))
+        except web.HTTPException as exc:
+            if exc.status >= 400 and request.path.startswith("/api/"):
+                return _rejected(request, exc.status, exc.reason)
+            raise
+
+    return [errors]
+
+
+def _rejected(request: web.Request, status: int, message: str, detail: Any = None) -> web.Response:
+    # Method, path and status only: the payload may hold personal data.
+    log.info("rejected %s %s: %s", request.method, request.path, status)
+    return error(status, message, detail)
+
+
+def runtime(request: web.Request) -> Runtime:
+    return request.app[RUNTIME]
+
+
+def authorise(request: web.Request, role: Role) -> Actor:
+    """The caller's actor, or 401 (no/unknown token) / 403 (missing role)."""
+    actor = runtime(request).auth.from_bearer(request.headers.get("Authorization"))
+    if actor is None:
+        raise web.HTTPUnauthorized(
+            text=json.dumps({"error": "missing or unknown token", "detail": None}),
+            content_type="application/json",
+        )
+    if not actor.can(role):
+        raise Forbidden(f"the {role.value} role is required")
+    return actor
+
+
+async def json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "malformed JSON", "detail": None}),
+            content_type="application/json",
+        ) from None
+
+
+def page(request: web.Request) -> Page:
+    try:
+        limit = int(request.query.get("limit", "1000"))
+        offset = int(request.query.get("offset", "0"))
+    except ValueError:
+        raise InvalidInput("limit and offset must be integers") from None
+    if not (1 <= limit <= 1000) or offset < 0:
+        raise InvalidInput("limit must be 1–1000 and offset ≥ 0")
+    return Page(limit, offset)
+
+
+# --- incidents ---------------------------------------------------------------------------
+async def declare(request: web.Request) -> web.Response:
+    actor = authorise(request, Role.RESPONDER)
+    draft = IncidentDraft.from_mapping(await json_body(request))
+    incident = await runtime(request).service.declare(actor, draft)
+    timeline = await runtime(request).store.timeline(incident.id)
+    return web.json_response(serialize.incident_json(incident, timeline), status=201)
+
+
+async def list_incidents(request: web.Request) -> web.Response:
+    authorise(request, Role.VIEWER)
+    incidents = await runtime(request).store.list_incidents(page(request))
+    return web.json_response({"incidents": [serialize.incident_json(i) for i in incidents]})
+
+
+async def get_incident(request: web.Request) -> web.Response:
+    authorise(request, Role.VIEWER)
+    incident = await runtime(request).service.get(request.match_info["id"])
+    timeline = await runtime(request).store.timeline(incident.id)
+    return web.json_response(serialize.incident_json(incident, timeline))
+
+
+def _optional_text(body: Any, key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InvalidInput(f"{key} must be a string", detail={key: "a string"})
+    return value
+
+
+async def update_incident(request: web.Request) -> web.Response:
+    actor = authorise(request, Role.RESPONDER)
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be an object")
+    unknown = sorted(set(body) - {"status", "message"})
+    if unknown:
+        raise InvalidInput("unknown field(s)", detail=dict.fromkeys(unknown, "unknown field"))
+    incident = await runtime(request).service.update(
+        actor,
+        request.match_info["id"],
+        _optional_text(body, "status"),
+        _optional_text(body, "message"),
+    )
+    return web.json_response(serialize.incident_json(incident), status=201)
+
+
+async def resolve_incident(request: web.Request) -> web.Response:
+    actor = authorise(request, Role.RESPONDER)
+    body = await json_body(request) if request.can_read_body else {}
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be an object")
+    incident = await runtime(request).service.resolve(
+        actor, request.match_info["id"], _optional_text(body, "message")
+    )
+    return web.json_response(serialize.incident_json(incident), status=201)
+
+
+async def confirm_incident(request: web.Request) -> web.Response:
+    actor = authorise(request, Role.RESPONDER)
+    incident = await runtime(request).service.confirm(actor, request.match_info["id"])
+    return web.json_response(serialize.incident_json(incident), status=201)
+
+
+# --- statements --------------------------------------------------------------------------
+async def list_statements(request: web.Request) -> web.Response:
+    authorise(request, Role.VIEWER)
+    incident = await runtime(request).service.get(request.match_info["id"])
+    statements = await runtime(request).store.statements(incident.id)
+    return web.json_response({"statements": [serialize.statement_json(s) for s in statements]})
+
+
+async def edit_statement(request: web.Request) -> web.Response:
+    actor = authorise(request, Role.PRESS)
+    body = await json_body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+        raise InvalidInput("text is required", detail={"text": "a non-empty string"})
+    statement = await runtime(request).service.edit_statement(
+        actor, request.match_info["id"], body["text"]
+    )
+    return web.json_response(serialize.statement_json(statement))
+
+
+async def approve_statement(request: web.Request) -> web.Response:
+    actor = authorise(request, Role.PRESS)
+    statement = await runtime(request).service.approve_statement(actor, request.match_info["id"])
+    return web.json_response(serialize.statement_json(statement))
+
+
+# --- deliveries --------------------------------------------------------------------------
+async def list_deliveries(request: web.Request) -> web.Response:
+    authorise(request, Role.VIEWER)
+    rt = runtime(request)
+    incident = await rt.service.get(request.match_info["id"])
+    deliveries = await rt.store.deliveries(incident.id, page(request))
+    attempts = await rt.store.attempts([d.id for d in deliveries])
+    counts = await rt.store.delivery_counts(incident.id)
+    return web.json_response(
+        {
+            "counts": serialize.counts_json(counts),
+            "deliveries": [serialize.delivery_json(d, attempts[d.id]) for d in deliveries],
+        }
+    )
+
+
+ACK_PAGE = {
+    "fr": ("Lecture confirmée", "Merci, votre lecture du message est enregistrée."),
+    "en": ("Read receipt recorded", "Thank you, your acknowledgement has been recorded."),
+}
+
+
+async def acknowledge_link(request: web.Request) -> web.Response:
+    rt = runtime(request)
+    try:
+        delivery = await rt.service.acknowledge(request.match_info["token"], by="e-mail link")
+    except NotFound:
+        return web.Response(status=404, text="Lien inconnu ou expiré / Unknown or expired link")
+    title, text = ACK_PAGE.get(delivery.locale, ACK_PAGE["en"])
+    html = (
+        f"<!doctype html><html lang='{delivery.locale}'><meta charset='utf-8'>"
+        f"<title>{title}</title><h1>{title}</h1><p>{text}</p></html>"
+    )
+    return web.Response(text=html, content_type="text/html")
+
+
+# --- operations --------------------------------------------------------------------------
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    rt = runtime(request)
+    store_ok = await rt.store.ping()
+    worker_ok = rt.worker_task is None or not rt.worker_task.done()
+    status = 200 if store_ok and worker_ok else 503
+    return web.json_response({"store": store_ok, "worker": worker_ok}, status=status)
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document())
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/incidents", declare)
+    app.router.add_get("/api/v1/incidents", list_incidents)
+    app.router.add_get("/api/v1/incidents/{id}", get_incident)
+    app.router.add_post("/api/v1/incidents/{id}/updates", update_incident)
+    app.router.add_post("/api/v1/incidents/{id}/resolve", resolve_incident)
+    app.router.add_post("/api/v1/incidents/{id}/confirm", confirm_incident)
+    app.router.add_get("/api/v1/incidents/{id}/statements", list_statements)
+    app.router.add_get("/api/v1/incidents/{id}/deliveries", list_deliveries)
+    app.router.add_put("/api/v1/statements/{id}", edit_statement)
+    app.router.add_post("/api/v1/statements/{id}/approve", approve_statement)
+    app.router.add_get("/ack/{token}", acknowledge_link)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/api/openapi.json", openapi_document)

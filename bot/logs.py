@@ -1,0 +1,58 @@
+"""Structured JSON logs with personal data masked and secrets never printed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+
+from bot.domain.masking import scrub
+
+# Bot tokens travel inside URLs (Telegram's /bot<TOKEN>/method): never let one reach a log.
+_TOKEN_IN_URL = re.compile(r"/bot\d+:[\w-]+")
+_SECRETS = re.compile(r"(xox[abpr]-[\w-]+|(?i:bearer)\s+[\w.~+/-]+=*)")
+
+
+def redact(text: str) -> str:
+    """Mask phone numbers, e-mail addresses and tokens in a log line."""
+    text = _TOKEN_IN_URL.sub("/bot<redacted>", text)
+    text = _SECRETS.sub("<redacted>", text)
+    return scrub(text)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (+ exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "at": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        if record.exc_info:
+            data["exception"] = redact(self.formatException(record.exc_info))
+        return json.dumps(data, ensure_ascii=False)
+
+
+class RedactingFilter(logging.Filter):
+    """Applied to every handler, so third-party loggers are redacted too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        return True
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """JSON logs on stderr; HTTP client libraries kept quiet (their lines carry URLs)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("httpx", "httpcore", "aiohttp.access", "telegram", "slack_bolt", "slack_sdk"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -379,7 +379,9 @@ class IncidentService:
     ) -> None:
         """Render every kind in every locale and plan the deliveries of the non-approval kinds."""
         context = incident_context(incident, self.org)
-        context.update(event=event, update=dict(update) if update else None, correction=None)
+        context.update(
+            event=event, update={**update, "at": now} if update else None, correction=None
+        )
         statements: list[Statement] = []
         for locale in self.org.locales:
             context["claims"] = [

@@ -17,12 +17,21 @@ from bot.app import RUNTIME, Runtime
 from bot.domain.declarations import IncidentDraft
 from bot.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, TocsinError
 from bot.domain.models import Actor, Role
+from bot.domain.rendering import TemplateError
 from bot.interfaces import openapi, serialize
 from bot.ports import Page
 
 log = logging.getLogger("tocsin.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Unauthenticated(Exception):
+    """No or unknown credentials (401)."""
+
+
+class MalformedRequest(Exception):
+    """A body that cannot be parsed (400)."""
 
 
 def error(status: int, message: str, detail: Any = None) -> web.Response:
@@ -34,6 +43,10 @@ def middlewares() -> list[Any]:
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
+        except Unauthenticated as exc:
+            return _rejected(request, 401, str(exc))
+        except MalformedRequest as exc:
+            return _rejected(request, 400, str(exc))
         except InvalidInput as exc:
             return _rejected(request, 422, str(exc), exc.detail)
         except NotFound as exc:
@@ -42,6 +55,9 @@ def middlewares() -> list[Any]:
             return _rejected(request, 403, str(exc))
         except Conflict as exc:
             return _rejected(request, 409, str(exc))
+        except TemplateError as exc:
+            log.error("template error: %s", exc)
+            return error(500, "a statement template failed to render", str(exc))
         except TocsinError as exc:
             return _rejected(request, 400, str(exc))
         except web.HTTPException as exc:
@@ -66,10 +82,7 @@ def authorise(request: web.Request, role: Role) -> Actor:
     """The caller's actor, or 401 (no/unknown token) / 403 (missing role)."""
     actor = runtime(request).auth.from_bearer(request.headers.get("Authorization"))
     if actor is None:
-        raise web.HTTPUnauthorized(
-            text=json.dumps({"error": "missing or unknown token", "detail": None}),
-            content_type="application/json",
-        )
+        raise Unauthenticated("missing or unknown token")
     if not actor.can(role):
         raise Forbidden(f"the {role.value} role is required")
     return actor
@@ -79,10 +92,7 @@ async def json_body(request: web.Request) -> Any:
     try:
         return await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": "malformed JSON", "detail": None}),
-            content_type="application/json",
-        ) from None
+        raise MalformedRequest("malformed JSON") from None
 
 
 def page(request: web.Request) -> Page:

@@ -1,0 +1,1 @@
+"""Outbound channel adapters: one module per provider, each implementing ``bot.ports.Channel``."""

@@ -1,0 +1,112 @@
+"""Webhook channel: a JSON POST to an incoming-webhook URL (Mattermost, Slack, Teams style)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from bot.channels.email import ack_prompt
+from bot.channels.http_errors import MAX_BODY, response_error, translated_errors
+from bot.config import WebhookChannelSettings
+from bot.domain.errors import PermanentError
+from bot.domain.models import ChannelName, DeliveryState
+from bot.ports import OutboundMessage, Receipt
+
+log = logging.getLogger(__name__)
+
+
+class WebhookChannel:
+    """Posts a delivery as JSON to the destination's URL, through the caller's shared session.
+
+    The body carries ``text`` (what Mattermost, Slack and Teams incoming webhooks display)
+    plus ``subject``, ``delivery_id``, ``idempotency_key`` and ``ack_url`` for receivers that
+    want them; the ``Idempotency-Key`` header lets a receiver drop a retried duplicate.
+    A 2xx means the receiver has it, so the receipt says ``delivered``.
+    """
+
+    name = ChannelName.WEBHOOK
+    # Per receiving host (see provider_key); generous, the per-URL limit is the tight one.
+    rate: float = 20.0
+    burst: int = 40
+    # Slack allows about one message a second per incoming webhook, with short bursts.
+    destination_rate: float | None = 1.0
+    destination_burst: int = 5
+
+    def __init__(self, session: aiohttp.ClientSession, settings: WebhookChannelSettings) -> None:
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=settings.timeout)
+
+    def __repr__(self) -> str:
+        return f"WebhookChannel(timeout={self._timeout.total})"
+
+    def provider_key(self, address: str) -> str:
+        """``webhook:host:port``: receivers on one host share their health and rate."""
+        try:
+            url = URL(address)
+        except (TypeError, ValueError):
+            return "webhook:invalid"
+        if not url.host:
+            return "webhook:invalid"
+        return f"webhook:{url.host}:{url.port}"
+
+    def payload(self, message: OutboundMessage) -> dict[str, Any]:
+        """The JSON body posted for ``message``."""
+        text = message.bodies.get("text")
+        if text is None:
+            raise PermanentError("the statement has no text rendering for a webhook")
+        if message.ack_url:
+            # Most receivers show only ``text``: the reader must see where to acknowledge.
+            text = f"{text.rstrip()}\n\n{ack_prompt(message.locale)} {message.ack_url}"
+        return {
+            "text": text,
+            "subject": message.bodies.get("subject"),
+            "delivery_id": message.delivery_id,
+            "idempotency_key": message.idempotency_key,
+            "ack_url": message.ack_url,
+        }
+
+    async def send(self, message: OutboundMessage) -> Receipt:
+        """POST the payload; map the answer with :mod:`bot.channels.http_errors`."""
+        body = self.payload(message)
+        headers = {"Idempotency-Key": message.idempotency_key} if message.idempotency_key else {}
+        with translated_errors():
+            async with self._session.post(
+                message.address,
+                json=body,
+                headers=headers,
+                timeout=self._timeout,
+                # A webhook that redirects is misconfigured; following would turn a POST
+                # into a GET and report success for a message nobody received.
+                allow_redirects=False,
+            ) as response:
+                error = await response_error(response)
+                if error is not None:
+                    log.info(
+                        "webhook %s answered %s", self.provider_key(message.address), error.code
+                    )
+                    raise error
+                provider_id = await _provider_id(response)
+                status = response.status
+        return Receipt(provider_id=provider_id, state=DeliveryState.DELIVERED, code=str(status))
+
+    async def close(self) -> None:
+        """Nothing to release: the session belongs to the caller."""
+
+
+async def _provider_id(response: aiohttp.ClientResponse) -> str | None:
+    """The receiver's id for the message: a JSON ``id``, else the ``X-Request-Id`` header."""
+    try:
+        raw = await response.content.read(MAX_BODY)
+    except (aiohttp.ClientError, TimeoutError):
+        raw = b""  # the 2xx already says it arrived; only the id is lost
+    try:
+        data = json.loads(raw) if raw else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("id"), str | int) and data["id"] != "":
+        return str(data["id"])
+    return response.headers.get("X-Request-Id")

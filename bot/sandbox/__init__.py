@@ -1,0 +1,1 @@
+"""Local stand-ins of providers, used by ``tocsin demo`` and the tests."""

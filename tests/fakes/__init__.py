@@ -1,0 +1,1 @@
+"""Local stand-ins of providers, for tests."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ class RetryPolicy:
     jitter: Callable[[], float] = field(default=random.random)
 
     def next_attempt(self, now: datetime, attempts: int, retry_after: float | None) -> datetime:
-        """Exponential backoff with full jitter, never sooner than the provider asked."""
+        """Exponential backoff with jitter, never sooner than the provider asked."""
         backoff = min(self.backoff_max, self.backoff_base * 2 ** max(attempts - 1, 0))
         delay = backoff * (0.5 + self.jitter() / 2)
         if retry_after is not None:
@@ -53,21 +54,29 @@ async def with_quick_retries(
 ) -> T:
     """Run ``send``, retrying a transient failure a couple of times within the attempt
     (connection resets, a dropped keep-alive); each failure is reported to ``on_failure``."""
+    try:
+        # The common case needs no retry machinery at all (it costs ~30 µs a send).
+        return await send()
+    except TransientError as exc:
+        if not _quick_retryable(exc) or policy.quick_tries <= 1:
+            raise
+        on_failure(exc)
 
     def before_sleep(state: RetryCallState) -> None:
         if state.outcome is not None and state.outcome.failed:
-            exc = state.outcome.exception()
-            if exc is not None:
-                on_failure(exc)
+            failure = state.outcome.exception()
+            if failure is not None:
+                on_failure(failure)
 
+    async def attempt() -> T:
+        return await send()
+
+    await asyncio.sleep(random.uniform(0.01, 0.03))  # noqa: S311 - jitter, not security
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(max(policy.quick_tries, 1)),
+        stop=stop_after_attempt(policy.quick_tries - 1),
         wait=wait_exponential_jitter(multiplier=0.02, max=policy.quick_wait_max),
         retry=retry_if_exception(_quick_retryable),
         before_sleep=before_sleep,
         reraise=True,
     )
-    async def attempt() -> T:
-        return await send()
-
     return await retrying(attempt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from bot.domain.models import (
@@ -51,7 +52,9 @@ def policy_to_json(policy: DeliveryPolicy) -> str:
     })
 
 
+@lru_cache(maxsize=256)
 def policy_from_json(raw: str) -> DeliveryPolicy:
+    """Policies repeat across thousands of rows: parse each distinct one once."""
     data = json.loads(raw)
     return DeliveryPolicy(
         channels=tuple(ChannelName(c) for c in data["channels"]),

@@ -1,0 +1,152 @@
+"""Fan-out benchmark: 10,000 deliveries to a local webhook sink (its own process).
+
+Compares, in one run and against the same sink:
+  tocsin  — the real engine on SQLite: claim, send, and commit state + attempt per delivery;
+  raw     — a bare aiohttp POST loop, one shared ClientSession, the same 50 in flight;
+  apprise — Apprise's own notify() to the same number of json:// targets.
+Only deliveries whose state and attempt record are committed count for Tocsin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bot.channels.webhook import WebhookChannel
+from bot.config import WebhookChannelSettings
+from bot.delivery.worker import DispatchConfig, Dispatcher
+from bot.domain.clock import SystemClock
+from bot.domain.models import ChannelName, DeliveryState
+from bot.ports import Page
+from bot.store.sqlite import SqliteStore
+from tests import factories
+
+CONCURRENCY = 50
+
+
+@contextlib.contextmanager
+def sink_process() -> Iterator[str]:
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("sink.py"))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=10)
+
+
+async def sink_count(session: aiohttp.ClientSession, url: str) -> int:
+    async with session.get(f"{url}/count") as response:
+        return int((await response.json())["count"])
+
+
+async def bench_tocsin(url: str, n: int) -> float:
+    with tempfile.TemporaryDirectory() as folder:
+        store = SqliteStore(str(Path(folder) / "bench.db"))
+        await store.open()
+        await store.migrate()
+        changes = factories.declaration(0)
+        stmt = changes.statements[0]
+        changes.deliveries = [
+            factories.new_delivery(stmt, f"{url}/hook/{i % 100}", ChannelName.WEBHOOK)
+            for i in range(n)
+        ]
+        await store.commit(changes)
+        connector = aiohttp.TCPConnector(limit=CONCURRENCY * 2)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            channel = WebhookChannel(session, WebhookChannelSettings())
+            channel.rate, channel.burst, channel.destination_rate = 1e9, 10**9, None
+            worker = Dispatcher(store, {ChannelName.WEBHOOK: channel}, SystemClock(),
+                                config=DispatchConfig(concurrency=CONCURRENCY, batch_size=500,
+                                                      poll_interval=0.05))
+            stop = asyncio.Event()
+            started = time.perf_counter()
+            task = asyncio.create_task(worker.run(stop))
+            while await store.pending_count() > 0:
+                await store.wait_for_work(0.05)
+            elapsed = time.perf_counter() - started
+            stop.set()
+            await task
+        counts = await store.delivery_counts(stmt.incident_id)
+        attempts = await store.attempts(
+            [d.id for d in await store.deliveries(stmt.incident_id, Page(limit=n))])
+        await store.close()
+    done = counts.get(DeliveryState.DELIVERED.value, 0)
+    recorded = sum(1 for rows in attempts.values() if rows)
+    assert done == n and recorded == n, (counts, recorded)
+    return done / elapsed
+
+
+async def bench_raw(url: str, n: int) -> float:
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY * 2)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        queue = iter(range(n))
+        ok = 0
+
+        async def lane() -> None:
+            nonlocal ok
+            for i in queue:
+                async with session.post(f"{url}/raw/{i % 100}",
+                                        json={"text": "Orbis indisponible", "n": i}) as r:
+                    await r.read()
+                    ok += r.status == 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(CONCURRENCY)))
+        elapsed = time.perf_counter() - started
+    assert ok == n
+    return n / elapsed
+
+
+async def bench_apprise(url: str, n: int) -> float:
+    import apprise
+
+    host = url.removeprefix("http://")
+    notifier = apprise.Apprise()
+    for i in range(n):
+        notifier.add(f"json://{host}/apprise/{i % 100}?n={i}")
+    started = time.perf_counter()
+    ok = await notifier.async_notify(body="Orbis indisponible", title="Incident")
+    elapsed = time.perf_counter() - started
+    assert ok, "apprise reported a failure"
+    return n / elapsed
+
+
+async def main(n: int, apprise_n: int) -> None:
+    with sink_process() as url:
+        raw = await bench_raw(url, n)
+        tocsin = await bench_tocsin(url, n)
+        apprise_rate = await bench_apprise(url, apprise_n)
+        async with aiohttp.ClientSession() as session:
+            total = await sink_count(session, url)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"sink received {total} requests")
+    print(f"fanout: n={n} tocsin_per_s={tocsin:.0f} raw_per_s={raw:.0f} "
+          f"apprise_per_s={apprise_rate:.0f} tocsin/raw={tocsin / raw:.2f} "
+          f"tocsin/apprise={tocsin / apprise_rate:.1f} rss_mb={rss_mb:.0f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-n", type=int, default=10_000)
+    parser.add_argument("--apprise-n", type=int, default=None,
+                        help="messages for Apprise (default: n)")
+    args = parser.parse_args()
+    asyncio.run(main(args.n, args.apprise_n or args.n))

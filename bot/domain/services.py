@@ -197,6 +197,44 @@ class IncidentService:
         await self.store.commit(changes)
         return incident
 
+    async def revise_draft(self, actor: Actor, incident_id: str, draft: IncidentDraft) -> Incident:
+        """Replace the details of a draft (e.g. a repeated alert notification); nothing is sent."""
+        self._require(actor, Role.RESPONDER)
+        self._check_draft(draft)
+        incident = await self.get(incident_id)
+        if incident.status != IncidentStatus.DRAFT:
+            raise Conflict(f"{incident_id} is not a draft")
+        now = self.clock.now()
+        revised = replace(
+            incident, title=draft.title, systems=draft.systems, unaffected=draft.unaffected,
+            impact=draft.impact, sites=draft.sites, severity=draft.severity, cause=draft.cause,
+            updated_at=now,
+        )
+        seq = await self._next_seq(incident_id)
+        await self.store.commit(Changes(incident=revised, timeline=[TimelineEntry(
+            incident_id, seq, now, actor.name, "draft_revised",
+            {"severity": revised.severity.value, "systems": list(revised.systems)},
+        )]))
+        return revised
+
+    async def note(
+        self, actor: Actor, incident_id: str, action: str, detail: Mapping[str, Any]
+    ) -> TimelineEntry:
+        """Append an entry to the incident's timeline (alerts resolved, reminders, re-routings).
+
+        ``detail`` must be JSON-serialisable."""
+        incident = await self.get(incident_id)
+        for _ in range(5):
+            seq = await self._next_seq(incident.id)
+            entry = TimelineEntry(incident.id, seq, self.clock.now(), actor.name, action,
+                                  dict(detail))
+            try:
+                await self.store.commit(Changes(timeline=[entry]))
+            except Conflict:
+                continue  # a concurrent change took this sequence number
+            return entry
+        raise Conflict("could not append to the timeline")
+
     async def update(
         self, actor: Actor, incident_id: str, status: str | None, message: str | None
     ) -> Incident:

@@ -122,6 +122,8 @@ def plan_deliveries(
                 )
             )
         for person in audience.members:
+            if person.deputy:
+                continue  # deputies are reached only when their site lacks confirmations
             locale = person.locale or default_locale
             if locale_only and locale != locale_only:
                 continue

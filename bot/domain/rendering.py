@@ -5,8 +5,8 @@ in ``claims.<locale>.yaml`` and labels (severity, status, cause) in ``labels.<lo
 
 Each format has an environment of its own, so escaping follows the format being produced, not
 the name of the file being compiled: a partial included from an HTML template is escaped as
-HTML, the same partial included from a Slack template is escaped as Slack mrkdwn, and nobody
-has to remember a filter. HTML, Telegram and Slack autoescape; subject, text and SMS do not.
+HTML, the same partial included from a Slack template is escaped for Slack, and nobody has to
+remember a filter. HTML, Telegram and Slack autoescape; subject, text and SMS do not.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError
-from jinja2.exceptions import SecurityError
+from jinja2.exceptions import SecurityError, TemplateRuntimeError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import pass_context
@@ -147,8 +147,9 @@ def _tidy(text: str) -> str:
 
 
 def _slack_unquote(text: str) -> str:
-    # Jinja's own escaping (``|join``, ``~``) is HTML escaping; Slack decodes only &amp; &lt;
-    # &gt; and would show the quote entities as they are. Quotes are harmless in mrkdwn.
+    # Slack output is autoescaped like HTML, which escapes the only three characters Slack
+    # treats as markup (& < >) and, in passing, quotes, which Slack does not decode and would
+    # show as &#34;. Quotes are harmless in mrkdwn, so they go back; the rest stays escaped.
     return text.replace("&#34;", '"').replace("&#39;", "'")
 
 
@@ -193,12 +194,6 @@ def _bullets(fmt: str) -> Callable[[Iterable[Any]], str]:
         return Markup(lines) if fmt in _AUTOESCAPED else lines  # noqa: S704
 
     return bullets
-
-
-def _slack_finalize(value: Any) -> Any:
-    # Every {{ value }} of a Slack template is escaped for mrkdwn before output: a template
-    # author cannot forget it. Markup (from helpers, |join, ~) is already escaped.
-    return mrkdwn(value)
 
 
 def _as_datetime(value: Any) -> datetime:
@@ -426,6 +421,8 @@ class StatementRenderer:
                 outputs.append((name, self._render_file(name, fmt, locale, ctx)))
             except TemplateError as exc:
                 problems.extend(exc.problems)
+            except InvalidInput as exc:  # no claim wording for this locale
+                problems.append(TemplateProblem(name, None, str(exc)))
         if problems:
             raise TemplateError(list(dict.fromkeys(problems)))
         return outputs
@@ -514,7 +511,6 @@ class StatementRenderer:
             loader=loader,
             undefined=StrictUndefined,
             autoescape=fmt in _AUTOESCAPED,
-            finalize=_slack_finalize if fmt == "slack" else None,
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=False,
@@ -558,13 +554,13 @@ class StatementRenderer:
             locale = str(context.get("locale", "en"))
             table = self._yaml(f"labels.{locale}.yaml").get(group)
             if not isinstance(table, Mapping):
-                raise KeyError(f"labels.{locale}.yaml has no group {group!r}")
+                raise TemplateRuntimeError(f"labels.{locale}.yaml has no group {group!r}")
             key = str(key)
             if key in table:
                 return str(table[key])
             if "other" in table:
                 return str(table["other"]).replace("{value}", key)
-            raise KeyError(f"labels.{locale}.yaml has no {group} label for {key!r}")
+            raise TemplateRuntimeError(f"labels.{locale}.yaml has no {group} label for {key!r}")
 
         return label
 
@@ -807,6 +803,13 @@ class StatementRenderer:
             raise InvalidInput(f"unknown event {event!r}; expected one of {', '.join(EVENTS)}")
         if not _LOCALE.match(locale):
             raise InvalidInput(f"not a locale: {locale!r}")
+
+
+def sample_context(locale: str = "fr", renderer: StatementRenderer | None = None) -> dict[str, Any]:
+    """The sample Orbis context of :meth:`StatementRenderer.sample_context`, with claims worded
+    by ``renderer`` (the packaged templates when None). ``check`` and ``preview`` re-word the
+    claims for each locale they render, so any renderer will do for them."""
+    return (renderer or StatementRenderer()).sample_context(locale)
 
 
 def _template_name(kind: StatementKind, event: str, locale: str, fmt: str) -> str:

@@ -6,7 +6,6 @@ statements and every delivery they imply in one transaction: nothing is sent bef
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -21,6 +20,7 @@ from bot.domain.audiences import (
     plan_deliveries,
     statement_kind_for,
 )
+from bot.domain.claims import ClaimsRegistry, ClaimView
 from bot.domain.declarations import IncidentDraft, parse_status
 from bot.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from bot.domain.models import (
@@ -38,6 +38,7 @@ from bot.domain.models import (
     StatementStatus,
     TimelineEntry,
 )
+from bot.domain.statements import PressDesk, new_statement_id
 from bot.ports import Changes, Clock, Store
 
 
@@ -150,7 +151,7 @@ class IncidentService:
         ``as_draft`` opens a draft that a person must confirm (monitoring alerts): nothing is
         sent until :meth:`confirm`.
         """
-        self._require(actor, Role.RESPONDER)
+        self.require(actor, Role.RESPONDER)
         self._check_draft(draft)
         for _ in range(5):
             now = self.clock.now()
@@ -182,12 +183,12 @@ class IncidentService:
 
     async def confirm(self, actor: Actor, incident_id: str) -> Incident:
         """Confirm a draft (e.g. from an alert): it becomes ``investigating`` and is sent."""
-        self._require(actor, Role.RESPONDER)
+        self.require(actor, Role.RESPONDER)
         incident = await self.get(incident_id)
         if incident.status != IncidentStatus.DRAFT:
             raise Conflict(f"{incident_id} is not a draft")
         now = self.clock.now()
-        seq = await self._next_seq(incident_id)
+        seq = await self.next_seq(incident_id)
         incident = replace(incident, status=IncidentStatus.INVESTIGATING, updated_at=now)
         changes = Changes(
             incident=incident,
@@ -199,7 +200,7 @@ class IncidentService:
 
     async def revise_draft(self, actor: Actor, incident_id: str, draft: IncidentDraft) -> Incident:
         """Replace the details of a draft (e.g. a repeated alert notification); nothing is sent."""
-        self._require(actor, Role.RESPONDER)
+        self.require(actor, Role.RESPONDER)
         self._check_draft(draft)
         incident = await self.get(incident_id)
         if incident.status != IncidentStatus.DRAFT:
@@ -210,7 +211,7 @@ class IncidentService:
             impact=draft.impact, sites=draft.sites, severity=draft.severity, cause=draft.cause,
             updated_at=now,
         )
-        seq = await self._next_seq(incident_id)
+        seq = await self.next_seq(incident_id)
         await self.store.commit(Changes(incident=revised, timeline=[TimelineEntry(
             incident_id, seq, now, actor.name, "draft_revised",
             {"severity": revised.severity.value, "systems": list(revised.systems)},
@@ -225,7 +226,7 @@ class IncidentService:
         ``detail`` must be JSON-serialisable."""
         incident = await self.get(incident_id)
         for _ in range(5):
-            seq = await self._next_seq(incident.id)
+            seq = await self.next_seq(incident.id)
             entry = TimelineEntry(incident.id, seq, self.clock.now(), actor.name, action,
                                   dict(detail))
             try:
@@ -239,7 +240,7 @@ class IncidentService:
         self, actor: Actor, incident_id: str, status: str | None, message: str | None
     ) -> Incident:
         """A status change and/or a message: new statements to the incident's audiences."""
-        self._require(actor, Role.RESPONDER)
+        self.require(actor, Role.RESPONDER)
         if status is None and not (message and message.strip()):
             raise InvalidInput("an update needs a status or a message",
                                detail={"status": "or message required"})
@@ -251,7 +252,7 @@ class IncidentService:
         incident = await self.get(incident_id)
         self._require_open(incident)
         now = self.clock.now()
-        seq = await self._next_seq(incident_id)
+        seq = await self.next_seq(incident_id)
         incident = replace(incident, status=new_status or incident.status, updated_at=now)
         detail = {"status": incident.status.value, "message": (message or "").strip()}
         changes = Changes(
@@ -264,11 +265,11 @@ class IncidentService:
 
     async def resolve(self, actor: Actor, incident_id: str, message: str | None = None) -> Incident:
         """Close the incident and send the resolution statements."""
-        self._require(actor, Role.RESPONDER)
+        self.require(actor, Role.RESPONDER)
         incident = await self.get(incident_id)
         self._require_open(incident)
         now = self.clock.now()
-        seq = await self._next_seq(incident_id)
+        seq = await self.next_seq(incident_id)
         incident = replace(
             incident, status=IncidentStatus.RESOLVED, updated_at=now, resolved_at=now
         )
@@ -281,79 +282,26 @@ class IncidentService:
         await self.store.commit(changes)
         return incident
 
-    # --- statements --------------------------------------------------------------------
+    # --- statements (the press desk: bot/domain/statements.py) ---------------------------
     async def edit_statement(self, actor: Actor, statement_id: str, text: str) -> Statement:
-        """A person's edit of a draft makes a new version (the old one is superseded)."""
-        self._require(actor, Role.PRESS)
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidInput("text is required", detail={"text": "a non-empty string"})
-        if len(text) > 20_000:
-            raise InvalidInput("text too long", detail={"text": "at most 20000 characters"})
-        current = await self.statement(statement_id)
-        if current.status != StatementStatus.DRAFT:
-            raise Conflict(f"statement {statement_id} is {current.status.value}: "
-                           "only a draft can be edited")
-        now = self.clock.now()
-        edited = replace(
-            current, id=_statement_id(), version=current.version + 1, text=text.strip(),
-            bodies=self.renderer.bodies_from_text(
-                current.kind, text.strip(), current.bodies.get("subject", "")
-            ),
-            author=actor.name, approved_by=None, created_at=now,
-        )
-        seq = await self._next_seq(current.incident_id)
-        changes = Changes(
-            statements=[edited],
-            statement_updates=[replace(current, status=StatementStatus.SUPERSEDED)],
-            timeline=[TimelineEntry(
-                current.incident_id, seq, now, actor.name, "statement_edited",
-                {"statement": edited.id, "kind": edited.kind.value, "locale": edited.locale,
-                 "version": edited.version, "supersedes": current.id},
-            )],
-        )
-        await self.store.commit(changes)
-        return edited
+        """A person's edit makes a new draft version (see :class:`PressDesk`)."""
+        return await PressDesk(self).edit(actor, statement_id, text)
 
     async def approve_statement(self, actor: Actor, statement_id: str) -> Statement:
-        """Four-eyes approval: a press-role person other than the author publishes it."""
-        self._require(actor, Role.PRESS)
-        current = await self.statement(statement_id)
-        if current.status != StatementStatus.DRAFT:
-            raise Conflict(f"statement {statement_id} is {current.status.value}, not a draft")
-        if current.author == actor.name:
-            raise Forbidden("the author of a statement cannot approve it (four-eyes rule)")
-        incident = await self.get(current.incident_id)
-        now = self.clock.now()
-        published = replace(current, status=StatementStatus.PUBLISHED, approved_by=actor.name)
-        seq = await self._next_seq(incident.id)
-        changes = Changes(
-            statement_updates=[published],
-            timeline=[TimelineEntry(
-                incident.id, seq, now, actor.name, "statement_approved",
-                {"statement": current.id, "kind": current.kind.value,
-                 "locale": current.locale, "version": current.version},
-            )],
-        )
-        targets = [self.audiences[a] for a in self._audiences_for(incident, current)]
-        changes.deliveries = plan_deliveries(
-            incident_id=incident.id, seq=current.seq, audiences=targets,
-            statements=StatementIndex([published], current.locale),
-            default_locale=incident.locale, now=now, kinds=frozenset({current.kind}),
-            locale_only=current.locale, usable=self.usable_channels,
-        )
-        await self.store.commit(changes)
-        return published
-
-    def _audiences_for(self, incident: Incident, statement: Statement) -> list[str]:
-        if statement.audiences:
-            return [a for a in statement.audiences if a in self.audiences]
-        return [
-            name for name, audience in self.audiences.items()
-            if audience.kind == statement.kind
-            and (name in incident.audiences or statement.kind == StatementKind.PRESS)
-        ]
+        """Four-eyes approval and publication (see :class:`PressDesk`)."""
+        return await PressDesk(self).approve(actor, statement_id)
 
     # --- acknowledgements --------------------------------------------------------------
+    async def claims(self, incident_id: str) -> list[ClaimView]:
+        """The incident's claims with their reach (see :class:`ClaimsRegistry`)."""
+        return await ClaimsRegistry(self).views(incident_id)
+
+    async def retract_claim(
+        self, actor: Actor, incident_id: str, key: str, reason: str
+    ) -> list[Statement]:
+        """Draft corrections of a claim for the audiences that received it."""
+        return await ClaimsRegistry(self).retract(actor, incident_id, key, reason)
+
     async def acknowledge(self, token: str, by: str) -> Delivery:
         """Acknowledge the delivery behind an opaque token; pressing twice changes nothing."""
         delivery = await self.store.find_by_ack_token(token)
@@ -416,24 +364,19 @@ class IncidentService:
         update: Mapping[str, Any] | None = None,
     ) -> None:
         """Render every kind in every locale and plan the deliveries of the non-approval kinds."""
-        context = incident_context(incident, self.org)
-        context.update(
-            event=event, update={**update, "at": now} if update else None, correction=None
-        )
         statements: list[Statement] = []
         for locale in self.org.locales:
-            context["claims"] = [
-                {"key": c, "text": self.renderer.claim_text(c, locale)} for c in incident.claims
-            ]
+            context = self.context_for(incident, event, locale, now, update)
             for kind in StatementKind:
                 bodies = self.renderer.render(kind, event, locale, context)
                 statements.append(Statement(
-                    id=_statement_id(), incident_id=incident.id, seq=seq, event=event,
+                    id=new_statement_id(), incident_id=incident.id, seq=seq, event=event,
                     kind=kind, locale=locale, version=1,
                     status=StatementStatus.DRAFT if kind in APPROVAL_KINDS
                     else StatementStatus.PUBLISHED,
                     text=bodies.get("text", ""), bodies=bodies, author=actor.name,
-                    approved_by=None, created_at=now, claims=incident.claims,
+                    approved_by=None, created_at=now,
+                    claims=() if kind == StatementKind.SMS else incident.claims,
                 ))
         changes.statements.extend(statements)
         audiences = [self.audiences[a] for a in incident.audiences if a in self.audiences]
@@ -444,12 +387,27 @@ class IncidentService:
             kinds=frozenset(StatementKind) - APPROVAL_KINDS, usable=self.usable_channels,
         ))
 
-    async def _next_seq(self, incident_id: str) -> int:
+    def context_for(
+        self, incident: Incident, event: str, locale: str, now: datetime,
+        update: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The template context of one event of an incident."""
+        context = incident_context(incident, self.org)
+        context.update(
+            event=event, update={**update, "at": now} if update else None, correction=None,
+            claims=[{"key": c, "text": self.renderer.claim_text(c, locale)}
+                    for c in incident.claims],
+        )
+        return context
+
+    async def next_seq(self, incident_id: str) -> int:
+        """The next timeline sequence number of an incident."""
         entries = await self.store.timeline(incident_id)
         return (entries[-1].seq if entries else 0) + 1
 
     @staticmethod
-    def _require(actor: Actor, role: Role) -> None:
+    def require(actor: Actor, role: Role) -> None:
+        """Forbidden unless the actor holds ``role``."""
         if not actor.can(role):
             raise Forbidden(f"{role.value} role required")
 
@@ -459,10 +417,6 @@ class IncidentService:
             raise Conflict(f"{incident.id} is already resolved")
         if incident.status == IncidentStatus.DRAFT:
             raise Conflict(f"{incident.id} is a draft: confirm it first")
-
-
-def _statement_id() -> str:
-    return "stm-" + secrets.token_hex(6)
 
 
 def new_follow_up(

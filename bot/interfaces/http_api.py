@@ -18,6 +18,7 @@ from bot.domain.declarations import IncidentDraft
 from bot.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, TocsinError
 from bot.domain.models import Actor, Role
 from bot.domain.rendering import TemplateError
+from bot.domain.statements import PressDesk
 from bot.interfaces import openapi, serialize
 from bot.ports import Page
 
@@ -194,6 +195,43 @@ async def approve_statement(request: web.Request) -> web.Response:
     return web.json_response(serialize.statement_json(statement))
 
 
+async def statement_versions(request: web.Request) -> web.Response:
+    authorise(request, Role.VIEWER)
+    desk = PressDesk(runtime(request).service)
+    versions = await desk.versions(request.match_info["id"])
+    diff = await desk.diff(request.match_info["id"], request.query.get("against"))
+    return web.json_response(
+        {"versions": [serialize.statement_json(s) for s in versions], "diff": diff}
+    )
+
+
+# --- claims ------------------------------------------------------------------------------
+async def list_claims(request: web.Request) -> web.Response:
+    authorise(request, Role.VIEWER)
+    views = await runtime(request).service.claims(request.match_info["id"])
+    return web.json_response({"claims": [
+        {"key": v.key, "text": v.text, "status": v.status, "audiences": list(v.audiences),
+         "recipients": v.recipients, "reason": v.reason} for v in views
+    ]})
+
+
+async def retract_claim(request: web.Request) -> web.Response:
+    actor = authorise(request, Role.RESPONDER)
+    body = await json_body(request)
+    if not isinstance(body, dict) or set(body) - {"reason"}:
+        raise InvalidInput("the body must be {\"reason\": ...}", detail={"reason": "required"})
+    rt = runtime(request)
+    incident = await rt.service.get(request.match_info["id"])
+    drafts = await rt.service.retract_claim(
+        actor, incident.id, request.match_info["key"], body.get("reason", "")
+    )
+    main = next((d for d in drafts if d.locale == incident.locale), drafts[0])
+    data = serialize.statement_json(main)
+    data["audiences"] = list(main.audiences)
+    data["translations"] = [serialize.statement_json(d) for d in drafts if d is not main]
+    return web.json_response(data, status=201)
+
+
 # --- deliveries --------------------------------------------------------------------------
 async def list_deliveries(request: web.Request) -> web.Response:
     authorise(request, Role.VIEWER)
@@ -258,6 +296,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/incidents/{id}/deliveries", list_deliveries)
     app.router.add_put("/api/v1/statements/{id}", edit_statement)
     app.router.add_post("/api/v1/statements/{id}/approve", approve_statement)
+    app.router.add_get("/api/v1/statements/{id}/versions", statement_versions)
+    app.router.add_get("/api/v1/incidents/{id}/claims", list_claims)
+    app.router.add_post("/api/v1/incidents/{id}/claims/{key}/retract", retract_claim)
     app.router.add_get("/ack/{token}", acknowledge_link)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -73,3 +73,31 @@ async def running_api(monkeypatch: pytest.MonkeyPatch, config: dict[str, Any] | 
     app = build_app(settings, store=store, with_worker=with_worker)
     async with TestClient(TestServer(app)) as client:
         yield Api(client, app[RUNTIME], store)
+
+
+async def settle(store: Store, timeout: float = 15.0) -> None:
+    """Wait until the worker has nothing queued, sending or retrying (woken by the store)."""
+    import asyncio
+
+    async with asyncio.timeout(timeout):
+        while await store.pending_count() > 0:
+            await store.wait_for_work(0.05)
+
+
+@asynccontextmanager
+async def api_with_mail(monkeypatch: pytest.MonkeyPatch, **config_over: Any
+                        ) -> AsyncIterator[tuple[Api, Any]]:
+    """A running app with its worker, sending e-mail to a real local SMTP server."""
+    from bot.sandbox.smtp import SandboxSmtp
+
+    smtp = SandboxSmtp()
+    await smtp.start()
+    try:
+        config = base_config(smtp_port=smtp.port)
+        config["audiences"]["all-staff"]["destinations"] = [
+            {"email_list": "staff@example.org"}]
+        config.update(config_over)
+        async with running_api(monkeypatch, config, with_worker=True) as api:
+            yield api, smtp
+    finally:
+        await smtp.stop()

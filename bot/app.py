@@ -177,7 +177,7 @@ def build_app(
     channel_factory: ChannelFactory | None = None,
 ) -> web.Application:
     """The aiohttp application: API, webhooks, dashboard, status page, and the worker."""
-    from bot.interfaces import http_api
+    from bot.interfaces import http_api, status_page
 
     app = web.Application(client_max_size=1024 * 1024, middlewares=http_api.middlewares())
 
@@ -198,6 +198,7 @@ def build_app(
 
     app.cleanup_ctx.append(runtime_ctx)
     http_api.add_routes(app)
+    status_page.add_routes(app)
     _add_inbound_routes(app, settings)
     return app
 

@@ -202,10 +202,14 @@ class Dispatcher:
 
     def message_for(self, delivery: Delivery, statement: Statement) -> OutboundMessage:
         """The outbound message of one delivery."""
+        bodies = statement.bodies
+        require_ack = delivery.policy.require_ack and delivery.is_member
+        if require_ack and "sms_ack" in bodies:
+            bodies = {**bodies, "sms": bodies["sms_ack"]}
         return OutboundMessage(
             delivery_id=delivery.id, channel=delivery.channel, address=delivery.address,
-            recipient=delivery.recipient, locale=delivery.locale, bodies=statement.bodies,
-            require_ack=delivery.policy.require_ack and delivery.is_member,
+            recipient=delivery.recipient, locale=delivery.locale, bodies=bodies,
+            require_ack=require_ack,
             ack_token=delivery.ack_token,
             ack_url=f"{self.public_url}/ack/{delivery.ack_token}"
             if delivery.policy.require_ack and delivery.is_member else None,

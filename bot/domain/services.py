@@ -369,6 +369,11 @@ class IncidentService:
             context = self.context_for(incident, event, locale, now, update)
             for kind in StatementKind:
                 bodies = self.renderer.render(kind, event, locale, context)
+                if kind == StatementKind.SMS:
+                    # The same short text for people who must answer "OK".
+                    asking = self.renderer.render(kind, event, locale,
+                                                  {**context, "require_ack": True})
+                    bodies["sms_ack"] = asking["sms"]
                 statements.append(Statement(
                     id=new_statement_id(), incident_id=incident.id, seq=seq, event=event,
                     kind=kind, locale=locale, version=1,

@@ -32,6 +32,10 @@ templates_app = typer.Typer(no_args_is_help=True, help="Check or preview stateme
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(templates_app, name="templates")
 app.add_typer(db_app, name="db")
+status_page_app = typer.Typer(no_args_is_help=True, help="The public status page.")
+claim_app = typer.Typer(no_args_is_help=True, help="Claims made by statements.")
+app.add_typer(status_page_app, name="status-page")
+app.add_typer(claim_app, name="claim")
 
 console = Console()
 err = Console(stderr=True)
@@ -411,6 +415,74 @@ def templates_preview(
     ):
         console.rule(path)
         console.print(output, highlight=False, markup=False)
+
+
+@status_page_app.command("export")
+def status_page_export(
+    folder: Annotated[Path, typer.Argument(metavar="DIR")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Write the public status page and feed as static files (to host elsewhere)."""
+    settings = settings_from(config)
+
+    async def go() -> dict[str, bytes]:
+        from bot.app import open_runtime
+        from bot.interfaces.status_page import StatusPage
+
+        async with open_runtime(settings, with_channels=False) as rt:
+            return await StatusPage(rt).files()
+
+    site = run(go())
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in site.items():
+        (folder / name).write_bytes(content)
+    console.print(f"wrote {', '.join(sorted(site))} to {folder}")
+
+
+@claim_app.command("retract")
+def claim_retract(
+    incident_id: Annotated[str, typer.Argument(metavar="ID")],
+    claim: Annotated[str, typer.Argument(metavar="CLAIM")],
+    reason: Annotated[str, typer.Option(help="Why the claim no longer holds.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    as_: AsOpt = None,
+) -> None:
+    """Draft a correction of a claim for exactly the audiences that received it."""
+    settings = settings_from(config)
+
+    async def go() -> None:
+        from bot.app import open_runtime
+
+        async with open_runtime(settings, with_channels=False) as rt:
+            drafts = await rt.service.retract_claim(actor(as_), incident_id, claim, reason)
+            for draft in drafts:
+                console.print(f"[bold]{draft.id}[/] correction ({draft.locale}) for "
+                              f"{', '.join(draft.audiences) or 'nobody'} — awaiting approval")
+
+    run(go())
+
+
+@app.command()
+def claims(
+    incident_id: Annotated[str, typer.Argument(metavar="ID")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """The claims an incident's statements made, their status and reach."""
+    settings = settings_from(config)
+
+    async def go() -> None:
+        from bot.app import open_runtime
+
+        async with open_runtime(settings, with_channels=False) as rt:
+            table = Table(title=f"Claims of {incident_id}")
+            for column in ("claim", "status", "audiences", "recipients", "wording"):
+                table.add_column(column)
+            for view in await rt.service.claims(incident_id):
+                table.add_row(view.key, view.status, ", ".join(view.audiences),
+                              str(view.recipients), view.text)
+            console.print(table)
+
+    run(go())
 
 
 @db_app.command("upgrade")

@@ -1,0 +1,150 @@
+"""The public status page and its Atom feed: only approved public statements ever appear.
+
+Served at ``/status`` and ``/status/feed.atom``; ``tocsin status-page export DIR`` writes the
+same as static files, to host outside the organisation's own network during an outage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from xml.etree import ElementTree as ET
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from bot.app import RUNTIME, Runtime
+from bot.domain.models import Incident, IncidentStatus, Statement, StatementKind, StatementStatus
+from bot.ports import Page
+
+ATOM = "http://www.w3.org/2005/Atom"
+LABELS = {
+    "fr": {"title": "État des services", "current": "Incidents en cours",
+           "recent": "Incidents récents", "none": "Aucun incident en cours.",
+           "affected": "Affecté", "unaffected": "Fonctionne normalement",
+           "updated": "Mis à jour", "feed": "Flux Atom", "resolved": "Résolu"},
+    "en": {"title": "Service status", "current": "Current incidents",
+           "recent": "Recent incidents", "none": "No current incident.",
+           "affected": "Affected", "unaffected": "Working normally",
+           "updated": "Updated", "feed": "Atom feed", "resolved": "Resolved"},
+}
+
+
+@dataclass(frozen=True)
+class PublicIncident:
+    """What the public may see of one incident."""
+
+    incident: Incident
+    statement: Statement
+    history: tuple[Statement, ...]
+
+    @property
+    def current(self) -> bool:
+        return self.incident.status != IncidentStatus.RESOLVED
+
+
+async def public_incidents(rt: Runtime, locale: str, limit: int = 50) -> list[PublicIncident]:
+    """Incidents with at least one published public statement, newest first."""
+    shown: list[PublicIncident] = []
+    for incident in await rt.store.list_incidents(Page(limit=limit)):
+        if incident.status == IncidentStatus.DRAFT:
+            continue
+        published = [s for s in await rt.store.statements(incident.id)
+                     if s.kind == StatementKind.PUBLIC and s.status == StatementStatus.PUBLISHED
+                     and s.approved_by]
+        mine = [s for s in published if s.locale == locale] or [
+            s for s in published if s.locale == incident.locale]
+        if not mine:
+            continue
+        mine.sort(key=lambda s: (s.seq, s.version))
+        shown.append(PublicIncident(incident, mine[-1], tuple(reversed(mine))))
+    return shown
+
+
+class StatusPage:
+    """Renders the page and the feed for one organisation."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        folder = Path(__file__).with_name("status_templates")
+        self.env = Environment(loader=FileSystemLoader(folder),
+                               autoescape=select_autoescape(["html", "j2"]))
+        zone = ZoneInfo(rt.settings.organisation.timezone)
+        self.env.filters["local"] = lambda d: d.astimezone(zone).strftime("%d/%m/%Y %H:%M")
+
+    def locale(self, wanted: str | None) -> str:
+        locales = self.rt.settings.organisation.locales
+        return wanted if wanted in locales else self.rt.settings.organisation.locale
+
+    async def html(self, wanted: str | None, *, static: bool = False) -> str:
+        locale = self.locale(wanted)
+        items = await public_incidents(self.rt, locale)
+        links = {lc: (f"index.{lc}.html" if static else f"?lang={lc}")
+                 for lc in self.rt.settings.organisation.locales}
+        return self.env.get_template("status.html.j2").render(
+            org=self.rt.settings.organisation.name, locale=locale, labels=LABELS.get(
+                locale, LABELS["en"]), current=[i for i in items if i.current],
+            recent=[i for i in items if not i.current][:20], links=links,
+            feed="feed.atom" if static else "/status/feed.atom",
+        )
+
+    async def atom(self, wanted: str | None = None) -> bytes:
+        locale = self.locale(wanted)
+        base = self.rt.settings.server.public_url.rstrip("/")
+        items = await public_incidents(self.rt, locale)
+        ET.register_namespace("", ATOM)
+        feed = ET.Element(f"{{{ATOM}}}feed", {"xml:lang": locale})
+        _text(feed, "title", f"{self.rt.settings.organisation.name} — "
+                             f"{LABELS.get(locale, LABELS['en'])['title']}")
+        _text(feed, "id", f"{base}/status/feed.atom")
+        ET.SubElement(feed, f"{{{ATOM}}}link", {"rel": "self", "href": f"{base}/status/feed.atom"})
+        ET.SubElement(feed, f"{{{ATOM}}}link", {"rel": "alternate", "href": f"{base}/status"})
+        entries = sorted((s for i in items for s in i.history), key=lambda s: s.created_at,
+                         reverse=True)
+        newest = max((s.created_at for s in entries), default=datetime(2023, 1, 1).astimezone())
+        _text(feed, "updated", newest.isoformat())
+        author = ET.SubElement(feed, f"{{{ATOM}}}author")
+        _text(author, "name", self.rt.settings.organisation.name)
+        for statement in entries:
+            entry = ET.SubElement(feed, f"{{{ATOM}}}entry")
+            _text(entry, "id", f"{base}/status#{statement.id}")
+            _text(entry, "title", statement.bodies.get("subject") or statement.incident_id)
+            _text(entry, "updated", statement.created_at.isoformat())
+            ET.SubElement(entry, f"{{{ATOM}}}link",
+                          {"href": f"{base}/status#{statement.incident_id}"})
+            content = _text(entry, "content", statement.text)
+            content.set("type", "text")
+        return bytes(ET.tostring(feed, encoding="utf-8", xml_declaration=True))
+
+    async def files(self) -> dict[str, bytes]:
+        """The static site: index.html, index.<lang>.html and feed.atom."""
+        site = {"index.html": (await self.html(None, static=True)).encode()}
+        for locale in self.rt.settings.organisation.locales:
+            site[f"index.{locale}.html"] = (await self.html(locale, static=True)).encode()
+        site["feed.atom"] = await self.atom()
+        return site
+
+
+def _text(parent: ET.Element, tag: str, text: str) -> ET.Element:
+    element = ET.SubElement(parent, f"{{{ATOM}}}{tag}")
+    element.text = text
+    return element
+
+
+async def status(request: web.Request) -> web.Response:
+    page = StatusPage(request.app[RUNTIME])
+    return web.Response(text=await page.html(request.query.get("lang")),
+                        content_type="text/html", headers={"Cache-Control": "max-age=30"})
+
+
+async def feed(request: web.Request) -> web.Response:
+    page = StatusPage(request.app[RUNTIME])
+    return web.Response(body=await page.atom(request.query.get("lang")),
+                        content_type="application/atom+xml")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/status", status)
+    app.router.add_get("/status/feed.atom", feed)

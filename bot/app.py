@@ -8,16 +8,19 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from bot.config import Settings
 from bot.delivery.retry import RetryPolicy
+from bot.delivery.scheduler import Scheduler
 from bot.delivery.worker import DispatchConfig, Dispatcher
 from bot.domain.audiences import Audience, Person, Target
 from bot.domain.clock import SystemClock
-from bot.domain.models import ChannelName
+from bot.domain.models import Actor, ChannelName, Role
 from bot.domain.rendering import StatementRenderer
 from bot.domain.services import IncidentService, OrganisationInfo
 from bot.interfaces.auth import Authenticator
@@ -82,7 +85,9 @@ class Runtime:
     channels: dict[ChannelName, Channel] = field(default_factory=dict)
     dispatcher: Dispatcher | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     worker_task: asyncio.Task[None] | None = None
+    scheduler_task: asyncio.Task[None] | None = None
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -98,6 +103,7 @@ async def open_runtime(
     store: Store | None = None,
     with_channels: bool = True,
     with_worker: bool = False,
+    with_scheduler: bool = False,
     channel_factory: ChannelFactory | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open the store (migrating it), the shared HTTP session, the channels and the worker."""
@@ -128,12 +134,18 @@ async def open_runtime(
         if with_worker:
             runtime.dispatcher = build_dispatcher(runtime)
             runtime.worker_task = asyncio.create_task(runtime.dispatcher.run(runtime.stop))
+        if with_scheduler:
+            reminders = settings.reminders
+            scheduler = Scheduler(runtime.service, reminders.cadence, reminders.audience,
+                                  reminders.check_every)
+            runtime.scheduler_task = asyncio.create_task(scheduler.run(runtime.stop))
         yield runtime
     finally:
         runtime.stop.set()
-        if runtime.worker_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await runtime.worker_task
+        for task in (runtime.worker_task, runtime.scheduler_task):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for channel in runtime.channels.values():
             with contextlib.suppress(Exception):
                 await channel.close()
@@ -145,7 +157,7 @@ async def open_runtime(
 def build_dispatcher(runtime: Runtime) -> Dispatcher:
     """A worker over the runtime's store and channels."""
     cfg = runtime.settings.delivery
-    return Dispatcher(
+    dispatcher = Dispatcher(
         runtime.store,
         runtime.channels,
         runtime.clock,
@@ -163,6 +175,13 @@ def build_dispatcher(runtime: Runtime) -> Dispatcher:
             backoff_max=cfg.backoff_max,
         ),
     )
+    system = Actor("tocsin", Role.ADMIN)
+
+    async def note(incident_id: str, action: str, detail: dict[str, Any]) -> None:
+        await runtime.service.note(system, incident_id, action, detail)
+
+    dispatcher.timeline_note = note
+    return dispatcher
 
 
 Setup = Callable[[web.Application, Runtime], Awaitable[None] | None]

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from bot.domain.models import ChannelName, DeliveryPolicy, Role, StatementKind
+from bot.domain.models import ChannelName, DeliveryPolicy, Role, Severity, StatementKind
 from bot.domain.phone import normalise_phone
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -287,6 +287,16 @@ class AudienceSettings(Strict):
         return self
 
 
+class Reminders(Strict):
+    """Update cadence per severity; the crisis cell is reminded when an incident is overdue."""
+
+    cadence: dict[Severity, Duration] = Field(
+        default_factory=lambda: {Severity.CRITICAL: 1800.0, Severity.MAJOR: 3600.0}
+    )
+    audience: str = "crisis-cell"
+    check_every: Duration = 30.0
+
+
 class Settings(Strict):
     """The whole of ``tocsin.yaml``."""
 
@@ -298,6 +308,7 @@ class Settings(Strict):
     channels: Channels = Channels()
     audiences: dict[str, AudienceSettings] = Field(default_factory=dict)
     default_audiences: tuple[str, ...] = ()
+    reminders: Reminders = Reminders()
     templates_dir: str | None = None
     base_dir: str = "."
 

@@ -195,6 +195,18 @@ class Store(Protocol):
 
     async def pending_count(self, incident_id: str | None = None) -> int: ...
 
+    async def chain_channels(self, root_id: int) -> set[str]:
+        """Channels already used for one recipient's chain (original, failovers, escalations)."""
+        ...
+
+    async def save_health(
+        self, name: str, state: str, since: datetime, detail: str | None
+    ) -> None: ...
+
+    async def channel_health(self) -> list[tuple[str, str, datetime, str | None]]:
+        """(provider, state, since, detail) as the workers last recorded it."""
+        ...
+
     async def wait_for_work(self, timeout: float) -> None:
         """Return when new work may be due (a commit here, a NOTIFY elsewhere) or after
         ``timeout`` seconds, whichever comes first."""

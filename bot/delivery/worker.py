@@ -1,7 +1,9 @@
 """The worker: claim due deliveries → send through their channel → record every attempt.
 
 Claims and outcomes are batched (one transaction per batch); a lease covers each claimed row,
-so a crashed worker's deliveries come back to the queue when the lease expires.
+so a crashed worker's deliveries come back to the queue when the lease expires. Each provider
+has a circuit breaker: while one is down, people are re-routed to their next channel and
+destinations wait, shown as blocked.
 """
 
 from __future__ import annotations
@@ -10,30 +12,30 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from bot.delivery.health import Admission, CircuitBreakers, ProviderHealth
 from bot.delivery.ratelimit import Limit, RateLimiter
 from bot.delivery.retry import RetryPolicy, with_quick_retries
-from bot.domain.audiences import next_channel, statement_kind_for
+from bot.delivery.routing import Router
 from bot.domain.errors import PermanentError, TransientError, UnknownOutcome
 from bot.domain.models import (
     Attempt,
     ChannelName,
     Delivery,
     DeliveryState,
-    NewDelivery,
     Outcome,
     Statement,
 )
-from bot.domain.services import new_follow_up
 from bot.ports import Channel, Clock, OutboundMessage, Receipt, Store
 
 log = logging.getLogger("tocsin.worker")
 
 Observer = Callable[[Delivery, Outcome], None]
+TimelineNote = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class DispatchConfig:
     shutdown_timeout: float = 10.0
     inline_wait_max: float = 0.5
     escalation_interval: float = 1.0
+    breaker_threshold: int = 3
+    breaker_cooldown: float = 5.0
 
 
 class Dispatcher:
@@ -72,12 +76,17 @@ class Dispatcher:
         self.retry = retry or RetryPolicy()
         self.limiter = limiter or RateLimiter(clock=lambda: clock.now().timestamp())
         self.worker_id = worker_id or f"worker-{secrets.token_hex(4)}"
+        self.breakers = CircuitBreakers(clock.now, threshold=self.config.breaker_threshold,
+                                        cooldown=self.config.breaker_cooldown)
+        self.breakers.on_change.append(self._health_changed)
+        self.router = Router(store, self.channels, self._channel_down)
         self.observers: list[Observer] = []
+        self.timeline_note: TimelineNote | None = None
         self.alive_at: datetime | None = None
-        self._statements: dict[str, Statement] = {}
-        self._events: set[tuple[str, int]] = set()
         self._outcomes: list[tuple[Delivery, Outcome]] = []
         self._released: list[tuple[int, datetime]] = []
+        self._health_dirty: dict[str, ProviderHealth] = {}
+        self._rerouted: dict[tuple[str, str], dict[str, int]] = {}
         self._inflight: set[asyncio.Task[None]] = set()
         self._progress = asyncio.Event()
         self._next_escalation_scan = 0.0
@@ -85,16 +94,26 @@ class Dispatcher:
     # --- the loop ------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Claim, send and record until ``stop`` is set; then finish in-flight sends (up to
-        the shutdown timeout) and give back what was not started."""
+        the shutdown timeout). A store that fails (restart, dropped connection) is retried
+        with backoff; nothing buffered is dropped."""
         loop = asyncio.get_running_loop()
+        failures = 0
         try:
             while not stop.is_set():
                 self.alive_at = self.clock.now()
-                await self.flush()
-                claimed = await self._claim_and_start()
-                if loop.time() >= self._next_escalation_scan:
-                    self._next_escalation_scan = loop.time() + self.config.escalation_interval
-                    await self.escalate_due()
+                try:
+                    await self.flush()
+                    claimed = await self._claim_and_start()
+                    if loop.time() >= self._next_escalation_scan:
+                        self._next_escalation_scan = loop.time() + self.config.escalation_interval
+                        await self.escalate_due()
+                    failures = 0
+                except Exception:  # the store is down: keep what we have, try again
+                    failures += 1
+                    log.exception("store unavailable (attempt %d); retrying", failures)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), min(10.0, 0.2 * 2 ** failures))
+                    continue
                 if claimed == 0 or len(self._inflight) >= self.config.concurrency:
                     await self._wait(stop)
         finally:
@@ -153,7 +172,7 @@ class Dispatcher:
             self.worker_id, self.clock.now(), self.config.lease_seconds,
             min(room, self.config.batch_size),
         )
-        await self._load_statements(claimed)
+        await self.router.load(d.statement_id for d in claimed)
         for delivery in claimed:
             task = asyncio.create_task(self._process(delivery))
             self._inflight.add(task)
@@ -167,31 +186,53 @@ class Dispatcher:
             log.error("delivery task failed", exc_info=task.exception())
 
     async def flush(self) -> None:
-        """Write buffered outcomes and releases (one transaction each)."""
+        """Write buffered outcomes, releases and health changes; on failure keep them."""
         if self._released:
             released, self._released = self._released, []
             by_time: dict[datetime, list[int]] = {}
             for delivery_id, at in released:
                 by_time.setdefault(at, []).append(delivery_id)
-            for at, ids in by_time.items():
-                await self.store.release(ids, self.worker_id, at)
+            try:
+                for at, ids in by_time.items():
+                    await self.store.release(ids, self.worker_id, at)
+            except Exception:
+                self._released = released + self._released
+                raise
         if self._outcomes:
             batch, self._outcomes = self._outcomes, []
-            await self.store.record([outcome for _, outcome in batch])
+            try:
+                await self.store.record([outcome for _, outcome in batch])
+            except Exception:
+                self._outcomes = batch + self._outcomes
+                raise
             for delivery, outcome in batch:
                 for observer in self.observers:
                     observer(delivery, outcome)
+        await self._flush_health()
+
+    async def _flush_health(self) -> None:
+        dirty, self._health_dirty = self._health_dirty, {}
+        for health in dirty.values():
+            await self.store.save_health(health.name, health.state.value, health.since,
+                                         health.last_error)
+        rerouted, self._rerouted = self._rerouted, {}
+        if self.timeline_note is not None:
+            since = {h.name: h.since.isoformat() for h in self.breakers.snapshot()}
+            for (incident_id, provider), moved in rerouted.items():
+                await self.timeline_note(incident_id, "rerouted", {
+                    "provider": provider, "to": moved, "count": sum(moved.values()),
+                    "down_since": since.get(provider),
+                })
+
+    def _health_changed(self, health: ProviderHealth) -> None:
+        self._health_dirty[health.name] = replace(health)
+        log.warning("provider %s is %s", health.name, health.state.value)
+
+    def _channel_down(self, channel: ChannelName, address: str) -> bool:
+        adapter = self.channels.get(channel)
+        return adapter is None or self.breakers.is_down(adapter.provider_key(address))
 
     # --- one delivery --------------------------------------------------------------
-    async def _load_statements(self, deliveries: list[Delivery]) -> None:
-        missing = {d.statement_id for d in deliveries} - self._statements.keys()
-        if missing:
-            for statement in await self.store.get_statements(sorted(missing)):
-                self._statements[statement.id] = statement
-        if len(self._statements) > 10_000:
-            self._statements.clear()
-            self._events.clear()
-
     def _limits(self, channel: Channel, delivery: Delivery) -> list[Limit]:
         limits = [Limit(f"provider:{channel.provider_key(delivery.address)}",
                         channel.rate, channel.burst)]
@@ -209,10 +250,8 @@ class Dispatcher:
         return OutboundMessage(
             delivery_id=delivery.id, channel=delivery.channel, address=delivery.address,
             recipient=delivery.recipient, locale=delivery.locale, bodies=bodies,
-            require_ack=require_ack,
-            ack_token=delivery.ack_token,
-            ack_url=f"{self.public_url}/ack/{delivery.ack_token}"
-            if delivery.policy.require_ack and delivery.is_member else None,
+            require_ack=require_ack, ack_token=delivery.ack_token,
+            ack_url=f"{self.public_url}/ack/{delivery.ack_token}" if require_ack else None,
             status_url=self.public_url,
             idempotency_key=f"tocsin-{delivery.id}-{delivery.ack_token[:8]}",
             labels={"incident": delivery.incident_id, "audience": delivery.audience,
@@ -222,45 +261,73 @@ class Dispatcher:
     async def _process(self, delivery: Delivery) -> None:
         now = self.clock.now()
         channel = self.channels.get(delivery.channel)
-        statement = self._statements.get(delivery.statement_id)
+        statement = self.router.statements.get(delivery.statement_id)
         if channel is None or statement is None:
             reason = ("channel not configured: " + delivery.channel.value) if channel is None \
                 else "statement missing"
-            await self._load_event(delivery)
-            self._fail(delivery, (Attempt(delivery.id, now, "failed", error=reason),), now)
+            await self._fail(delivery, (Attempt(delivery.id, now, "failed", error=reason),))
             return
-        limits = self._limits(channel, delivery)
-        wait = self.limiter.reserve(limits)
+        provider = channel.provider_key(delivery.address)
+        admission = self.breakers.admit(provider)
+        if admission == Admission.BLOCKED:
+            await self._blocked(delivery, provider, now)
+            return
+        wait = self.limiter.reserve(self._limits(channel, delivery))
         if wait > self.config.inline_wait_max:
+            if admission == Admission.PROBE:
+                self.breakers.released(provider)
             self._released.append((delivery.id, now + timedelta(seconds=wait)))
             return
         if wait > 0:
             await asyncio.sleep(wait)  # rate limiting, not synchronisation
-        message = self.message_for(delivery, statement)
         attempts: list[Attempt] = []
 
         def failed_try(exc: BaseException) -> None:
             attempts.append(self._attempt(delivery, exc))
 
+        message = self.message_for(delivery, statement)
         try:
             receipt = await with_quick_retries(
                 self.retry, lambda: channel.send(message), failed_try
             )
         except (TransientError, PermanentError, UnknownOutcome) as exc:
             attempts.append(self._attempt(delivery, exc))
-            await self._load_event(delivery)
-            self._failure(delivery, channel, exc, tuple(attempts))
+            self._judge_provider(provider, exc)
+            await self._failure(delivery, channel, exc, tuple(attempts))
             return
         except Exception as exc:  # a bug in an adapter must not kill the worker
             log.exception("channel %s raised unexpectedly", delivery.channel.value)
             attempts.append(Attempt(delivery.id, self.clock.now(), "error",
                                     error=f"internal error: {type(exc).__name__}"))
-            await self._load_event(delivery)
-            self._retry_or_fail(delivery, tuple(attempts), None)
+            await self._retry_or_fail(delivery, tuple(attempts), None)
             return
+        self.breakers.succeeded(provider)
         self._success(delivery, receipt, (*attempts, Attempt(
             delivery.id, self.clock.now(), receipt.state.value, receipt.provider_id,
             None, receipt.code)))
+
+    def _judge_provider(self, provider: str, exc: BaseException) -> None:
+        """Connection failures, timeouts and 5xx count against the provider's health; an
+        answer (a refusal, a 429) proves it is up."""
+        transport = isinstance(exc, TransientError) and exc.retry_after is None
+        if transport or isinstance(exc, UnknownOutcome):
+            self.breakers.failed(provider, str(exc)[:200])
+        else:
+            self.breakers.succeeded(provider)
+
+    async def _blocked(self, delivery: Delivery, provider: str, now: datetime) -> None:
+        """The provider is down: a person moves to their next channel at once; a destination
+        waits for the provider to come back (shown as blocked, not failed)."""
+        follow_up = await self.router.next_hop(delivery, now, avoid_down=True)
+        if follow_up is None:
+            self._released.append((delivery.id, self.breakers.retry_at(provider)))
+            return
+        attempt = Attempt(delivery.id, now, "rerouted",
+                          error=f"{provider} unreachable: re-routed to {follow_up.channel.value}")
+        self._emit(delivery, Outcome(delivery.id, DeliveryState.FAILED, (attempt,),
+                                     follow_up=follow_up))
+        moved = self._rerouted.setdefault((delivery.incident_id, provider), {})
+        moved[follow_up.channel.value] = moved.get(follow_up.channel.value, 0) + 1
 
     def _attempt(self, delivery: Delivery, exc: BaseException) -> Attempt:
         outcome = ("unknown" if isinstance(exc, UnknownOutcome)
@@ -274,27 +341,25 @@ class Dispatcher:
         if (policy.require_ack and delivery.is_member and policy.escalate_after_s is not None
                 and policy.escalate_via is not None and delivery.escalation_of is None):
             escalate_at = self.clock.now() + timedelta(seconds=policy.escalate_after_s)
-        self._emit(delivery, Outcome(
-            delivery.id, receipt.state, attempts, escalate_at=escalate_at,
-        ))
+        self._emit(delivery, Outcome(delivery.id, receipt.state, attempts,
+                                     escalate_at=escalate_at))
 
-    def _failure(
+    async def _failure(
         self, delivery: Delivery, channel: Channel, exc: BaseException,
         attempts: tuple[Attempt, ...],
     ) -> None:
-        now = self.clock.now()
         if isinstance(exc, PermanentError):
-            self._fail(delivery, attempts, now)
+            await self._fail(delivery, attempts)
             return
         retry_after = exc.retry_after if isinstance(exc, TransientError) else None
         if retry_after is not None and isinstance(exc, TransientError):
-            scope = "dest" if exc.scope == "destination" and channel.destination_rate else None
-            key = (f"dest:{delivery.channel.value}:{delivery.address}" if scope
+            per_destination = exc.scope == "destination" and channel.destination_rate
+            key = (f"dest:{delivery.channel.value}:{delivery.address}" if per_destination
                    else f"provider:{channel.provider_key(delivery.address)}")
             self.limiter.pause(key, retry_after)
-        self._retry_or_fail(delivery, attempts, retry_after)
+        await self._retry_or_fail(delivery, attempts, retry_after)
 
-    def _retry_or_fail(
+    async def _retry_or_fail(
         self, delivery: Delivery, attempts: tuple[Attempt, ...], retry_after: float | None
     ) -> None:
         now = self.clock.now()
@@ -303,41 +368,18 @@ class Dispatcher:
             last = attempts[-1]
             gave_up = replace(last, outcome="failed",
                               error=f"gave up after {total} attempts: {last.error}")
-            self._fail(delivery, (*attempts[:-1], gave_up), now)
+            await self._fail(delivery, (*attempts[:-1], gave_up))
             return
         self._emit(delivery, Outcome(
             delivery.id, DeliveryState.RETRYING, attempts,
             next_attempt_at=self.retry.next_attempt(now, total, retry_after),
         ))
 
-    def _fail(self, delivery: Delivery, attempts: tuple[Attempt, ...], now: datetime) -> None:
+    async def _fail(self, delivery: Delivery, attempts: tuple[Attempt, ...]) -> None:
         """Fail the delivery; a person is tried on the next channel of their policy."""
-        self._emit(delivery, Outcome(
-            delivery.id, DeliveryState.FAILED, attempts,
-            follow_up=self._failover(delivery, now),
-        ))
-
-    def _failover(self, delivery: Delivery, now: datetime) -> NewDelivery | None:
-        if not delivery.is_member:
-            return None
-        channel = next_channel(delivery.policy, delivery.contacts, delivery.channel,
-                               frozenset(self.channels))
-        if channel is None:
-            return None
-        statement = self._statement_like(delivery, channel)
-        if statement is None:
-            return None
-        return new_follow_up(delivery, channel, statement.id, now)
-
-    def _statement_like(self, delivery: Delivery, channel: ChannelName) -> Statement | None:
-        """The statement of the same event for another channel (SMS takes the short one)."""
-        kind = statement_kind_for(channel, delivery.policy.kind)
-        candidates = [
-            s for s in self._statements.values()
-            if s.incident_id == delivery.incident_id and s.seq == delivery.seq
-            and s.kind == kind and s.locale == delivery.locale
-        ]
-        return max(candidates, key=lambda s: s.version) if candidates else None
+        follow_up = await self.router.next_hop(delivery, self.clock.now(), avoid_down=False)
+        self._emit(delivery, Outcome(delivery.id, DeliveryState.FAILED, attempts,
+                                     follow_up=follow_up))
 
     def _emit(self, delivery: Delivery, outcome: Outcome) -> None:
         self._outcomes.append((delivery, outcome))
@@ -346,31 +388,9 @@ class Dispatcher:
     async def escalate_due(self) -> int:
         """Re-send unacknowledged deliveries on their policy's escalation channel."""
         now = self.clock.now()
-        due = await self.store.due_escalations(now, 200)
-        if not due:
-            return 0
-        await self._load_incident_statements(due)
         escalated = 0
-        for delivery in due:
-            via = delivery.policy.escalate_via
-            if via is None or not delivery.contacts.get(via.value):
-                continue
-            statement = self._statement_like(delivery, via)
-            if statement is None:
-                continue
-            follow_up = new_follow_up(delivery, via, statement.id, now, escalation=True)
-            if await self.store.mark_escalated(delivery.id, follow_up):
+        for delivery in await self.store.due_escalations(now, 200):
+            follow_up = await self.router.escalation(delivery, now)
+            if follow_up is not None and await self.store.mark_escalated(delivery.id, follow_up):
                 escalated += 1
         return escalated
-
-    async def _load_incident_statements(self, deliveries: list[Delivery]) -> None:
-        for incident_id in {d.incident_id for d in deliveries}:
-            for statement in await self.store.statements(incident_id):
-                self._statements[statement.id] = statement
-
-    async def _load_event(self, delivery: Delivery) -> None:
-        """Make the other statements of this delivery's event available for a failover."""
-        if not delivery.is_member or (delivery.incident_id, delivery.seq) in self._events:
-            return
-        await self._load_incident_statements([delivery])
-        self._events.add((delivery.incident_id, delivery.seq))

@@ -131,15 +131,20 @@ def plan_deliveries(
             if channel is None:
                 continue
             statement = statements.find(statement_kind_for(channel, audience.kind), locale)
-            if statement is None:
-                continue
-            planned.append(
-                NewDelivery(
-                    incident_id=incident_id, seq=seq, statement_id=statement.id,
-                    audience=audience.name, recipient=person.name, channel=channel,
-                    address=person.contacts[channel.value], locale=statement.locale,
-                    site=person.site, contacts=dict(person.contacts), policy=audience.policy,
-                    ack_token=new_ack_token(), next_attempt_at=now,
-                )
-            )
+            if statement is not None:
+                planned.append(person_delivery(audience, person, channel, statement, seq, now))
     return planned
+
+
+def person_delivery(
+    audience: Audience, person: Person, channel: ChannelName, statement: Statement, seq: int,
+    now: datetime,
+) -> NewDelivery:
+    """One delivery of ``statement`` to a member of ``audience`` on ``channel``."""
+    return NewDelivery(
+        incident_id=statement.incident_id, seq=seq, statement_id=statement.id,
+        audience=audience.name, recipient=person.name, channel=channel,
+        address=person.contacts[channel.value], locale=statement.locale, site=person.site,
+        contacts=dict(person.contacts), policy=audience.policy, ack_token=new_ack_token(),
+        next_attempt_at=now,
+    )

@@ -25,7 +25,7 @@ from bot.domain.models import (
     StatementStatus,
     TimelineEntry,
 )
-from bot.ports import Changes
+from bot.ports import Changes, Page
 
 if TYPE_CHECKING:
     from bot.domain.services import IncidentService
@@ -201,7 +201,7 @@ async def claim_recipients(
     carrying = {sid for sid, s in statements.items()
                 if claim in s.claims and s.event != CORRECTION}
     chosen: dict[tuple[str, str, str], Delivery] = {}
-    for delivery in await _all_deliveries(service, incident_id):
+    for delivery in await all_deliveries(service, incident_id):
         if delivery.statement_id not in carrying or delivery.state in NOT_RECEIVED:
             continue
         key = (delivery.audience, delivery.channel.value, delivery.address)
@@ -209,9 +209,8 @@ async def claim_recipients(
     return list(chosen.values())
 
 
-async def _all_deliveries(service: IncidentService, incident_id: str) -> list[Delivery]:
-    from bot.ports import Page
-
+async def all_deliveries(service: IncidentService, incident_id: str) -> list[Delivery]:
+    """Every delivery of an incident, page by page."""
     rows: list[Delivery] = []
     while True:
         batch = await service.store.deliveries(incident_id, Page(limit=1000, offset=len(rows)))

@@ -17,9 +17,11 @@ from bot.app import RUNTIME, Runtime
 from bot.domain.declarations import IncidentDraft
 from bot.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, TocsinError
 from bot.domain.models import Actor, Role
+from bot.domain.quorum import site_views
 from bot.domain.rendering import TemplateError
+from bot.domain.report import build_report
 from bot.domain.statements import PressDesk
-from bot.interfaces import openapi, serialize
+from bot.interfaces import openapi, report_format, serialize
 from bot.ports import Page
 
 log = logging.getLogger("tocsin.http")
@@ -268,6 +270,44 @@ async def acknowledge_link(request: web.Request) -> web.Response:
     return web.Response(text=html, content_type="text/html")
 
 
+# --- continuity -------------------------------------------------------------------------
+async def list_sites(request: web.Request) -> web.Response:
+    authorise(request, Role.VIEWER)
+    views = await site_views(runtime(request).service, request.match_info["id"])
+    return web.json_response([
+        {"site": v.site, "confirmed": v.confirmed, "needed": v.needed,
+         "by": [name for name, _ in v.by],
+         "at": [serialize.iso(at) for _, at in v.by], "escalated": v.escalated}
+        for v in views
+    ])
+
+
+async def report(request: web.Request) -> web.Response:
+    authorise(request, Role.VIEWER)
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "md", "html"):
+        raise InvalidInput("format must be json, md or html", detail={"format": fmt})
+    data = await build_report(runtime(request).service, request.match_info["id"])
+    if fmt == "md":
+        return web.Response(text=report_format.to_markdown(data), content_type="text/markdown")
+    if fmt == "html":
+        return web.Response(text=report_format.to_html(data), content_type="text/html")
+    return web.json_response(data)
+
+
+async def list_channels(request: web.Request) -> web.Response:
+    authorise(request, Role.VIEWER)
+    rt = runtime(request)
+    recorded = {name: (state, since) for name, state, since, _ in await rt.store.channel_health()}
+    started = rt.started_at
+    names = {f"{c.value}" for c in rt.channels} | set(recorded)
+    return web.json_response([
+        {"name": name, "state": recorded.get(name, ("up", started))[0],
+         "since": serialize.iso(recorded.get(name, ("up", started))[1])}
+        for name in sorted(names)
+    ])
+
+
 # --- operations --------------------------------------------------------------------------
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
@@ -299,6 +339,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/statements/{id}/versions", statement_versions)
     app.router.add_get("/api/v1/incidents/{id}/claims", list_claims)
     app.router.add_post("/api/v1/incidents/{id}/claims/{key}/retract", retract_claim)
+    app.router.add_get("/api/v1/incidents/{id}/sites", list_sites)
+    app.router.add_get("/api/v1/incidents/{id}/report", report)
+    app.router.add_get("/api/v1/channels", list_channels)
     app.router.add_get("/ack/{token}", acknowledge_link)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -90,7 +90,7 @@ def _optional_sandboxes() -> list[tuple[str, Any]]:
 
 def demo_settings(boxes: Sandboxes, port: int, data_dir: Path) -> dict[str, Any]:
     """examples/tocsin.yaml, pointed at the sandboxes."""
-    config = yaml.safe_load((EXAMPLES / "tocsin.yaml").read_text(encoding="utf-8"))
+    config: dict[str, Any] = yaml.safe_load((EXAMPLES / "tocsin.yaml").read_text("utf-8"))
     config["base_dir"] = str(EXAMPLES)
     config["storage"] = {"url": f"sqlite:///{data_dir / 'tocsin.db'}"}
     config["server"] = {"host": "127.0.0.1", "port": port,

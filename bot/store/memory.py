@@ -36,6 +36,7 @@ class MemoryStore:
         self.rows: dict[int, Delivery] = {}
         self.attempt_rows: dict[int, list[Attempt]] = {}
         self.escalated: set[int] = set()
+        self.health: dict[str, tuple[str, str, datetime, str | None]] = {}
         self._next_id = 1
         self._work = asyncio.Event()
 
@@ -267,6 +268,18 @@ class MemoryStore:
                  if d.channel.value == channel and d.address == address
                  and d.state in _ACKABLE and d.policy.require_ack]
         return found[-1] if found else None
+
+    async def chain_channels(self, root_id: int) -> set[str]:
+        return {d.channel.value for d in self.rows.values()
+                if d.id == root_id or d.root_id == root_id}
+
+    async def save_health(
+        self, name: str, state: str, since: datetime, detail: str | None
+    ) -> None:
+        self.health[name] = (name, state, since, detail)
+
+    async def channel_health(self) -> list[tuple[str, str, datetime, str | None]]:
+        return [self.health[k] for k in sorted(self.health)]
 
     async def pending_count(self, incident_id: str | None = None) -> int:
         rows = self.rows.values() if incident_id is None else self._of(incident_id)

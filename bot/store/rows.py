@@ -36,6 +36,7 @@ def dt(value: float | None) -> datetime | None:
 
 
 def _dt(value: float) -> datetime:
+    """Epoch seconds → aware UTC datetime (never None)."""
     return datetime.fromtimestamp(value, UTC)
 
 

@@ -445,6 +445,28 @@ class SqlStore:
         )
         return rows.delivery_from(row) if row else None
 
+    async def chain_channels(self, root_id: int) -> set[str]:
+        found = await self._many(
+            "SELECT DISTINCT channel FROM deliveries WHERE id = ? OR root_id = ?",
+            root_id, root_id,
+        )
+        return {r["channel"] for r in found}
+
+    async def save_health(
+        self, name: str, state: str, since: datetime, detail: str | None
+    ) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO channel_health (name, state, since, detail) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET state = excluded.state, "
+                "since = excluded.since, detail = excluded.detail",
+                name, state, since.timestamp(), detail,
+            )
+
+    async def channel_health(self) -> list[tuple[str, str, datetime, str | None]]:
+        found = await self._many("SELECT * FROM channel_health ORDER BY name")
+        return [(r["name"], r["state"], rows._dt(r["since"]), r["detail"]) for r in found]
+
     async def pending_count(self, incident_id: str | None = None) -> int:
         states = _placeholders(len(_PENDING))
         if incident_id is None:

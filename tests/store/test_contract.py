@@ -261,3 +261,25 @@ async def test_matrix_counts_by_audience_channel_state(store: Store) -> None:
 
 async def test_ping(store: Store) -> None:
     assert await store.ping() is True
+
+
+async def test_chain_channels(store: Store) -> None:
+    changes = f.declaration(0)
+    stmt = changes.statements[0]
+    contacts = {"telegram": "1001", "sms": "+33612345678"}
+    changes.deliveries = [f.new_delivery(stmt, "1001", ChannelName.TELEGRAM, contacts=contacts)]
+    await store.commit(changes)
+    [d] = await store.claim_due("w", T0, 60, 10)
+    await store.record([Outcome(
+        d.id, DeliveryState.FAILED, (Attempt(d.id, T0, "failed"),),
+        follow_up=f.new_delivery(stmt, "+33612345678", ChannelName.SMS, contacts=contacts,
+                                 failover_of=d.id, root_id=d.id))])
+    assert await store.chain_channels(d.id) == {"telegram", "sms"}
+
+
+async def test_channel_health_is_kept(store: Store) -> None:
+    assert await store.channel_health() == []
+    await store.save_health("smtp:127.0.0.1:25", "down", T0, "connection refused")
+    await store.save_health("smtp:127.0.0.1:25", "up", T0 + timedelta(seconds=5), None)
+    assert await store.channel_health() == [
+        ("smtp:127.0.0.1:25", "up", T0 + timedelta(seconds=5), None)]

@@ -1,0 +1,119 @@
+"""Site confirmation quorum: who confirmed, per site; escalation of sites short of it.
+
+Department heads' acknowledgements are counted per site. A policy's ``confirm_per_site: N``
+escalates a site with fewer than N confirmations after the policy delay, to that site's
+deputies, on the escalation channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from bot.domain.audiences import Audience, person_delivery, statement_kind_for
+from bot.domain.models import DeliveryState, Incident, IncidentStatus, TimelineEntry
+from bot.domain.statements import all_deliveries
+from bot.ports import Changes
+
+if TYPE_CHECKING:
+    from bot.domain.services import IncidentService
+
+
+@dataclass(frozen=True)
+class SiteView:
+    """Confirmations of one site."""
+
+    site: str
+    confirmed: int
+    by: tuple[tuple[str, datetime], ...]
+    needed: int
+    escalated: bool
+
+
+def _quorum_audiences(service: IncidentService, incident: Incident) -> list[Audience]:
+    return [service.audiences[name] for name in incident.audiences
+            if name in service.audiences and service.audiences[name].policy.require_ack]
+
+
+async def site_views(service: IncidentService, incident_id: str) -> list[SiteView]:
+    """For each site: how many responsible people confirmed, who and when."""
+    incident = await service.get(incident_id)
+    audiences = _quorum_audiences(service, incident)
+    sites = list(incident.sites)
+    for audience in audiences:
+        for person in audience.members:
+            if person.site and person.site not in sites:
+                sites.append(person.site)
+    needed = max((a.policy.confirm_per_site for a in audiences), default=0)
+    confirmations: dict[str, dict[str, datetime]] = {site: {} for site in sites}
+    for delivery in await all_deliveries(service, incident.id):
+        if (delivery.state == DeliveryState.ACKNOWLEDGED and delivery.site
+                and delivery.acknowledged_at is not None):
+            people = confirmations.setdefault(delivery.site, {})
+            first = people.get(delivery.recipient)
+            if first is None or delivery.acknowledged_at < first:
+                people[delivery.recipient] = delivery.acknowledged_at
+    escalated = {str(e.detail.get("site")) for e in await service.store.timeline(incident.id)
+                 if e.action == "site_escalated"}
+    return [
+        SiteView(site, len(people), tuple(sorted(people.items(), key=lambda p: p[1])),
+                 needed, site in escalated)
+        for site, people in confirmations.items()
+    ]
+
+
+async def escalate_sites(service: IncidentService, now: datetime | None = None
+                         ) -> list[tuple[str, str]]:
+    """Escalate every site short of its quorum past the policy delay; returns (incident,
+    site) pairs escalated now."""
+    now = now or service.clock.now()
+    done: list[tuple[str, str]] = []
+    for incident in await service.store.list_incidents():
+        if incident.status in (IncidentStatus.DRAFT, IncidentStatus.RESOLVED):
+            continue
+        for audience in _quorum_audiences(service, incident):
+            policy = audience.policy
+            if not policy.confirm_per_site or policy.escalate_after_s is None:
+                continue
+            if now < incident.created_at + timedelta(seconds=policy.escalate_after_s):
+                continue
+            for view in await site_views(service, incident.id):
+                if view.escalated or view.confirmed >= policy.confirm_per_site:
+                    continue
+                if await _escalate_site(service, incident, audience, view, now):
+                    done.append((incident.id, view.site))
+    return done
+
+
+async def _escalate_site(service: IncidentService, incident: Incident, audience: Audience,
+                         view: SiteView, now: datetime) -> bool:
+    deputies = [p for p in audience.members if p.deputy and p.site == view.site]
+    statements = await service.store.statements(incident.id)
+    latest_seq = max((s.seq for s in statements if s.kind == audience.kind), default=None)
+    deliveries = []
+    for person in deputies:
+        order = [c for c in (audience.policy.escalate_via, *audience.policy.channels) if c]
+        channel = next((c for c in order if person.contacts.get(c.value)
+                        and (service.usable_channels is None or c in service.usable_channels)),
+                       None)
+        if channel is None or latest_seq is None:
+            continue
+        kind = statement_kind_for(channel, audience.kind)
+        locale = person.locale or incident.locale
+        found = [s for s in statements if s.seq == latest_seq and s.kind == kind
+                 and s.locale == locale]
+        if found:
+            statement = max(found, key=lambda s: s.version)
+            deliveries.append(person_delivery(audience, person, channel, statement,
+                                              latest_seq, now))
+    seq = await service.next_seq(incident.id)
+    await service.store.commit(Changes(
+        deliveries=deliveries,
+        timeline=[TimelineEntry(incident.id, seq, now, "tocsin", "site_escalated", {
+            "site": view.site, "confirmed": view.confirmed,
+            "needed": audience.policy.confirm_per_site,
+            "deputies": [d.recipient for d in deliveries],
+        })],
+    ))
+    return True

@@ -118,10 +118,7 @@ class CircuitBreakers:
             wait = min(self.max_cooldown, self.cooldown * 2 ** opened)
             health.probe_at = self._now() + timedelta(seconds=wait)
             health.probing = False
-            if health.state == HealthState.UP:
-                self._set(health, HealthState.DOWN)
-            else:
-                health.state = HealthState.DOWN  # still down since the first failure
+            self._set(health, HealthState.DOWN)  # ``since`` stays at the first outage
 
     def released(self, key: str) -> None:
         """A probe that never reached the provider (cancelled): let another probe go."""

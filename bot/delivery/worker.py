@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from bot.delivery.health import Admission, CircuitBreakers, ProviderHealth
+from bot.delivery.health import Admission, CircuitBreakers, HealthState, ProviderHealth
 from bot.delivery.ratelimit import Limit, RateLimiter
 from bot.delivery.retry import RetryPolicy, with_quick_retries
 from bot.delivery.routing import Router
@@ -87,6 +87,7 @@ class Dispatcher:
         self._released: list[tuple[int, datetime]] = []
         self._health_dirty: dict[str, ProviderHealth] = {}
         self._rerouted: dict[tuple[str, str], dict[str, int]] = {}
+        self._outage_noted: set[tuple[str, str]] = set()
         self._inflight: set[asyncio.Task[None]] = set()
         self._progress = asyncio.Event()
         self._next_escalation_scan = 0.0
@@ -215,13 +216,26 @@ class Dispatcher:
         for health in dirty.values():
             await self.store.save_health(health.name, health.state.value, health.since,
                                          health.last_error)
-        rerouted, self._rerouted = self._rerouted, {}
-        if self.timeline_note is not None:
-            since = {h.name: h.since.isoformat() for h in self.breakers.snapshot()}
-            for (incident_id, provider), moved in rerouted.items():
+        if self.timeline_note is None:
+            return
+        since = {h.name: h for h in self.breakers.snapshot()}
+        for key, moved in list(self._rerouted.items()):
+            incident_id, provider = key
+            health = since.get(provider)
+            down = health is not None and health.state != HealthState.UP
+            if key not in self._outage_noted:
+                # First re-routing for this incident: say so at once.
+                self._outage_noted.add(key)
+                await self.timeline_note(incident_id, "channel_down", {
+                    "provider": provider, "since": health.since.isoformat() if health else None,
+                    "rerouted_to": sorted(moved),
+                })
+            if not down:
+                # The provider is back: one summary of everything moved while it was down.
+                del self._rerouted[key]
+                self._outage_noted.discard(key)
                 await self.timeline_note(incident_id, "rerouted", {
                     "provider": provider, "to": moved, "count": sum(moved.values()),
-                    "down_since": since.get(provider),
                 })
 
     def _health_changed(self, health: ProviderHealth) -> None:

@@ -140,7 +140,9 @@ class SandboxSmtp:
         credentials: Mapping[str, str] | None = None,
         authenticator: Authenticator | None = None,
         hostname: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
+        self._port = port  # 0: any free port, kept across a stop and a restart
         if credentials is not None and authenticator is not None:
             raise ValueError("give credentials or an authenticator, not both")
         self._host = hostname
@@ -199,13 +201,14 @@ class SandboxSmtp:
         controller = _EphemeralController(
             _Handler(self),
             hostname=self._host,
-            port=0,
+            port=self._port,
             server_hostname="tocsin-sandbox",
             **options,
         )
         # Controller.start blocks until its thread serves; keep the caller's loop free.
         await asyncio.to_thread(controller.start)
         self._controller = controller
+        self._port = int(controller.port)  # a restart (outage drills) comes back here
 
     async def stop(self) -> None:
         """Stop the server and its thread (open client connections are dropped)."""

@@ -256,8 +256,9 @@ def status(
     incident_id: Annotated[str | None, typer.Argument(metavar="[ID]")] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    by_site: Annotated[bool, typer.Option("--by-site", help="Confirmations per site.")] = False,
 ) -> None:
-    """Incidents with delivery counts by state (or one incident in detail)."""
+    """Incidents with delivery counts by state (or one incident in detail), channel health."""
     settings = settings_from(config)
 
     async def go() -> None:
@@ -279,6 +280,8 @@ def status(
                     f"{incident.severity.value}, {incident.status.value}"
                 )
                 console.print(await report_table(rt.store, incident.id))
+                if by_site:
+                    console.print(await sites_table(rt, incident.id))
                 return
             table = Table(title="Incidents")
             for column in ("id", "status", "severity", "title", *STATE_ORDER):
@@ -293,8 +296,56 @@ def status(
                     *(str(counts.get(s, 0)) for s in STATE_ORDER),
                 )
             console.print(table)
+            health = await rt.store.channel_health()
+            if health:
+                providers = Table(title="Channel health")
+                for column in ("provider", "state", "since", "last error"):
+                    providers.add_column(column)
+                for name, state, since, detail in health:
+                    providers.add_row(name, state, since.isoformat(timespec="seconds"),
+                                      detail or "")
+                console.print(providers)
 
     run(go())
+
+
+async def sites_table(rt: Any, incident_id: str) -> Table:
+    """Confirmations per site, for ``status --by-site``."""
+    from bot.domain.quorum import site_views
+
+    table = Table(title="Confirmations by site")
+    for column in ("site", "confirmed", "needed", "by", "escalated"):
+        table.add_column(column)
+    for view in await site_views(rt.service, incident_id):
+        table.add_row(view.site, str(view.confirmed), str(view.needed),
+                      ", ".join(f"{name} {at:%H:%M}" for name, at in view.by) or "none yet",
+                      "yes" if view.escalated else "")
+    return table
+
+
+@app.command()
+def report(
+    incident_id: Annotated[str, typer.Argument(metavar="ID")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    fmt: Annotated[str, typer.Option("--format", help="md, html or json")] = "md",
+) -> None:
+    """The post-incident report."""
+    if fmt not in ("md", "html", "json"):
+        raise BadInput("--format must be md, html or json")
+    settings = settings_from(config)
+
+    async def go() -> str:
+        from bot.app import open_runtime
+        from bot.domain.report import build_report
+        from bot.interfaces.report_format import to_html, to_markdown
+
+        async with open_runtime(settings, with_channels=False) as rt:
+            data = await build_report(rt.service, incident_id)
+        if fmt == "json":
+            return json.dumps(data, ensure_ascii=False, indent=2)
+        return to_markdown(data) if fmt == "md" else to_html(data)
+
+    sys.stdout.write(run(go()))
 
 
 @app.command()

@@ -1,0 +1,238 @@
+"""SMS gateway callbacks: delivery reports and "OK" replies, from Kannel and from Twilio.
+
+Routes (each answers 403, logged without its payload, when its check fails):
+
+- ``GET|POST /sms/kannel/status``: Kannel's ``dlr-url``. Kannel does not authenticate it, so
+  the ``t`` parameter must be the acknowledgement token of an SMS delivery (unguessable, and
+  only ever given to the gateway in that delivery's ``dlr-url``).
+- ``GET|POST /sms/kannel/inbound``: an ``sms-service`` ``get-url``/``post-url`` with ``from``
+  and ``text``. If the environment variable ``TOCSIN_SMS_INBOUND_SECRET`` is set, the request
+  must carry ``secret=<that value>``; if it is not set, only direct connections from this
+  machine (loopback, with no ``Forwarded``/``X-Forwarded-For`` header, which a reverse proxy
+  would add) are accepted.
+- ``POST /sms/twilio/status`` and ``POST /sms/twilio/inbound``: a valid ``X-Twilio-Signature``
+  over ``server.public_url`` + the request's path and query, keyed with the auth token.
+
+A provider's routes answer 404 when the other provider is configured.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import unicodedata
+from collections.abc import Mapping
+
+from aiohttp import web
+from multidict import MultiDict, MultiDictProxy
+
+from bot.app import RUNTIME, Runtime
+from bot.channels.http_errors import excerpt
+from bot.channels.sms.signature import valid_twilio_signature
+from bot.channels.sms.twilio import TWILIO_STATES
+from bot.config import ConfigError, SmsChannelSettings
+from bot.domain.masking import mask_phone, scrub
+from bot.domain.models import ChannelName, DeliveryState
+from bot.domain.phone import normalise_phone
+
+log = logging.getLogger("tocsin.sms")
+
+INBOUND_SECRET_ENV = "TOCSIN_SMS_INBOUND_SECRET"  # noqa: S105 (a variable name, not a secret)
+REPLY_BY = "SMS reply"
+# Kannel's delivery-report types (``%d``) → (delivery state, attempt outcome).
+KANNEL_DLR: Mapping[int, tuple[DeliveryState, str]] = {
+    1: (DeliveryState.DELIVERED, "delivered"),
+    2: (DeliveryState.FAILED, "failed"),
+    4: (DeliveryState.SENT, "buffered"),
+    8: (DeliveryState.SENT, "smsc accepted"),
+    16: (DeliveryState.FAILED, "smsc rejected"),
+}
+_EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
+
+def is_ok_reply(text: str) -> bool:
+    """True for an "OK" reply, whatever its case, accents, spacing or punctuation
+    (``ok``, ``Ok !``, `` ÖK.``); anything with other letters (``OK merci``) is not one."""
+    letters = "".join(c for c in unicodedata.normalize("NFKD", text) if c.isalpha())
+    return letters.casefold() == "ok"
+
+
+def _reject(request: web.Request, status: int, reason: str) -> web.Response:
+    # Method, path and status only: query and body hold tokens and phone numbers.
+    log.info("rejected %s %s: %s", request.method, request.path, status)
+    return web.json_response({"error": reason, "detail": None}, status=status)
+
+
+def _sms_settings(runtime: Runtime, provider: str) -> SmsChannelSettings | None:
+    cfg = runtime.settings.channels.sms
+    return cfg if cfg is not None and cfg.provider == provider else None
+
+
+async def _params(request: web.Request) -> MultiDictProxy[str]:
+    """Query parameters plus what a POST carries: form fields, or (Kannel's ``post-url``) the
+    text as the body with ``X-Kannel-From``/``X-Kannel-To`` headers."""
+    merged: MultiDict[str] = MultiDict(request.query)
+    if request.method != "POST":
+        return MultiDictProxy(merged)
+    if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        for name, value in (await request.post()).items():
+            if isinstance(value, str):
+                merged.add(name, value)
+        return MultiDictProxy(merged)
+    if "text" not in merged:
+        merged.add("text", await request.text())
+    for name, header in (("from", "X-Kannel-From"), ("to", "X-Kannel-To")):
+        if name not in merged and header in request.headers:
+            merged.add(name, request.headers[header])
+    return MultiDictProxy(merged)
+
+
+async def _report(
+    request: web.Request,
+    token: str,
+    state: DeliveryState,
+    outcome: str,
+    code: str,
+    error: str | None,
+) -> web.Response | None:
+    """Hand a delivery report to the service; a 403 answer if the token is not an SMS one."""
+    runtime = request.app[RUNTIME]
+    delivery = await runtime.store.find_by_ack_token(token) if token else None
+    if delivery is None or delivery.channel != ChannelName.SMS:
+        return _reject(request, 403, "unknown delivery token")
+    await runtime.service.delivery_report(token, state, outcome=outcome, code=code, error=error)
+    return None
+
+
+async def kannel_status(request: web.Request) -> web.Response:
+    """Kannel's delivery report: ``t`` token, ``s`` report type, ``a`` the SMSC's answer."""
+    runtime = request.app[RUNTIME]
+    if _sms_settings(runtime, "kannel") is None:
+        return _reject(request, 404, "Kannel is not the configured SMS gateway")
+    params = await _params(request)
+    try:
+        report = KANNEL_DLR[int(params.get("s", ""))]
+    except (ValueError, KeyError):
+        return _reject(request, 400, "s must be a Kannel delivery report type: 1, 2, 4, 8, 16")
+    state, outcome = report
+    answer = params.get("a", "").strip()
+    error = (scrub(excerpt(answer)) or outcome) if state == DeliveryState.FAILED else None
+    rejected = await _report(
+        request, params.get("t", ""), state, outcome, params.get("s", ""), error
+    )
+    return rejected or web.Response(text="OK")
+
+
+def _direct_from_this_machine(request: web.Request) -> bool:
+    if "Forwarded" in request.headers or "X-Forwarded-For" in request.headers:
+        return False
+    try:
+        return ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        return False
+
+
+async def _acknowledge_reply(
+    request: web.Request, runtime: Runtime, sender: str, text: str
+) -> web.Response | None:
+    """Acknowledge on an "OK" from ``sender``; a 400 answer if the sender is not a number."""
+    try:
+        number = normalise_phone(sender, runtime.settings.organisation.phone_region)
+    except ValueError:
+        return _reject(request, 400, "the sender is not a valid phone number")
+    if not is_ok_reply(text):
+        log.info("SMS reply from %s is not an acknowledgement", mask_phone(number))
+        return None
+    delivery = await runtime.service.acknowledge_by_reply(ChannelName.SMS, number, by=REPLY_BY)
+    log.info(
+        "SMS reply OK from %s: %s",
+        mask_phone(number),
+        f"delivery {delivery.id} acknowledged" if delivery else "nothing pending",
+    )
+    return None
+
+
+async def kannel_inbound(request: web.Request) -> web.Response:
+    """An SMS sent to us (``from``, ``text``): "OK" acknowledges the sender's latest pending
+    delivery. The answer is empty so that Kannel sends nothing back."""
+    runtime = request.app[RUNTIME]
+    if _sms_settings(runtime, "kannel") is None:
+        return _reject(request, 404, "Kannel is not the configured SMS gateway")
+    params = await _params(request)
+    secret = runtime.settings.secret(INBOUND_SECRET_ENV, required=False)
+    if secret is not None:
+        given = params.get("secret", "").encode()
+        if not hmac.compare_digest(given, secret.get_secret_value().encode()):
+            return _reject(request, 403, "missing or wrong secret")
+    elif not _direct_from_this_machine(request):
+        return _reject(request, 403, f"set {INBOUND_SECRET_ENV} to accept replies from afar")
+    if not params.get("from"):
+        return _reject(request, 400, "from is required")
+    rejected = await _acknowledge_reply(request, runtime, params["from"], params.get("text", ""))
+    return rejected or web.Response(text="")
+
+
+async def _twilio_form(request: web.Request) -> MultiDictProxy[str] | web.Response:
+    """The form of a correctly signed Twilio request, or the 403/404 answer."""
+    runtime = request.app[RUNTIME]
+    cfg = _sms_settings(runtime, "twilio")
+    if cfg is None:
+        return _reject(request, 404, "Twilio is not the configured SMS gateway")
+    try:
+        token = runtime.settings.secret(cfg.auth_token_env)
+    except ConfigError:
+        log.error("cannot check Twilio signatures: %s is not set", cfg.auth_token_env)
+        token = None
+    form: MultiDict[str] = MultiDict()
+    for name, value in (await request.post()).items():
+        if isinstance(value, str):
+            form.add(name, value)
+    url = runtime.settings.server.public_url.rstrip("/") + request.raw_path
+    signature = request.headers.get("X-Twilio-Signature")
+    if token is None or not valid_twilio_signature(
+        token.get_secret_value(), url, form.items(), signature
+    ):
+        return _reject(request, 403, "missing or invalid X-Twilio-Signature")
+    return MultiDictProxy(form)
+
+
+async def twilio_status(request: web.Request) -> web.Response:
+    """Twilio's status callback (``MessageStatus``, ``ErrorCode``), signed."""
+    form = await _twilio_form(request)
+    if isinstance(form, web.Response):
+        return form
+    status = form.get("MessageStatus") or form.get("SmsStatus") or ""
+    if status not in TWILIO_STATES:
+        return _reject(request, 400, "unknown MessageStatus")
+    state = TWILIO_STATES[status]
+    if state is None:
+        return web.Response(text="")  # still on its way: nothing to record yet
+    code = form.get("ErrorCode") or status
+    error = f"Twilio {status} (error {code})" if state == DeliveryState.FAILED else None
+    rejected = await _report(request, request.query.get("t", ""), state, status, code, error)
+    return rejected or web.Response(text="")
+
+
+async def twilio_inbound(request: web.Request) -> web.Response:
+    """An SMS sent to our Twilio number (``From``, ``Body``), signed; answers empty TwiML."""
+    form = await _twilio_form(request)
+    if isinstance(form, web.Response):
+        return form
+    if not form.get("From"):
+        return _reject(request, 400, "From is required")
+    runtime = request.app[RUNTIME]
+    rejected = await _acknowledge_reply(request, runtime, form["From"], form.get("Body", ""))
+    return rejected or web.Response(text=_EMPTY_TWIML, content_type="text/xml")
+
+
+def add_routes(app: web.Application) -> None:
+    """Mount the SMS callback routes (the runtime is read from ``app[bot.app.RUNTIME]``)."""
+    for path, handler in (
+        ("/sms/kannel/status", kannel_status),
+        ("/sms/kannel/inbound", kannel_inbound),
+    ):
+        app.router.add_get(path, handler, allow_head=False)
+        app.router.add_post(path, handler)
+    app.router.add_post("/sms/twilio/status", twilio_status)
+    app.router.add_post("/sms/twilio/inbound", twilio_inbound)

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -50,9 +52,14 @@ def build_renderer(settings: Settings) -> StatementRenderer:
     """The statement renderer over the packaged templates (or ``templates_dir``)."""
     folder = settings.resolve_path(settings.templates_dir) if settings.templates_dir else None
     max_segments = settings.channels.sms.max_segments if settings.channels.sms else 2
-    return StatementRenderer(
-        folder, timezone=settings.organisation.timezone, sms_max_segments=max_segments
-    )
+    return _renderer(folder, settings.organisation.timezone, max_segments)
+
+
+@lru_cache(maxsize=8)
+def _renderer(folder: Path | None, timezone: str, max_segments: int) -> StatementRenderer:
+    # Compiling every template takes about a second; a process keeps one renderer per shape
+    # (Jinja still reloads a template whose file changed).
+    return StatementRenderer(folder, timezone=timezone, sms_max_segments=max_segments)
 
 
 def build_service(

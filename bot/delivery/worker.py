@@ -218,16 +218,16 @@ class Dispatcher:
                                          health.last_error)
         if self.timeline_note is None:
             return
-        since = {h.name: h for h in self.breakers.snapshot()}
+        providers = {h.name: h for h in self.breakers.snapshot()}
         for key, moved in list(self._rerouted.items()):
             incident_id, provider = key
-            health = since.get(provider)
-            down = health is not None and health.state != HealthState.UP
+            state = providers.get(provider)
+            down = state is not None and state.state != HealthState.UP
             if key not in self._outage_noted:
                 # First re-routing for this incident: say so at once.
                 self._outage_noted.add(key)
                 await self.timeline_note(incident_id, "channel_down", {
-                    "provider": provider, "since": health.since.isoformat() if health else None,
+                    "provider": provider, "since": state.since.isoformat() if state else None,
                     "rerouted_to": sorted(moved),
                 })
             if not down:

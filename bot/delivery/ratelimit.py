@@ -20,6 +20,7 @@ class TokenBucket:
     burst: int
     tat: float = 0.0  # theoretical arrival time of the next message
     paused_until: float = 0.0
+    backlog: float = 0.0  # when the last message given back to the queue is due
 
     @property
     def interval(self) -> float:
@@ -65,13 +66,24 @@ class RateLimiter:
         for key in idle:
             del self._buckets[key]
 
-    def reserve(self, limits: Sequence[Limit]) -> float:
-        """Reserve the next slot through every bucket; return the seconds to wait for it."""
+    def reserve(self, limits: Sequence[Limit], max_wait: float | None = None) -> float:
+        """Reserve the next slot through every bucket; return the seconds to wait for it.
+
+        When the wait exceeds ``max_wait`` no token is taken — the caller gives the delivery
+        back to the queue, and a slot it will not use must not delay anyone else. The
+        returned wait is then the delivery's place in that bucket's backlog, so deliveries
+        given back together come due one interval apart instead of all at once."""
         now = self._clock()
         if not limits:
             return 0.0
         buckets = [self._bucket(limit) for limit in limits]
         at = max(b.earliest(now) for b in buckets)
+        if max_wait is not None and at - now > max_wait:
+            binding = [b for b in buckets if b.earliest(now) - now > max_wait]
+            due = max(at, *(b.backlog for b in binding))
+            for bucket in binding:
+                bucket.backlog = max(bucket.backlog, due) + bucket.interval
+            return due - now
         for bucket in buckets:
             bucket.take(at)
         wait = at - now

@@ -250,9 +250,13 @@ class Dispatcher:
     def _limits(self, channel: Channel, delivery: Delivery) -> list[Limit]:
         limits = [Limit(f"provider:{channel.provider_key(delivery.address)}",
                         channel.rate, channel.burst)]
-        if channel.destination_rate:
-            limits.append(Limit(f"dest:{delivery.channel.value}:{delivery.address}",
-                                channel.destination_rate, channel.destination_burst))
+        rate: float | None = channel.destination_rate
+        burst = channel.destination_burst
+        per_destination = getattr(channel, "destination_limit", None)
+        if rate and per_destination is not None:
+            rate, burst = per_destination(delivery.address)  # e.g. Telegram groups: 20/min
+        if rate:
+            limits.append(Limit(f"dest:{delivery.channel.value}:{delivery.address}", rate, burst))
         return limits
 
     def message_for(self, delivery: Delivery, statement: Statement) -> OutboundMessage:
@@ -286,7 +290,8 @@ class Dispatcher:
         if admission == Admission.BLOCKED:
             await self._blocked(delivery, provider, now)
             return
-        wait = self.limiter.reserve(self._limits(channel, delivery))
+        wait = self.limiter.reserve(self._limits(channel, delivery),
+                                    max_wait=self.config.inline_wait_max)
         if wait > self.config.inline_wait_max:
             if admission == Admission.PROBE:
                 self.breakers.released(provider)

@@ -1,0 +1,277 @@
+"""Telegram channel: ``sendMessage`` (HTML) through python-telegram-bot over the shared session.
+
+Department heads get an inline "Pris en compte / Acknowledge" button whose callback data is
+``ack:`` + the delivery's opaque token; :mod:`bot.interfaces.telegram_bot` handles the press.
+
+Rate limits. Telegram asks for ~30 messages/s overall, 1/s per private chat and 20/min per
+group. The worker's buckets come from the class attributes (30/s overall, 1/s per chat), and
+:meth:`TelegramChannel.destination_limit` gives the right per-address shape for a worker that
+asks. Whatever the worker does, ``send`` itself never lets a group (negative chat id) receive
+more than 20 messages in any 60 s: past that it raises ``TransientError(scope="destination")``
+with the wait, without calling Telegram, so only that group waits.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable
+from datetime import timedelta
+
+import aiohttp
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions
+from telegram.constants import ParseMode
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    InvalidToken,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
+from telegram.error import Forbidden as TelegramForbidden
+
+from bot.channels.telegram_request import AiohttpRequest, bot_urls, last_status, redact
+from bot.config import ConfigError, Settings
+from bot.domain.errors import ChannelError, PermanentError, TransientError
+from bot.domain.models import ChannelName, DeliveryState
+from bot.ports import OutboundMessage, Receipt
+
+ACK_PREFIX = "ack:"
+ACK_LABELS = {"fr": "Pris en compte", "en": "Acknowledge"}
+MAX_LENGTH = 4096  # characters (UTF-16 code units) of one message
+_MAX_CALLBACK_DATA = 64  # bytes, Telegram's limit
+# Crisis messages stay compact: no preview card for the status-page link.
+NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+
+_TAG = re.compile(r"<(/?)([A-Za-z][\w-]*)[^>]*>")
+_TOKENS = re.compile(r"<[^>]*>|&#?\w+;|\s+|[^<&\s]+|[<&]")
+
+
+def ack_label(locale: str) -> str:
+    """The button's label in ``locale`` (English for a language without one)."""
+    return ACK_LABELS.get(locale.split("-")[0].split("_")[0], ACK_LABELS["en"])
+
+
+def ack_keyboard(token: str, locale: str) -> InlineKeyboardMarkup:
+    """One button whose callback carries the delivery's opaque acknowledgement token."""
+    data = ACK_PREFIX + token
+    if len(data.encode()) > _MAX_CALLBACK_DATA:
+        raise PermanentError("acknowledgement token too long for a Telegram button")
+    return InlineKeyboardMarkup([[InlineKeyboardButton(ack_label(locale), callback_data=data)]])
+
+
+def utf16_len(text: str) -> int:
+    """Length as Telegram counts it (UTF-16 code units)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def is_group(address: str) -> bool:
+    """Groups, supergroups and channels have negative ids (or an ``@username``)."""
+    return address.startswith(("-", "@"))
+
+
+def split_html(text: str, limit: int = MAX_LENGTH) -> list[str]:
+    """Cut Telegram HTML into parts of at most ``limit`` UTF-16 units.
+
+    Cuts fall on line boundaries (inside an over-long line, between words); a tag open at a cut
+    is closed at the end of the part and reopened at the start of the next, so every part is
+    valid HTML on its own.
+    """
+    text = text.strip()
+    if utf16_len(text) <= limit:
+        return [text]
+    parts: list[str] = []
+    stack: list[tuple[str, str]] = []  # (name, opening tag) open at the end of ``current``
+    current = ""
+    fresh = True  # ``current`` holds only reopened tags
+    for piece in _pieces(text, max(limit // 2, 1)):
+        after = _open_tags(piece, stack)
+        if not fresh and utf16_len(current + piece) + _closing_len(after) > limit:
+            parts.append(current.rstrip() + _closing(stack))
+            current, fresh = "".join(tag for _, tag in stack), True
+        current += piece
+        stack, fresh = after, fresh and not piece.strip()
+    if not fresh:
+        parts.append(current.rstrip() + _closing(stack))
+    return [part for part in parts if part.strip()]
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    """Lines (with their newline); a line longer than ``size`` cut between words or entities."""
+    pieces: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if utf16_len(line) <= size:
+            pieces.append(line)
+            continue
+        chunk = ""
+        for token in _TOKENS.findall(line):
+            # A single huge word is cut; a tag or an entity never is.
+            while utf16_len(token) > size and token[0] not in "<&":
+                head, token = token[:size], token[size:]
+                pieces.extend([chunk, head] if chunk else [head])
+                chunk = ""
+            if chunk and utf16_len(chunk + token) > size:
+                pieces.append(chunk)
+                chunk = ""
+            chunk += token
+        if chunk:
+            pieces.append(chunk)
+    return pieces
+
+
+def _open_tags(piece: str, stack: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    after = list(stack)
+    for match in _TAG.finditer(piece):
+        closing, name = match.group(1) == "/", match.group(2).lower()
+        if not closing:
+            after.append((name, match.group(0)))
+        elif after and after[-1][0] == name:
+            after.pop()
+    return after
+
+
+def _closing(stack: list[tuple[str, str]]) -> str:
+    return "".join(f"</{name}>" for name, _ in reversed(stack))
+
+
+def _closing_len(stack: list[tuple[str, str]]) -> int:
+    return sum(len(name) + 3 for name, _ in stack)
+
+
+class TelegramChannel:
+    """Sends a delivery's Telegram rendering to a chat id with the Bot API's ``sendMessage``."""
+
+    name = ChannelName.TELEGRAM
+    max_length = MAX_LENGTH
+    rate: float = 30.0  # messages/s for the whole bot
+    burst: int = 30
+    destination_rate: float | None = 1.0  # per private chat
+    destination_burst: int = 1
+    group_per_minute: int = 20  # per group, enforced in send (see the module docstring)
+
+    def __init__(self, bot: Bot, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._bot = bot
+        self._monotonic = monotonic
+        self._group_sends: dict[str, deque[float]] = {}
+
+    def __repr__(self) -> str:
+        return "TelegramChannel(bot=•••)"
+
+    def provider_key(self, address: str) -> str:
+        """One bot, one provider: every chat shares Telegram's health and overall rate."""
+        return "telegram"
+
+    def destination_limit(self, address: str) -> tuple[float, int]:
+        """``(rate per second, burst)`` for one chat: 1/s for a person, 20/min for a group."""
+        if is_group(address):
+            return self.group_per_minute / 60.0, 1
+        return self.destination_rate or 1.0, self.destination_burst
+
+    async def send(self, message: OutboundMessage) -> Receipt:
+        """Send the ``telegram`` body (HTML, split past 4,096 characters); the button, when an
+        acknowledgement is required, goes on the last part, whose id becomes the provider id."""
+        text = message.bodies.get("telegram")
+        if not text or not text.strip():
+            raise PermanentError("the statement has no Telegram rendering")
+        chat_id = _chat_id(message.address)
+        parts = split_html(text, self.max_length)
+        self._take_group_slots(message.address, len(parts))
+        markup = ack_keyboard(message.ack_token, message.locale) if message.require_ack else None
+        last_status.set(None)
+        try:
+            for index, part in enumerate(parts):
+                sent = await self._bot.send_message(
+                    chat_id,
+                    part,
+                    parse_mode=ParseMode.HTML,
+                    reply_markup=markup if index == len(parts) - 1 else None,
+                    link_preview_options=NO_PREVIEW,
+                )
+        except TelegramError as exc:
+            raise channel_error(exc, last_status.get()) from None
+        return Receipt(f"{sent.chat_id}:{sent.message_id}", DeliveryState.SENT, "200")
+
+    def _take_group_slots(self, address: str, count: int) -> None:
+        if not is_group(address):
+            return
+        now = self._monotonic()
+        sends = self._group_sends.setdefault(address, deque())
+        while sends and sends[0] <= now - 60.0:
+            sends.popleft()
+        count = min(count, self.group_per_minute)  # a 20-part message waits for an empty minute
+        room = self.group_per_minute - len(sends)
+        if count > room:
+            # The slot that frees last among those this message needs.
+            index = min(count - room, len(sends)) - 1
+            wait = max(sends[index] + 60.0 - now, 0.001)
+            raise TransientError(
+                f"group limit: {self.group_per_minute} messages a minute",
+                retry_after=round(wait, 3),
+                scope="destination",
+            )
+        sends.extend([now] * count)
+
+    async def close(self) -> None:
+        """Nothing to release: the HTTP session belongs to the caller."""
+
+
+def _chat_id(address: str) -> int | str:
+    if address.startswith("@") and len(address) > 1:
+        return address  # a public channel's username
+    try:
+        return int(address)
+    except ValueError:
+        raise PermanentError("not a Telegram chat id") from None
+
+
+def channel_error(exc: TelegramError, status: int | None = None) -> ChannelError:
+    """The channel error a python-telegram-bot exception stands for."""
+    code = str(status) if status else None
+    reason = redact(exc.message)
+    if isinstance(exc, RetryAfter):
+        with warnings.catch_warnings():  # int vs timedelta: read it whichever PTB gives
+            warnings.simplefilter("ignore")
+            raw = exc.retry_after
+        seconds = raw.total_seconds() if isinstance(raw, timedelta) else float(raw)
+        # A 429 is about this chat: only its bucket pauses, other chats keep flowing.
+        return TransientError(reason, code or "429", retry_after=seconds, scope="destination")
+    if isinstance(exc, ChatMigrated):
+        return PermanentError(
+            f"the group became chat {exc.new_chat_id}: update the configuration", code or "400"
+        )
+    if isinstance(exc, TelegramForbidden):  # blocked by the user, kicked from the group…
+        return PermanentError(reason, code or "403")
+    if isinstance(exc, BadRequest):  # chat not found, can't parse entities…
+        return PermanentError(reason, code or "400")
+    if isinstance(exc, InvalidToken):
+        return PermanentError("the bot token was refused", code or "401")
+    if isinstance(exc, TimedOut):
+        return TransientError("timed out", code)
+    return TransientError(reason, code)  # 5xx, connection failures, odd answers
+
+
+def build_bot(
+    token: str, api_url: str, session: aiohttp.ClientSession, *, read_timeout: float = 10.0
+) -> Bot:
+    """A ``telegram.Bot`` whose requests go through ``session`` to ``api_url``."""
+    base_url, base_file_url = bot_urls(api_url)
+    return Bot(
+        token,
+        base_url=base_url,
+        base_file_url=base_file_url,
+        request=AiohttpRequest(session, read_timeout=read_timeout),
+        get_updates_request=AiohttpRequest(session, read_timeout=read_timeout),
+    )
+
+
+def from_settings(settings: Settings, session: aiohttp.ClientSession) -> TelegramChannel:
+    """The channel for ``channels.telegram`` (token from the environment)."""
+    cfg = settings.channels.telegram
+    if cfg is None:
+        raise ConfigError("channels.telegram is not configured")
+    token = settings.secret(cfg.token_env)
+    assert token is not None  # required=True raises instead
+    return TelegramChannel(build_bot(token.get_secret_value(), cfg.api_url, session))

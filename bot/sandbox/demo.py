@@ -1,8 +1,10 @@
 """``tocsin demo``: the Orbis outage of 30 August 2023 on local sandbox gateways.
 
-Starts stand-ins for every provider on loopback, serves Tocsin on them, declares the outage
-from ``examples/orbis-outage.yaml`` to the audiences of ``examples/tocsin.yaml``, follows the
-fan-out, plays a few department heads acknowledging, and prints the delivery report.
+Starts stand-ins for every provider on loopback, serves Tocsin on them, and plays the story:
+the outage declared from ``examples/orbis-outage.yaml`` to the audiences of
+``examples/tocsin.yaml``, department heads acknowledging, a press statement edited and
+approved by a second person, a claim retracted and corrected, the organisation's own e-mail
+going down and being routed around — then the delivery report and the per-site view.
 """
 
 from __future__ import annotations
@@ -27,12 +29,16 @@ from rich.console import Console
 from bot.app import RUNTIME, Runtime, build_app
 from bot.config import settings_from_dict
 from bot.domain.declarations import IncidentDraft
-from bot.domain.models import Actor, ChannelName, DeliveryState, Role
+from bot.domain.models import Actor, ChannelName, DeliveryState, Role, StatementKind
 from bot.interfaces.progress import PENDING, follow_fan_out, report_table
+from bot.sandbox import demo_channels
 from bot.sandbox.smtp import SandboxSmtp
 from bot.sandbox.webhook_sink import WebhookSink
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+CELL = Actor("cellule-crise", Role.RESPONDER)
+PRESS = Actor("press-office", Role.PRESS)
+PRESS_DEPUTY = Actor("press-deputy", Role.PRESS)
 
 
 @dataclass
@@ -60,12 +66,8 @@ def _free_port(preferred: int) -> int:
 async def sandboxes() -> AsyncIterator[Sandboxes]:
     """Start every provider stand-in (SMTP, webhook sink, Slack, Telegram, SMS gateway)."""
     async with AsyncExitStack() as stack:
-        smtp = SandboxSmtp()
-        await smtp.start()
-        stack.push_async_callback(smtp.stop)
-        sink = WebhookSink()
-        await sink.start()
-        stack.push_async_callback(sink.stop)
+        smtp = await stack.enter_async_context(SandboxSmtp())
+        sink = await stack.enter_async_context(WebhookSink())
         boxes = Sandboxes(smtp, sink)
         boxes.secrets = {
             name: secrets.token_urlsafe(24)
@@ -73,19 +75,13 @@ async def sandboxes() -> AsyncIterator[Sandboxes]:
                          "TOCSIN_TOKEN_VIEWER", "TOCSIN_TOKEN_ALERTS", "SLACK_SIGNING_SECRET",
                          "TELEGRAM_WEBHOOK_SECRET", "KANNEL_PASSWORD")
         }
-        boxes.secrets.update(SLACK_BOT_TOKEN="xoxb-demo-" + secrets.token_hex(8),
-                             TELEGRAM_BOT_TOKEN=f"{secrets.randbelow(10**9)}:demo"
-                             + secrets.token_hex(12), KANNEL_USER="tocsin")
-        for name, start in _optional_sandboxes():
+        boxes.secrets.update(
+            SLACK_BOT_TOKEN="xoxb-demo-" + secrets.token_hex(8), KANNEL_USER="tocsin",
+            TELEGRAM_BOT_TOKEN=f"{secrets.randbelow(10**9)}:demo{secrets.token_hex(12)}",
+        )
+        for name, start in demo_channels.FACTORIES:
             boxes.extra[name] = await stack.enter_async_context(start(boxes))
         yield boxes
-
-
-def _optional_sandboxes() -> list[tuple[str, Any]]:
-    """Channel stand-ins; each is an async context manager factory taking the Sandboxes."""
-    from bot.sandbox import demo_channels
-
-    return demo_channels.FACTORIES
 
 
 def demo_settings(boxes: Sandboxes, port: int, data_dir: Path) -> dict[str, Any]:
@@ -96,11 +92,10 @@ def demo_settings(boxes: Sandboxes, port: int, data_dir: Path) -> dict[str, Any]
     config["server"] = {"host": "127.0.0.1", "port": port,
                         "public_url": f"http://127.0.0.1:{port}"}
     config["channels"]["email"].update(host=boxes.smtp.host, port=boxes.smtp.port)
+    config["delivery"].update(backoff_base=1)
     for destination in config["audiences"]["all-staff"]["destinations"]:
         if "webhook" in destination:
             destination["webhook"] = f"{boxes.webhook.url}/hooks/intranet"
-    from bot.sandbox import demo_channels
-
     demo_channels.configure(config, boxes)
     return config
 
@@ -117,39 +112,83 @@ async def run_demo(console: Console, *, exit_when_done: bool, port: int = 8080) 
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         await web.TCPSite(runner, "127.0.0.1", port).start()
-        runtime = app[RUNTIME]
-        console.print(f"[bold]Tocsin demo[/] — dashboard on http://127.0.0.1:{port}/ "
-                      f"(token: {boxes.secrets['TOCSIN_TOKEN_VIEWER']})")
-        declaration = yaml.safe_load((EXAMPLES / "orbis-outage.yaml").read_text("utf-8"))
-        incident = await runtime.service.declare(
-            Actor("cellule-crise", Role.RESPONDER), IncidentDraft.from_mapping(declaration))
-        console.print(f"Declared [bold]{incident.id}[/]: {incident.title}")
-        await follow_fan_out(runtime.store, incident.id, console, timeout=120)
-        await play_acknowledgements(runtime, boxes, console)
-        from bot.sandbox import demo_channels
+        rt = app[RUNTIME]
+        console.print(f"[bold]Tocsin demo[/] — dashboard http://127.0.0.1:{port}/ · status page "
+                      f"http://127.0.0.1:{port}/status · viewer token "
+                      f"{boxes.secrets['TOCSIN_TOKEN_VIEWER']}")
+        incident = await story(rt, boxes, console)
+        counts = await follow_fan_out(rt.store, incident, console, timeout=120)
+        console.print(await report_table(rt.store, incident))
+        from bot.interfaces.cli import sites_table
 
-        await demo_channels.after_fan_out(runtime, boxes, incident.id, console)
-        counts = await follow_fan_out(runtime.store, incident.id, console, timeout=120)
-        console.print(await report_table(runtime.store, incident.id))
+        console.print(await sites_table(rt, incident))
         pending = sum(n for state, n in counts.items() if state in PENDING)
         if exit_when_done:
             return 0 if pending == 0 else 1
-        console.print("Dashboard stays up; Ctrl-C to stop.")
+        console.print("The dashboard stays up; Ctrl-C to stop.")
         with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
             await asyncio.Event().wait()
     return 0
 
 
-async def play_acknowledgements(runtime: Runtime, boxes: Sandboxes, console: Console) -> None:
-    """Some department heads confirm: through the e-mail link (and the channels' own ways)."""
+async def story(rt: Runtime, boxes: Sandboxes, console: Console) -> str:
+    """The Orbis outage, step by step; returns the incident id."""
+    declaration = yaml.safe_load((EXAMPLES / "orbis-outage.yaml").read_text("utf-8"))
+    incident = (await rt.service.declare(CELL, IncidentDraft.from_mapping(declaration))).id
+    console.print(f"1. Declared [bold]{incident}[/]: {declaration['title']}")
+    await follow_fan_out(rt.store, incident, console, timeout=120)
+
+    console.print("2. Department heads acknowledge")
+    await acknowledge_by_mail(rt, incident, console)
+    await demo_channels.acknowledge(rt, boxes, incident, console)
+
+    console.print("3. The press office edits the statement; a second person approves it")
+    draft = next(s for s in await rt.store.statements(incident)
+                 if s.kind == StatementKind.PRESS and s.locale == "fr")
+    edited = await rt.service.edit_statement(PRESS, draft.id, draft.text + "\n\nContact "
+                                             "presse : 01 40 27 37 22.")
+    await rt.service.approve_statement(PRESS_DEPUTY, edited.id)
+    console.print(f"   v{edited.version} by {PRESS.name}, approved by {PRESS_DEPUTY.name}; "
+                  "published to the press list and the status page")
+
+    console.print("4. A claim turns out wrong: « no impact on patients » is corrected")
+    [correction, *_] = await rt.service.retract_claim(
+        CELL, incident, "no_patient_impact",
+        "Deux examens d'imagerie ont dû être reportés à l'hôpital Necker.")
+    approved = await rt.service.approve_statement(PRESS, correction.id)
+    console.print(f"   correction sent to exactly {', '.join(approved.audiences)}")
+    await follow_fan_out(rt.store, incident, console, timeout=120)
+
+    console.print("5. The hospitals' own e-mail goes down during the next update")
+    await boxes.smtp.stop()
+    await rt.service.update(CELL, incident, "identified",
+                            "Cause identifiée : défaillance d'un équipement réseau.")
+    await wait_for(rt, incident, lambda: rerouted(rt, incident))
+    console.print("   e-mail unreachable: on-call managers re-routed to SMS; lists wait")
+    await boxes.smtp.start()
+    console.print("   e-mail is back: the lists resume")
+    return incident
+
+
+async def rerouted(rt: Runtime, incident: str) -> bool:
+    return any(e.action == "channel_down" for e in await rt.store.timeline(incident))
+
+
+async def wait_for(rt: Runtime, incident: str, condition: Any, timeout: float = 60) -> None:
+    """Wait (woken by the store) until ``condition`` holds."""
+    async with asyncio.timeout(timeout):
+        while not await condition():
+            await rt.store.wait_for_work(0.2)
+
+
+async def acknowledge_by_mail(rt: Runtime, incident: str, console: Console) -> None:
+    """Department heads reached only by e-mail follow the link in their message."""
     acknowledged = 0
     async with aiohttp.ClientSession() as session:
-        for incident in await runtime.store.list_incidents():
-            for delivery in await runtime.store.deliveries(incident.id):
-                if (delivery.audience == "department-heads"
-                        and delivery.channel == ChannelName.EMAIL
-                        and delivery.state in (DeliveryState.SENT, DeliveryState.DELIVERED)):
-                    url = f"{runtime.settings.server.public_url}/ack/{delivery.ack_token}"
-                    async with session.get(url) as response:
-                        acknowledged += response.status == 200
-    console.print(f"{acknowledged} department head(s) confirmed through the e-mail link")
+        for delivery in await rt.store.deliveries(incident):
+            if (delivery.audience == "department-heads" and delivery.channel == ChannelName.EMAIL
+                    and delivery.state in (DeliveryState.SENT, DeliveryState.DELIVERED)):
+                url = f"{rt.settings.server.public_url}/ack/{delivery.ack_token}"
+                async with session.get(url) as response:
+                    acknowledged += response.status == 200
+    console.print(f"   {acknowledged} confirmed through the e-mail link")

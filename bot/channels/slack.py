@@ -1,0 +1,193 @@
+"""Slack channel: ``chat.postMessage`` to a channel (``C…``) or a person (``U…``, as a DM).
+
+The statement goes out as Block Kit sections of its ``slack`` rendering (mrkdwn, escaped by the
+templates), with the plain ``text`` rendering, escaped, as the notification fallback; a delivery
+that needs an acknowledgement carries the "Acknowledge / Pris en compte" button. The provider id
+is ``<channel>:<ts>``, what ``chat.update`` needs to change that message later.
+
+Slack's own retry handlers are off: a 429 comes back here at once with its ``Retry-After``, and
+the worker's per-channel bucket owns the wait, so one busy channel never stalls the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.channels import slack_blocks
+from bot.channels.http_errors import exception_error, parse_retry_after
+from bot.config import Settings
+from bot.domain.errors import ChannelError, PermanentError, TransientError
+from bot.domain.models import ChannelName, DeliveryState
+from bot.ports import OutboundMessage, Receipt
+
+log = logging.getLogger(__name__)
+
+# Slack error codes worth another try; any other ``ok: false`` will not fix itself.
+TRANSIENT_ERRORS = frozenset(
+    {
+        "ratelimited",
+        "rate_limited",
+        "internal_error",
+        "fatal_error",
+        "service_unavailable",
+        "request_timeout",
+        "team_added_to_org",
+    }
+)
+# Listed for the reader (and the tests); unlisted codes are permanent too.
+PERMANENT_ERRORS = frozenset(
+    {
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "missing_scope",
+        "user_not_found",
+        "cannot_dm_bot",
+        "msg_too_long",
+        "no_text",
+        "invalid_blocks",
+        "restricted_action",
+        "ekm_access_denied",
+        "team_access_not_granted",
+        "invalid_arguments",
+    }
+)
+
+
+def slack_client(settings: Settings, session: aiohttp.ClientSession) -> AsyncWebClient:
+    """The Web API client over the shared session, at the configured base URL, without the
+    SDK's retries (ours decide, and a 429 must reach the rate limiter)."""
+    cfg = settings.channels.slack
+    if cfg is None:
+        raise ValueError("channels.slack is not configured")
+    token = settings.secret(cfg.bot_token_env)
+    assert token is not None  # required=True raises instead
+    # The SDK formats a debug line holding the whole message (names, incident text) on every
+    # call unless its logger's own level is above DEBUG: a quiet logger keeps that text out of
+    # logs and makes each send about a fifth cheaper.
+    sdk_log = logging.getLogger("tocsin.slack.sdk")
+    sdk_log.setLevel(logging.INFO)
+    return AsyncWebClient(
+        token=token.get_secret_value(),
+        base_url=cfg.api_url,
+        session=session,
+        retry_handlers=[],
+        logger=sdk_log,
+    )
+
+
+class SlackChannel:
+    """Posts deliveries to Slack channels and users through ``chat.postMessage``."""
+
+    name = ChannelName.SLACK
+    # The workspace-wide bucket: Slack allows "several hundred messages a minute" per app.
+    rate: float = 5.0
+    burst: int = 20
+    # About one message a second per channel, with short bursts.
+    destination_rate: float | None = 1.0
+    destination_burst: int = 3
+
+    def __init__(self, client: AsyncWebClient) -> None:
+        self._client = client
+
+    def __repr__(self) -> str:
+        # Never the client: it holds the bot token.
+        return f"SlackChannel(base_url={self._client.base_url!r})"
+
+    def provider_key(self, address: str) -> str:
+        """One workspace, one bucket: every address shares ``slack``."""
+        return "slack"
+
+    def payload(self, message: OutboundMessage) -> dict[str, Any]:
+        """The ``chat.postMessage`` arguments for ``message``."""
+        if not message.address.startswith(("C", "G", "D", "U", "W")):
+            raise PermanentError(f"not a Slack channel or user id: {message.address!r}")
+        mrkdwn = message.bodies.get("slack")
+        plain = message.bodies.get("text")
+        if mrkdwn is None and plain is None:
+            raise PermanentError("the statement has no slack or text rendering")
+        if mrkdwn is None:
+            mrkdwn = slack_blocks.escape(str(plain))
+        fallback = slack_blocks.escape(plain) if plain is not None else mrkdwn
+        try:
+            blocks = slack_blocks.statement_blocks(
+                mrkdwn, ack_token=message.ack_token if message.require_ack else None
+            )
+        except ValueError as exc:
+            raise PermanentError(str(exc), "msg_too_long") from None
+        return {
+            "channel": message.address,
+            # The fallback shows in notifications and search; Slack parses it as mrkdwn too.
+            "text": slack_blocks.fallback_text(fallback),
+            "blocks": blocks,
+            "parse": "none",
+            "link_names": False,
+            "unfurl_links": False,
+            "unfurl_media": False,
+        }
+
+    async def send(self, message: OutboundMessage) -> Receipt:
+        """Post the message; Slack's answer becomes a receipt or a channel error."""
+        arguments = self.payload(message)
+        try:
+            response = await self._client.chat_postMessage(**arguments)
+        except Exception as exc:
+            error = slack_error(exc)
+            if error is None:
+                raise
+            log.info("slack post to %s failed: %s", message.address, error.code or error.reason)
+            raise error from exc
+        channel, ts = response.get("channel"), response.get("ts")
+        provider_id = f"{channel}:{ts}" if channel and ts else None
+        return Receipt(provider_id=provider_id, state=DeliveryState.DELIVERED, code="ok")
+
+    async def close(self) -> None:
+        """Nothing to release: the session belongs to the caller."""
+
+
+def slack_error(exc: BaseException) -> ChannelError | None:
+    """The channel error a Slack SDK or aiohttp failure stands for, or None if it is not one.
+
+    ``ok: false`` codes in :data:`TRANSIENT_ERRORS`, 429 and 5xx are transient; a 429 is
+    scoped to the destination (Slack limits each channel) with Slack's ``Retry-After``.
+    """
+    if isinstance(exc, SlackApiError):
+        status = int(getattr(exc.response, "status_code", 0) or 0)
+        data = getattr(exc.response, "data", None)
+        code = str(data.get("error") or "") if isinstance(data, Mapping) else ""
+        headers = getattr(exc.response, "headers", None) or {}
+        retry_after = parse_retry_after(_header(headers, "Retry-After"))
+        reason = f"Slack {code or 'error'} (HTTP {status})"
+        if status == 429 or code in {"ratelimited", "rate_limited"}:
+            return TransientError(
+                reason, code or "429", retry_after=retry_after, scope="destination"
+            )
+        if status >= 500 or code in TRANSIENT_ERRORS:
+            return TransientError(reason, code or str(status), retry_after=retry_after)
+        return PermanentError(reason, code or str(status))
+    if isinstance(exc, SlackClientError):
+        return TransientError(f"Slack client error: {type(exc).__name__}")
+    return exception_error(exc)
+
+
+def _header(headers: Any, name: str) -> str | None:
+    value = headers.get(name) or headers.get(name.lower())
+    if isinstance(value, list):  # some SDK paths keep headers as lists
+        value = value[0] if value else None
+    return str(value) if value is not None else None
+
+
+def from_settings(settings: Settings, session: aiohttp.ClientSession) -> SlackChannel:
+    """The Slack channel of this configuration, over the shared HTTP session."""
+    return SlackChannel(slack_client(settings, session))

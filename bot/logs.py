@@ -7,6 +7,7 @@ import logging
 import re
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 from bot.domain.masking import scrub
 
@@ -46,9 +47,12 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    """JSON logs on stderr; HTTP client libraries kept quiet (their lines carry URLs)."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(level: int = logging.INFO, path: Path | None = None) -> None:
+    """JSON logs on stderr (or in ``path``); HTTP client libraries kept quiet (their lines
+    carry URLs)."""
+    handler: logging.Handler = (
+        logging.FileHandler(path, encoding="utf-8") if path else logging.StreamHandler(sys.stderr)
+    )
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()

@@ -31,6 +31,7 @@ from bot.config import settings_from_dict
 from bot.domain.declarations import IncidentDraft
 from bot.domain.models import Actor, ChannelName, DeliveryState, Role, StatementKind
 from bot.interfaces.progress import PENDING, follow_fan_out, report_table
+from bot.logs import configure_logging
 from bot.sandbox import demo_channels
 from bot.sandbox.smtp import SandboxSmtp
 from bot.sandbox.webhook_sink import WebhookSink
@@ -105,6 +106,7 @@ async def run_demo(console: Console, *, exit_when_done: bool, port: int = 8080) 
     async with sandboxes() as boxes, AsyncExitStack() as stack:
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tocsin-demo-")))
         os.environ.update(boxes.secrets)
+        configure_logging(path=data_dir / "tocsin.log")  # the console is for the story
         port = _free_port(port)
         settings = settings_from_dict(demo_settings(boxes, port, data_dir), source="demo")
         app = build_app(settings)

@@ -54,5 +54,5 @@ async def acknowledge(runtime: Runtime, boxes: Sandboxes, incident_id: str,
         if (delivery.channel == ChannelName.SMS and delivery.audience == "department-heads"
                 and delivery.state in (DeliveryState.SENT, DeliveryState.DELIVERED)):
             replied += await gateway.reply(delivery.address, "Ok !") == 200
-    console.print(f"{pressed.count(200)} department head(s) pressed « Pris en compte » in "
+    console.print(f"   {pressed.count(200)} department head(s) pressed « Pris en compte » in "
                   f"Telegram, {replied} answered OK by SMS")

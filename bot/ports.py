@@ -48,6 +48,10 @@ class OutboundMessage:
     status_url: str | None = None
     idempotency_key: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    # How many attempts came before this one, and since when the delivery exists: a
+    # non-idempotent provider reconciles a retry with what it may already have accepted.
+    attempt: int = 0
+    queued_at: datetime | None = None
 
 
 @dataclass(frozen=True)

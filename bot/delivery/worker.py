@@ -274,6 +274,7 @@ class Dispatcher:
             idempotency_key=f"tocsin-{delivery.id}-{delivery.ack_token[:8]}",
             labels={"incident": delivery.incident_id, "audience": delivery.audience,
                     "kind": statement.kind.value},
+            attempt=delivery.attempts, queued_at=delivery.created_at,
         )
 
     async def _process(self, delivery: Delivery) -> None:

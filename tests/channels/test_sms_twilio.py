@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import socket
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -195,6 +196,23 @@ async def test_an_unknown_outcome_is_reconciled_not_sent_twice(
     assert receipt == Receipt(provider_id=created.sid, state=DeliveryState.SENT, code="queued")
     assert twilio.create_requests == 1
     assert twilio.list_requests == [{"To": NUMBER, "PageSize": "50"}]
+
+
+async def test_a_retry_in_another_worker_is_reconciled_too(
+    session: aiohttp.ClientSession, twilio: TwilioStandin
+) -> None:
+    """The worker that saw the timeout died; another one retries the delivery."""
+    twilio.fail_next(Failure.hang(created=True))
+    queued_at = datetime.now(UTC) - timedelta(seconds=1)
+    with pytest.raises(UnknownOutcome):
+        await channel_for(session, twilio, timeout=0.3).send(outbound(queued_at=queued_at))
+
+    other_worker = channel_for(session, twilio)
+    receipt = await other_worker.send(outbound(attempt=1, queued_at=queued_at))
+
+    [created] = twilio.messages
+    assert receipt.provider_id == created.sid
+    assert twilio.create_requests == 1
 
 
 async def test_an_unknown_outcome_that_created_nothing_is_sent_again(

@@ -8,9 +8,8 @@ short reference derived from the delivery's idempotency key): found, the earlier
 the receipt; not found, the message is sent again. The list is filtered by ``To`` and read
 newest first, not filtered by ``DateSent``: a message still ``queued`` has no send date yet.
 
-The deliveries awaiting reconciliation are remembered in this process only: if the worker dies
-between the two attempts, or another worker takes the retry, the message is sent again (the
-at-least-once duplicate the design allows for a crash).
+Every retry is reconciled, in whichever worker it runs: the message carries its attempt count
+and the time its delivery was queued, so a restarted worker or another one also looks first.
 """
 
 from __future__ import annotations
@@ -141,6 +140,10 @@ class TwilioChannel:
         text = self.text_for(message)
         key = message.idempotency_key or str(message.delivery_id)
         since = self._uncertain.get(key)
+        if since is None and message.attempt > 0 and message.queued_at is not None:
+            # A retry this process knows nothing about (another worker tried before, or this
+            # one restarted): the earlier attempt may have created the message.
+            since = message.queued_at
         if since is not None:
             try:
                 found = await self.reconcile(message.address, text, since)

@@ -203,7 +203,8 @@ def build_app(
     channel_factory: ChannelFactory | None = None,
 ) -> web.Application:
     """The aiohttp application: API, webhooks, dashboard, status page, and the worker."""
-    from bot.interfaces import http_api, status_page
+    from bot.interfaces import alerts, http_api, metrics, status_page
+    from bot.interfaces import web as dashboard
 
     app = web.Application(client_max_size=1024 * 1024, middlewares=http_api.middlewares())
 
@@ -225,13 +226,19 @@ def build_app(
     app.cleanup_ctx.append(runtime_ctx)
     http_api.add_routes(app)
     status_page.add_routes(app)
+    alerts.add_routes(app)
+    metrics.add_routes(app)
+    dashboard.add_routes(app)
     _add_inbound_routes(app, settings)
     return app
 
 
 def _inbound_setups(settings: Settings) -> list[Setup]:
     """Inbound interfaces that need the runtime (Slack bolt app, Telegram application…)."""
-    setups: list[Setup] = []
+    from bot.interfaces import metrics
+    from bot.interfaces import web as dashboard
+
+    setups: list[Setup] = [metrics.setup, dashboard.setup]
     if settings.channels.slack is not None:
         from bot.interfaces import slack_app
 

@@ -297,6 +297,22 @@ class Reminders(Strict):
     check_every: Duration = 30.0
 
 
+class AlertRuleSettings(Strict):
+    """Alert labels that all match → this system (and severity)."""
+
+    match: dict[str, str]
+    system: str
+    severity: Severity | None = None
+
+
+class AlertsSettings(Strict):
+    """How Alertmanager notifications become draft incidents."""
+
+    default_severity: Severity = Severity.MAJOR
+    audiences: tuple[str, ...] | None = None
+    rules: tuple[AlertRuleSettings, ...] = ()
+
+
 class Settings(Strict):
     """The whole of ``tocsin.yaml``."""
 
@@ -309,6 +325,7 @@ class Settings(Strict):
     audiences: dict[str, AudienceSettings] = Field(default_factory=dict)
     default_audiences: tuple[str, ...] = ()
     reminders: Reminders = Reminders()
+    alerts: AlertsSettings = AlertsSettings()
     templates_dir: str | None = None
     base_dir: str = "."
 
@@ -317,6 +334,9 @@ class Settings(Strict):
         for name in self.default_audiences:
             if name not in self.audiences:
                 raise ValueError(f"default_audiences: unknown audience {name!r}")
+        for name in self.alerts.audiences or ():
+            if name not in self.audiences:
+                raise ValueError(f"alerts.audiences: unknown audience {name!r}")
         configured = self.channels.configured()
         for aname, audience in self.audiences.items():
             used = {d.channel for d in audience.destinations} | set(audience.policy.channels)

@@ -14,6 +14,9 @@ import pytest
 
 os.environ.setdefault("PTB_TIMEDELTA", "true")
 
+# Every log line of the whole suite is scanned for phone numbers, addresses and secrets.
+pytest_plugins = ["tests.log_capture"]
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_ADMIN_URL = os.environ.get("TOCSIN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -1,0 +1,295 @@
+"""The crisis cell's dashboard: incidents, one incident's statements, timeline and deliveries
+(with live progress over server-sent events), and the press office's edit/approve forms."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from bot.app import RUNTIME, Runtime
+from bot.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
+from bot.domain.masking import scrub
+from bot.domain.models import Delivery, Incident, Role, Statement, StatementKind, StatementStatus
+from bot.interfaces import serialize
+from bot.interfaces.web import pages, session
+from bot.ports import Page, Store
+
+log = logging.getLogger("tocsin.web")
+
+COLUMNS = (
+    "queued",
+    "sending",
+    "retrying",
+    "sent",
+    "delivered",
+    "acknowledged",
+    "failed",
+    "cancelled",
+)
+PENDING = ("queued", "sending", "retrying")
+POLL_S = 1.0  # callbacks and other processes' workers change counts without a local pulse
+MIN_GAP_S = 0.2  # at most five pushes a second, however busy the worker
+KEEPALIVE_S = 15.0
+DRILL_LIMIT = 500
+NOTICES = {
+    "confirmed": "Draft confirmed: the statements are on their way.",
+    "edited": "New version saved. A second person with the press role must approve it.",
+    "approved": "Statement approved: it is being sent to its audiences.",
+}
+
+
+async def progress(store: Store, incident_id: str) -> dict[str, Any]:
+    """Delivery counts of an incident, by state and by audience × channel × state."""
+    rows: dict[tuple[str, str], dict[str, int]] = {}
+    counts = dict.fromkeys(COLUMNS, 0)
+    for audience, channel, state, n in await store.delivery_matrix(incident_id):
+        rows.setdefault((audience, channel), dict.fromkeys(COLUMNS, 0))[state] = n
+        counts[state] = counts.get(state, 0) + n
+    total = sum(counts.values())
+    pending = sum(counts[s] for s in PENDING)
+    return {
+        "total": total,
+        "pending": pending,
+        "done": total - pending,
+        "counts": counts,
+        "rows": [
+            {"audience": a, "channel": c, "states": states, "total": sum(states.values())}
+            for (a, c), states in sorted(rows.items())
+        ],
+    }
+
+
+def statement_groups(
+    statements: Sequence[Statement], audiences: dict[str, list[str]]
+) -> list[dict[str, Any]]:
+    """Current statements per event (latest first), per kind and locale."""
+    events: dict[int, dict[str, Any]] = {}
+    order = list(StatementKind)
+    for st in statements:
+        if st.status == StatementStatus.SUPERSEDED:
+            continue
+        event = events.setdefault(st.seq, {"seq": st.seq, "event": st.event, "kinds": {}})
+        kind = event["kinds"].setdefault(
+            st.kind.value,
+            {"kind": st.kind.value, "audiences": audiences.get(st.kind.value, []), "items": []},
+        )
+        kind["items"].append(st)
+    for event in events.values():
+        event["kinds"] = sorted(
+            event["kinds"].values(), key=lambda k: order.index(StatementKind(k["kind"]))
+        )
+    return [events[seq] for seq in sorted(events, reverse=True)]
+
+
+async def _all_deliveries(store: Store, incident_id: str) -> list[Delivery]:
+    found: list[Delivery] = []
+    while True:
+        page = await store.deliveries(incident_id, Page(limit=1000, offset=len(found)))
+        found.extend(page)
+        if len(page) < 1000:
+            return found
+
+
+async def _incident(runtime: Runtime, request: web.Request) -> Incident:
+    incident = await runtime.store.get_incident(request.match_info["id"])
+    if incident is None:
+        page = session.render(
+            request,
+            "message.html.j2",
+            status=404,
+            title="Not found",
+            message=f"No incident {request.match_info['id']}.",
+        )
+        raise web.HTTPNotFound(text=page.text, content_type="text/html")
+    return incident
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    """``GET /``: the incidents, latest first, with their pending deliveries."""
+    session.require_user(request)
+    runtime = request.app[RUNTIME]
+    incidents = await runtime.store.list_incidents(Page(limit=200))
+    pending = {i.id: await runtime.store.pending_count(i.id) for i in incidents[:50]}
+    return session.render(request, "index.html.j2", incidents=incidents, pending=pending)
+
+
+async def incident_page(request: web.Request) -> web.StreamResponse:
+    """``GET /incidents/{id}``: everything about one incident."""
+    actor = session.require_user(request)
+    runtime = request.app[RUNTIME]
+    incident = await _incident(runtime, request)
+    audiences: dict[str, list[str]] = {}
+    for name, cfg in runtime.settings.audiences.items():
+        audiences.setdefault(cfg.statement.value, []).append(name)
+    claims = []
+    for key in incident.claims:
+        try:
+            claims.append((key, runtime.renderer.claim_text(key, incident.locale)))
+        except InvalidInput:
+            claims.append((key, key))
+    return session.render(
+        request,
+        "incident.html.j2",
+        incident=incident,
+        timeline=await runtime.store.timeline(incident.id),
+        events=statement_groups(await runtime.store.statements(incident.id), audiences),
+        progress=await progress(runtime.store, incident.id),
+        columns=COLUMNS,
+        claims=claims,
+        can_press=actor.can(Role.PRESS),
+        can_respond=actor.can(Role.RESPONDER),
+        notice=NOTICES.get(request.query.get("notice", "")),
+    )
+
+
+async def drill_down(request: web.Request) -> web.StreamResponse:
+    """``GET /incidents/{id}/deliveries``: each recipient's deliveries and attempts (masked)."""
+    session.require_user(request)
+    runtime = request.app[RUNTIME]
+    incident = await _incident(runtime, request)
+    wanted = {k: request.query[k] for k in ("audience", "channel", "state") if request.query.get(k)}
+    rows = [
+        d
+        for d in await _all_deliveries(runtime.store, incident.id)
+        if all(str(getattr(d, k)) == v for k, v in wanted.items())
+    ]
+    shown = rows[:DRILL_LIMIT]
+    attempts = await runtime.store.attempts([d.id for d in shown])
+    deliveries = []
+    timezone = runtime.settings.organisation.timezone
+    for d in shown:
+        data = serialize.delivery_json(d, attempts[d.id])
+        for attempt, raw in zip(data["attempts"], attempts[d.id], strict=True):
+            attempt["at"] = pages.local_time(raw.at, timezone)
+            attempt["error"] = scrub(attempt["error"]) if attempt["error"] else None
+        deliveries.append(data)
+    return session.render(
+        request,
+        "deliveries.html.j2",
+        incident=incident,
+        filters=wanted,
+        deliveries=deliveries,
+        total=len(rows),
+    )
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """``GET /incidents/{id}/events``: server-sent ``progress`` events whenever counts change."""
+    if session.current(request).actor is None:
+        raise web.HTTPUnauthorized(text="log in first")
+    runtime = request.app[RUNTIME]
+    incident = await _incident(runtime, request)
+    state = request.app[pages.WEB]
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    loop = asyncio.get_running_loop()
+    last: dict[str, Any] | None = None
+    quiet_since = loop.time()
+    try:
+        await response.write(b"retry: 2000\n\n")
+        while not state.closing.is_set():
+            if request.transport is None or request.transport.is_closing():
+                break  # the browser went away
+            data = await progress(runtime.store, incident.id)
+            if data != last:
+                payload = json.dumps(data, separators=(",", ":"))
+                await response.write(f"event: progress\ndata: {payload}\n\n".encode())
+                last, quiet_since = data, loop.time()
+            elif loop.time() - quiet_since > KEEPALIVE_S:
+                await response.write(b": keepalive\n\n")
+                quiet_since = loop.time()
+            started = loop.time()
+            await state.pulse.wait(POLL_S, state.closing)
+            gap = MIN_GAP_S - (loop.time() - started)
+            if gap > 0 and not state.closing.is_set():
+                await asyncio.sleep(gap)  # throttling pushes, not synchronising
+    except ConnectionResetError:
+        pass  # the browser went away
+    return response
+
+
+def _back(incident_id: str, notice: str) -> web.HTTPSeeOther:
+    return web.HTTPSeeOther(f"/incidents/{incident_id}?notice={notice}#statements")
+
+
+def _refused(request: web.Request, status: int, message: str) -> web.Response:
+    log.info("rejected %s %s: %s", request.method, request.path, status)
+    return session.render(
+        request, "message.html.j2", status=status, title="Not done", message=message
+    )
+
+
+async def confirm(request: web.Request) -> web.StreamResponse:
+    """``POST /incidents/{id}/confirm``: a responder confirms a draft; it is sent."""
+    actor = session.require_user(request, Role.RESPONDER)
+    await session.checked_form(request)
+    runtime = request.app[RUNTIME]
+    try:
+        incident = await runtime.service.confirm(actor, request.match_info["id"])
+    except NotFound as exc:
+        return _refused(request, 404, str(exc))
+    except Conflict as exc:
+        return _refused(request, 409, str(exc))
+    raise _back(incident.id, "confirmed")
+
+
+async def edit_statement(request: web.Request) -> web.StreamResponse:
+    """``POST /statements/{id}/edit``: a press-role person saves a new version of a draft."""
+    actor = session.require_user(request, Role.PRESS)
+    form = await session.checked_form(request)
+    runtime = request.app[RUNTIME]
+    try:
+        edited = await runtime.service.edit_statement(
+            actor, request.match_info["id"], form.get("text", "")
+        )
+    except NotFound as exc:
+        return _refused(request, 404, str(exc))
+    except InvalidInput as exc:
+        return _refused(request, 422, f"{exc}: {exc.detail}")
+    except Conflict as exc:
+        return _refused(request, 409, str(exc))
+    raise _back(edited.incident_id, "edited")
+
+
+async def approve_statement(request: web.Request) -> web.StreamResponse:
+    """``POST /statements/{id}/approve``: a second press-role person approves (four eyes)."""
+    actor = session.require_user(request, Role.PRESS)
+    await session.checked_form(request)
+    runtime = request.app[RUNTIME]
+    try:
+        approved = await runtime.service.approve_statement(actor, request.match_info["id"])
+    except NotFound as exc:
+        return _refused(request, 404, str(exc))
+    except Forbidden as exc:
+        return _refused(request, 403, str(exc))
+    except Conflict as exc:
+        return _refused(request, 409, str(exc))
+    raise _back(approved.incident_id, "approved")
+
+
+async def _closing(app: web.Application) -> None:
+    # Open event streams end at shutdown instead of holding it for the grace period.
+    app[pages.WEB].closing.set()
+
+
+def add_routes(app: web.Application) -> None:
+    """Mount the dashboard's pages, forms and event stream."""
+    app.router.add_get("/", index)
+    app.router.add_get("/incidents/{id}", incident_page)
+    app.router.add_get("/incidents/{id}/deliveries", drill_down)
+    app.router.add_get("/incidents/{id}/events", events)
+    app.router.add_post("/incidents/{id}/confirm", confirm)
+    app.router.add_post("/statements/{id}/edit", edit_statement)
+    app.router.add_post("/statements/{id}/approve", approve_statement)
+    app.on_shutdown.append(_closing)

@@ -1,0 +1,214 @@
+"""Dashboard sessions: log in with an API token, get a signed cookie; CSRF token on every form.
+
+The cookie holds who logged in (name, role), the session's CSRF token and an expiry, signed
+with HMAC-SHA256. The key comes from the environment variable ``auth.secret_key_env``; without
+it each process makes a random one, so a restart logs everybody out. The token itself is never
+stored in the cookie nor logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from aiohttp import web
+
+from bot.app import RUNTIME
+from bot.domain.models import Actor, Role
+from bot.interfaces.auth import role_or_none
+from bot.interfaces.web import pages
+
+log = logging.getLogger("tocsin.web")
+
+COOKIE = "tocsin_session"
+LIFETIME_S = 12 * 3600
+
+
+@dataclass(frozen=True)
+class Session:
+    """A browser's session: anonymous (``actor`` None) until a token is accepted."""
+
+    actor: Actor | None
+    csrf: str
+    expires: float
+
+    @classmethod
+    def fresh(cls, actor: Actor | None = None) -> Session:
+        """A new session with a new CSRF token (a login never keeps the old one)."""
+        return cls(actor, secrets.token_urlsafe(24), time.time() + LIFETIME_S)
+
+
+class SessionSigner:
+    """Turns sessions into cookie values and back; a forged or expired cookie reads as None."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def _mac(self, payload: bytes) -> str:
+        digest = hmac.new(self._key, b"tocsin-session:" + payload, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    def dumps(self, session: Session) -> str:
+        data = {"c": session.csrf, "e": int(session.expires)}
+        if session.actor is not None:
+            data.update(u=session.actor.name, r=session.actor.role.value)
+        payload = base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=")
+        return f"{payload.decode()}.{self._mac(payload)}"
+
+    def loads(self, value: str) -> Session | None:
+        payload, _, mac = value.partition(".")
+        if not mac or not hmac.compare_digest(mac.encode(), self._mac(payload.encode()).encode()):
+            return None
+        try:
+            data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            expires, csrf = float(data["e"]), str(data["c"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        if expires < time.time():
+            return None
+        actor = None
+        if "u" in data:
+            role = role_or_none(str(data.get("r")))
+            if role is None:
+                return None
+            actor = Actor(str(data["u"]), role)
+        return Session(actor, csrf, expires)
+
+
+SESSION = web.RequestKey("tocsin_session", Session)
+
+
+def signer(request: web.Request) -> SessionSigner:
+    """This application's signer, keyed from the environment (or at random) on first use."""
+    state = request.app[pages.WEB]
+    if state.signer is None:
+        settings = request.app[RUNTIME].settings
+        secret = settings.secret(settings.auth.secret_key_env, required=False)
+        key = secret.get_secret_value().encode() if secret else b""
+        state.signer = SessionSigner(key or secrets.token_bytes(32))
+    return state.signer
+
+
+def current(request: web.Request) -> Session:
+    """The request's session (a fresh anonymous one when the cookie is missing or bad)."""
+    if SESSION in request:
+        return request[SESSION]
+    raw = request.cookies.get(COOKIE)
+    session = (signer(request).loads(raw) if raw else None) or Session.fresh()
+    request[SESSION] = session
+    return session
+
+
+def remember(request: web.Request, response: web.StreamResponse, session: Session) -> None:
+    """Set the session cookie (HttpOnly, SameSite=Strict; Secure behind HTTPS)."""
+    https = request.app[RUNTIME].settings.server.public_url.startswith("https://")
+    response.set_cookie(
+        COOKIE,
+        signer(request).dumps(session),
+        max_age=LIFETIME_S,
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=https,
+    )
+
+
+def require_user(request: web.Request, role: Role = Role.VIEWER) -> Actor:
+    """The logged-in actor; redirect to the login page when anonymous, 403 without the role."""
+    actor = current(request).actor
+    if actor is None:
+        target = request.path_qs if request.method == "GET" else "/"
+        raise web.HTTPSeeOther(f"/login?next={quote(target, safe='/')}")
+    if not actor.can(role):
+        raise forbidden(request, f"Your role ({actor.role.value}) cannot do this.")
+    return actor
+
+
+async def checked_form(request: web.Request) -> dict[str, str]:
+    """The posted form, after the CSRF check (403 when the token is missing or wrong)."""
+    form = await request.post()
+    given = form.get("csrf")
+    expected = current(request).csrf.encode()
+    if not isinstance(given, str) or not hmac.compare_digest(given.encode(), expected):
+        log.info("rejected %s %s: 403 (CSRF)", request.method, request.path)
+        raise forbidden(request, "This form has expired. Go back, reload and try again.")
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def render(
+    request: web.Request, template: str, *, status: int = 200, **context: object
+) -> web.Response:
+    """A page, with the session's user and CSRF token in its context."""
+    session = current(request)
+    runtime = request.app[RUNTIME]
+    return pages.html(
+        template,
+        status=status,
+        user=session.actor,
+        csrf=session.csrf,
+        org=runtime.settings.organisation,
+        **context,
+    )
+
+
+def forbidden(request: web.Request, message: str) -> web.HTTPForbidden:
+    """A 403 page to raise."""
+    page = render(request, "message.html.j2", status=403, title="Forbidden", message=message)
+    return web.HTTPForbidden(text=page.text, content_type="text/html")
+
+
+def _safe_next(value: str | None) -> str:
+    # Only local paths: an open redirect would let a link send a fresh login elsewhere.
+    if value and value.startswith("/") and not value.startswith(("//", "/\\")):
+        return value
+    return "/"
+
+
+async def login_page(request: web.Request) -> web.StreamResponse:
+    """``GET /login``: the token form."""
+    session = current(request)
+    response = render(
+        request, "login.html.j2", next=_safe_next(request.query.get("next")), error=None
+    )
+    remember(request, response, session)
+    return response
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    """``POST /login``: a valid token starts a session with that token's name and role."""
+    form = await checked_form(request)
+    target = _safe_next(form.get("next"))
+    actor = request.app[RUNTIME].auth.from_token(form.get("token", "").strip())
+    if actor is None:
+        log.info("dashboard login refused")
+        response = render(request, "login.html.j2", next=target, error="Unknown token.", status=401)
+        remember(request, response, current(request))
+        return response
+    log.info("dashboard login: %s (%s)", actor.name, actor.role.value)
+    session = Session.fresh(actor)
+    request[SESSION] = session
+    response = web.HTTPSeeOther(target)
+    remember(request, response, session)
+    raise response
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    """``POST /logout``: forget the session."""
+    await checked_form(request)
+    response = web.HTTPSeeOther("/login")
+    response.del_cookie(COOKIE, path="/")
+    raise response
+
+
+def add_routes(app: web.Application) -> None:
+    """Mount ``/login`` and ``/logout``."""
+    app.router.add_get("/login", login_page)
+    app.router.add_post("/login", login)
+    app.router.add_post("/logout", logout)

@@ -143,8 +143,9 @@ async def open_runtime(
             runtime.worker_task = asyncio.create_task(runtime.dispatcher.run(runtime.stop))
         if with_scheduler:
             reminders = settings.reminders
-            scheduler = Scheduler(runtime.service, reminders.cadence, reminders.audience,
-                                  reminders.check_every)
+            scheduler = Scheduler(
+                runtime.service, reminders.cadence, reminders.audience, reminders.check_every
+            )
             runtime.scheduler_task = asyncio.create_task(scheduler.run(runtime.stop))
         yield runtime
     finally:

@@ -200,7 +200,8 @@ class Destination(Strict):
         given = [key for key in DESTINATION_KINDS if getattr(self, key) is not None]
         if len(given) != 1:
             raise ValueError(
-                "a destination needs exactly one of " + ", ".join(DESTINATION_KINDS)
+                "a destination needs exactly one of "
+                + ", ".join(DESTINATION_KINDS)
                 + f" (got {', '.join(given) or 'none'})"
             )
         if self.webhook is not None and not self.webhook.startswith(("http://", "https://")):
@@ -392,9 +393,7 @@ def _normalise_phones(data: dict[str, Any]) -> None:
                 try:
                     member["phone"] = normalise_phone(str(member["phone"]), region)
                 except ValueError as exc:
-                    raise ConfigError(
-                        f"audiences.{aname}.members.{index}.phone: {exc}"
-                    ) from None
+                    raise ConfigError(f"audiences.{aname}.members.{index}.phone: {exc}") from None
 
 
 def settings_from_dict(data: dict[str, Any], *, source: str = "<config>") -> Settings:

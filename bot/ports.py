@@ -173,8 +173,13 @@ class Store(Protocol):
         ...
 
     async def advance(
-        self, delivery_id: int, state: DeliveryState, attempt_outcome: str, at: datetime,
-        code: str | None = None, error: str | None = None,
+        self,
+        delivery_id: int,
+        state: DeliveryState,
+        attempt_outcome: str,
+        at: datetime,
+        code: str | None = None,
+        error: str | None = None,
     ) -> bool:
         """Move a delivery forward on a provider callback (never backwards); True if it moved."""
         ...

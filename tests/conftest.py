@@ -6,7 +6,7 @@ import ipaddress
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -41,7 +41,7 @@ def _loopback(address: Any) -> bool:
 
 
 @pytest.fixture(autouse=True)
-def _no_real_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _no_real_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail any test that tries to reach a host other than this machine."""
     original = socket.socket.connect
     original_ex = socket.socket.connect_ex
@@ -58,7 +58,6 @@ def _no_real_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
     monkeypatch.setattr(socket.socket, "connect_ex", guarded_ex)
-    yield
 
 
 async def _pg_available() -> bool:

@@ -115,7 +115,7 @@ class CircuitBreakers:
         ):
             opened = self._opened.get(key, 0)
             self._opened[key] = opened + 1
-            wait = min(self.max_cooldown, self.cooldown * 2 ** opened)
+            wait = min(self.max_cooldown, self.cooldown * 2**opened)
             health.probe_at = self._now() + timedelta(seconds=wait)
             health.probing = False
             self._set(health, HealthState.DOWN)  # ``since`` stays at the first outage

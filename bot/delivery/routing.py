@@ -15,8 +15,12 @@ from bot.ports import Store
 class Router:
     """Finds the next channel for a recipient and the statement to send there."""
 
-    def __init__(self, store: Store, usable: Iterable[ChannelName],
-                 is_down: Callable[[ChannelName, str], bool]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        usable: Iterable[ChannelName],
+        is_down: Callable[[ChannelName, str], bool],
+    ) -> None:
         self.store = store
         self.usable = frozenset(usable)
         self.is_down = is_down
@@ -49,14 +53,18 @@ class Router:
             return current  # a correction carries its own SMS wording
         kind = statement_kind_for(channel, delivery.policy.kind)
         candidates = [
-            s for s in self.statements.values()
-            if s.incident_id == delivery.incident_id and s.seq == delivery.seq
-            and s.kind == kind and s.locale == delivery.locale
+            s
+            for s in self.statements.values()
+            if s.incident_id == delivery.incident_id
+            and s.seq == delivery.seq
+            and s.kind == kind
+            and s.locale == delivery.locale
         ]
         return max(candidates, key=lambda s: s.version) if candidates else None
 
-    async def next_hop(self, delivery: Delivery, now: datetime, *, avoid_down: bool
-                       ) -> NewDelivery | None:
+    async def next_hop(
+        self, delivery: Delivery, now: datetime, *, avoid_down: bool
+    ) -> NewDelivery | None:
         """The same person on the next channel of their policy not yet tried (wrapping round
         the policy order), skipping providers that are down when ``avoid_down``."""
         if not delivery.is_member:
@@ -67,8 +75,12 @@ class Router:
         start = order.index(delivery.channel) + 1 if delivery.channel in order else 0
         for channel in order[start:] + order[:start]:
             address = delivery.contacts.get(channel.value)
-            if (channel.value in tried or not address or channel not in self.usable
-                    or (avoid_down and self.is_down(channel, address))):
+            if (
+                channel.value in tried
+                or not address
+                or channel not in self.usable
+                or (avoid_down and self.is_down(channel, address))
+            ):
                 continue
             statement = self.statement_like(delivery, channel)
             if statement is not None:

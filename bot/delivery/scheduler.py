@@ -21,8 +21,13 @@ log = logging.getLogger("tocsin.scheduler")
 class Scheduler:
     """Every ``every`` seconds: remind overdue incidents, escalate sites short of quorum."""
 
-    def __init__(self, service: IncidentService, cadence: Mapping[Severity, float],
-                 reminder_audience: str, every: float = 30.0) -> None:
+    def __init__(
+        self,
+        service: IncidentService,
+        cadence: Mapping[Severity, float],
+        reminder_audience: str,
+        every: float = 30.0,
+    ) -> None:
         self.service = service
         self.cadence = dict(cadence)
         self.reminder_audience = reminder_audience
@@ -33,8 +38,7 @@ class Scheduler:
         reminded = await remind_overdue(self.service, self.cadence, self.reminder_audience)
         escalated = await escalate_sites(self.service)
         if reminded or escalated:
-            log.info("reminded %d incident(s), escalated %d site(s)", len(reminded),
-                     len(escalated))
+            log.info("reminded %d incident(s), escalated %d site(s)", len(reminded), len(escalated))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until ``stop``; a failing round is logged and retried next time."""

@@ -76,8 +76,11 @@ class Dispatcher:
         self.retry = retry or RetryPolicy()
         self.limiter = limiter or RateLimiter(clock=lambda: clock.now().timestamp())
         self.worker_id = worker_id or f"worker-{secrets.token_hex(4)}"
-        self.breakers = CircuitBreakers(clock.now, threshold=self.config.breaker_threshold,
-                                        cooldown=self.config.breaker_cooldown)
+        self.breakers = CircuitBreakers(
+            clock.now,
+            threshold=self.config.breaker_threshold,
+            cooldown=self.config.breaker_cooldown,
+        )
         self.breakers.on_change.append(self._health_changed)
         self.router = Router(store, self.channels, self._channel_down)
         self.observers: list[Observer] = []
@@ -113,7 +116,7 @@ class Dispatcher:
                     failures += 1
                     log.exception("store unavailable (attempt %d); retrying", failures)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), min(10.0, 0.2 * 2 ** failures))
+                        await asyncio.wait_for(stop.wait(), min(10.0, 0.2 * 2**failures))
                     continue
                 if claimed == 0 or len(self._inflight) >= self.config.concurrency:
                     await self._wait(stop)
@@ -129,9 +132,9 @@ class Dispatcher:
             asyncio.ensure_future(self._progress.wait()),
         ]
         if len(self._inflight) < self.config.concurrency:
-            waiters.append(asyncio.ensure_future(
-                self.store.wait_for_work(self.config.poll_interval)
-            ))
+            waiters.append(
+                asyncio.ensure_future(self.store.wait_for_work(self.config.poll_interval))
+            )
         try:
             await asyncio.wait(
                 waiters, timeout=self.config.poll_interval, return_when=asyncio.FIRST_COMPLETED
@@ -143,9 +146,7 @@ class Dispatcher:
 
     async def _shutdown(self) -> None:
         if self._inflight:
-            _, pending = await asyncio.wait(
-                self._inflight, timeout=self.config.shutdown_timeout
-            )
+            _, pending = await asyncio.wait(self._inflight, timeout=self.config.shutdown_timeout)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -170,7 +171,9 @@ class Dispatcher:
         if room <= 0:
             return 0
         claimed = await self.store.claim_due(
-            self.worker_id, self.clock.now(), self.config.lease_seconds,
+            self.worker_id,
+            self.clock.now(),
+            self.config.lease_seconds,
             min(room, self.config.batch_size),
         )
         await self.router.load(d.statement_id for d in claimed)
@@ -214,8 +217,9 @@ class Dispatcher:
     async def _flush_health(self) -> None:
         dirty, self._health_dirty = self._health_dirty, {}
         for health in dirty.values():
-            await self.store.save_health(health.name, health.state.value, health.since,
-                                         health.last_error)
+            await self.store.save_health(
+                health.name, health.state.value, health.since, health.last_error
+            )
         if self.timeline_note is None:
             return
         providers = {h.name: h for h in self.breakers.snapshot()}
@@ -226,17 +230,28 @@ class Dispatcher:
             if key not in self._outage_noted:
                 # First re-routing for this incident: say so at once.
                 self._outage_noted.add(key)
-                await self.timeline_note(incident_id, "channel_down", {
-                    "provider": provider, "since": state.since.isoformat() if state else None,
-                    "rerouted_to": sorted(moved),
-                })
+                await self.timeline_note(
+                    incident_id,
+                    "channel_down",
+                    {
+                        "provider": provider,
+                        "since": state.since.isoformat() if state else None,
+                        "rerouted_to": sorted(moved),
+                    },
+                )
             if not down:
                 # The provider is back: one summary of everything moved while it was down.
                 del self._rerouted[key]
                 self._outage_noted.discard(key)
-                await self.timeline_note(incident_id, "rerouted", {
-                    "provider": provider, "to": moved, "count": sum(moved.values()),
-                })
+                await self.timeline_note(
+                    incident_id,
+                    "rerouted",
+                    {
+                        "provider": provider,
+                        "to": moved,
+                        "count": sum(moved.values()),
+                    },
+                )
 
     def _health_changed(self, health: ProviderHealth) -> None:
         self._health_dirty[health.name] = replace(health)
@@ -248,8 +263,9 @@ class Dispatcher:
 
     # --- one delivery --------------------------------------------------------------
     def _limits(self, channel: Channel, delivery: Delivery) -> list[Limit]:
-        limits = [Limit(f"provider:{channel.provider_key(delivery.address)}",
-                        channel.rate, channel.burst)]
+        limits = [
+            Limit(f"provider:{channel.provider_key(delivery.address)}", channel.rate, channel.burst)
+        ]
         rate: float | None = channel.destination_rate
         burst = channel.destination_burst
         per_destination = getattr(channel, "destination_limit", None)
@@ -266,15 +282,24 @@ class Dispatcher:
         if require_ack and "sms_ack" in bodies:
             bodies = {**bodies, "sms": bodies["sms_ack"]}
         return OutboundMessage(
-            delivery_id=delivery.id, channel=delivery.channel, address=delivery.address,
-            recipient=delivery.recipient, locale=delivery.locale, bodies=bodies,
-            require_ack=require_ack, ack_token=delivery.ack_token,
+            delivery_id=delivery.id,
+            channel=delivery.channel,
+            address=delivery.address,
+            recipient=delivery.recipient,
+            locale=delivery.locale,
+            bodies=bodies,
+            require_ack=require_ack,
+            ack_token=delivery.ack_token,
             ack_url=f"{self.public_url}/ack/{delivery.ack_token}" if require_ack else None,
             status_url=self.public_url,
             idempotency_key=f"tocsin-{delivery.id}-{delivery.ack_token[:8]}",
-            labels={"incident": delivery.incident_id, "audience": delivery.audience,
-                    "kind": statement.kind.value},
-            attempt=delivery.attempts, queued_at=delivery.created_at,
+            labels={
+                "incident": delivery.incident_id,
+                "audience": delivery.audience,
+                "kind": statement.kind.value,
+            },
+            attempt=delivery.attempts,
+            queued_at=delivery.created_at,
         )
 
     async def _process(self, delivery: Delivery) -> None:
@@ -282,8 +307,11 @@ class Dispatcher:
         channel = self.channels.get(delivery.channel)
         statement = self.router.statements.get(delivery.statement_id)
         if channel is None or statement is None:
-            reason = ("channel not configured: " + delivery.channel.value) if channel is None \
+            reason = (
+                ("channel not configured: " + delivery.channel.value)
+                if channel is None
                 else "statement missing"
+            )
             await self._fail(delivery, (Attempt(delivery.id, now, "failed", error=reason),))
             return
         provider = channel.provider_key(delivery.address)
@@ -291,8 +319,9 @@ class Dispatcher:
         if admission == Admission.BLOCKED:
             await self._blocked(delivery, provider, now)
             return
-        wait = self.limiter.reserve(self._limits(channel, delivery),
-                                    max_wait=self.config.inline_wait_max)
+        wait = self.limiter.reserve(
+            self._limits(channel, delivery), max_wait=self.config.inline_wait_max
+        )
         if wait > self.config.inline_wait_max:
             if admission == Admission.PROBE:
                 self.breakers.released(provider)
@@ -317,14 +346,32 @@ class Dispatcher:
             return
         except Exception as exc:  # a bug in an adapter must not kill the worker
             log.exception("channel %s raised unexpectedly", delivery.channel.value)
-            attempts.append(Attempt(delivery.id, self.clock.now(), "error",
-                                    error=f"internal error: {type(exc).__name__}"))
+            attempts.append(
+                Attempt(
+                    delivery.id,
+                    self.clock.now(),
+                    "error",
+                    error=f"internal error: {type(exc).__name__}",
+                )
+            )
             await self._retry_or_fail(delivery, tuple(attempts), None)
             return
         self.breakers.succeeded(provider)
-        self._success(delivery, receipt, (*attempts, Attempt(
-            delivery.id, self.clock.now(), receipt.state.value, receipt.provider_id,
-            None, receipt.code)))
+        self._success(
+            delivery,
+            receipt,
+            (
+                *attempts,
+                Attempt(
+                    delivery.id,
+                    self.clock.now(),
+                    receipt.state.value,
+                    receipt.provider_id,
+                    None,
+                    receipt.code,
+                ),
+            ),
+        )
 
     def _judge_provider(self, provider: str, exc: BaseException) -> None:
         """Connection failures, timeouts and 5xx count against the provider's health; an
@@ -342,30 +389,47 @@ class Dispatcher:
         if follow_up is None:
             self._released.append((delivery.id, self.breakers.retry_at(provider)))
             return
-        attempt = Attempt(delivery.id, now, "rerouted",
-                          error=f"{provider} unreachable: re-routed to {follow_up.channel.value}")
-        self._emit(delivery, Outcome(delivery.id, DeliveryState.FAILED, (attempt,),
-                                     follow_up=follow_up))
+        attempt = Attempt(
+            delivery.id,
+            now,
+            "rerouted",
+            error=f"{provider} unreachable: re-routed to {follow_up.channel.value}",
+        )
+        self._emit(
+            delivery, Outcome(delivery.id, DeliveryState.FAILED, (attempt,), follow_up=follow_up)
+        )
         moved = self._rerouted.setdefault((delivery.incident_id, provider), {})
         moved[follow_up.channel.value] = moved.get(follow_up.channel.value, 0) + 1
 
     def _attempt(self, delivery: Delivery, exc: BaseException) -> Attempt:
-        outcome = ("unknown" if isinstance(exc, UnknownOutcome)
-                   else "failed" if isinstance(exc, PermanentError) else "retry")
+        outcome = (
+            "unknown"
+            if isinstance(exc, UnknownOutcome)
+            else "failed"
+            if isinstance(exc, PermanentError)
+            else "retry"
+        )
         code = getattr(exc, "code", None)
         return Attempt(delivery.id, self.clock.now(), outcome, error=str(exc)[:500], code=code)
 
     def _success(self, delivery: Delivery, receipt: Receipt, attempts: tuple[Attempt, ...]) -> None:
         policy = delivery.policy
         escalate_at = None
-        if (policy.require_ack and delivery.is_member and policy.escalate_after_s is not None
-                and policy.escalate_via is not None and delivery.escalation_of is None):
+        if (
+            policy.require_ack
+            and delivery.is_member
+            and policy.escalate_after_s is not None
+            and policy.escalate_via is not None
+            and delivery.escalation_of is None
+        ):
             escalate_at = self.clock.now() + timedelta(seconds=policy.escalate_after_s)
-        self._emit(delivery, Outcome(delivery.id, receipt.state, attempts,
-                                     escalate_at=escalate_at))
+        self._emit(delivery, Outcome(delivery.id, receipt.state, attempts, escalate_at=escalate_at))
 
     async def _failure(
-        self, delivery: Delivery, channel: Channel, exc: BaseException,
+        self,
+        delivery: Delivery,
+        channel: Channel,
+        exc: BaseException,
         attempts: tuple[Attempt, ...],
     ) -> None:
         if isinstance(exc, PermanentError):
@@ -374,8 +438,11 @@ class Dispatcher:
         retry_after = exc.retry_after if isinstance(exc, TransientError) else None
         if retry_after is not None and isinstance(exc, TransientError):
             per_destination = exc.scope == "destination" and channel.destination_rate
-            key = (f"dest:{delivery.channel.value}:{delivery.address}" if per_destination
-                   else f"provider:{channel.provider_key(delivery.address)}")
+            key = (
+                f"dest:{delivery.channel.value}:{delivery.address}"
+                if per_destination
+                else f"provider:{channel.provider_key(delivery.address)}"
+            )
             self.limiter.pause(key, retry_after)
         await self._retry_or_fail(delivery, attempts, retry_after)
 
@@ -386,20 +453,27 @@ class Dispatcher:
         total = delivery.attempts + len(attempts)
         if total >= self.retry.max_attempts:
             last = attempts[-1]
-            gave_up = replace(last, outcome="failed",
-                              error=f"gave up after {total} attempts: {last.error}")
+            gave_up = replace(
+                last, outcome="failed", error=f"gave up after {total} attempts: {last.error}"
+            )
             await self._fail(delivery, (*attempts[:-1], gave_up))
             return
-        self._emit(delivery, Outcome(
-            delivery.id, DeliveryState.RETRYING, attempts,
-            next_attempt_at=self.retry.next_attempt(now, total, retry_after),
-        ))
+        self._emit(
+            delivery,
+            Outcome(
+                delivery.id,
+                DeliveryState.RETRYING,
+                attempts,
+                next_attempt_at=self.retry.next_attempt(now, total, retry_after),
+            ),
+        )
 
     async def _fail(self, delivery: Delivery, attempts: tuple[Attempt, ...]) -> None:
         """Fail the delivery; a person is tried on the next channel of their policy."""
         follow_up = await self.router.next_hop(delivery, self.clock.now(), avoid_down=False)
-        self._emit(delivery, Outcome(delivery.id, DeliveryState.FAILED, attempts,
-                                     follow_up=follow_up))
+        self._emit(
+            delivery, Outcome(delivery.id, DeliveryState.FAILED, attempts, follow_up=follow_up)
+        )
 
     def _emit(self, delivery: Delivery, outcome: Outcome) -> None:
         self._outcomes.append((delivery, outcome))

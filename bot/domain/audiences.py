@@ -59,7 +59,9 @@ def statement_kind_for(channel: ChannelName, audience_kind: StatementKind) -> St
 
 
 def next_channel(
-    policy: DeliveryPolicy, contacts: Mapping[str, str], after: ChannelName | None,
+    policy: DeliveryPolicy,
+    contacts: Mapping[str, str],
+    after: ChannelName | None,
     usable: frozenset[ChannelName] | None = None,
 ) -> ChannelName | None:
     """The next channel of the policy (after ``after``) that the person has an address for."""
@@ -114,11 +116,19 @@ def plan_deliveries(
                 continue
             planned.append(
                 NewDelivery(
-                    incident_id=incident_id, seq=seq, statement_id=statement.id,
-                    audience=audience.name, recipient=target.name or target.address,
-                    channel=target.channel, address=target.address, locale=statement.locale,
-                    site=None, contacts={}, policy=audience.policy,
-                    ack_token=new_ack_token(), next_attempt_at=now,
+                    incident_id=incident_id,
+                    seq=seq,
+                    statement_id=statement.id,
+                    audience=audience.name,
+                    recipient=target.name or target.address,
+                    channel=target.channel,
+                    address=target.address,
+                    locale=statement.locale,
+                    site=None,
+                    contacts={},
+                    policy=audience.policy,
+                    ack_token=new_ack_token(),
+                    next_attempt_at=now,
                 )
             )
         for person in audience.members:
@@ -137,14 +147,26 @@ def plan_deliveries(
 
 
 def person_delivery(
-    audience: Audience, person: Person, channel: ChannelName, statement: Statement, seq: int,
+    audience: Audience,
+    person: Person,
+    channel: ChannelName,
+    statement: Statement,
+    seq: int,
     now: datetime,
 ) -> NewDelivery:
     """One delivery of ``statement`` to a member of ``audience`` on ``channel``."""
     return NewDelivery(
-        incident_id=statement.incident_id, seq=seq, statement_id=statement.id,
-        audience=audience.name, recipient=person.name, channel=channel,
-        address=person.contacts[channel.value], locale=statement.locale, site=person.site,
-        contacts=dict(person.contacts), policy=audience.policy, ack_token=new_ack_token(),
+        incident_id=statement.incident_id,
+        seq=seq,
+        statement_id=statement.id,
+        audience=audience.name,
+        recipient=person.name,
+        channel=channel,
+        address=person.contacts[channel.value],
+        locale=statement.locale,
+        site=person.site,
+        contacts=dict(person.contacts),
+        policy=audience.policy,
+        ack_token=new_ack_token(),
         next_attempt_at=now,
     )

@@ -24,14 +24,18 @@ if TYPE_CHECKING:
 
 UPDATES = frozenset({"declared", "confirmed", "updated"})
 WORDING = {
-    "fr": ("Rappel : aucune mise à jour de {id} depuis {minutes} min",
-           "Rappel : aucune mise à jour publiée pour {id} ({title}) depuis {minutes} min. "
-           "La cadence prévue pour un incident {severity} est de {cadence} min : "
-           "merci de publier un point de situation."),
-    "en": ("Reminder: no update of {id} for {minutes} min",
-           "Reminder: no update published for {id} ({title}) for {minutes} min. "
-           "The agreed cadence for a {severity} incident is {cadence} min: "
-           "please publish a situation update."),
+    "fr": (
+        "Rappel : aucune mise à jour de {id} depuis {minutes} min",
+        "Rappel : aucune mise à jour publiée pour {id} ({title}) depuis {minutes} min. "
+        "La cadence prévue pour un incident {severity} est de {cadence} min : "
+        "merci de publier un point de situation.",
+    ),
+    "en": (
+        "Reminder: no update of {id} for {minutes} min",
+        "Reminder: no update published for {id} ({title}) for {minutes} min. "
+        "The agreed cadence for a {severity} incident is {cadence} min: "
+        "please publish a situation update.",
+    ),
 }
 
 
@@ -66,26 +70,56 @@ async def remind_overdue(
         statements = []
         for locale in service.org.locales:
             subject, text = WORDING.get(locale, WORDING["en"])
-            values = {"id": incident.id, "title": incident.title, "minutes": minutes,
-                      "severity": incident.severity.value, "cadence": int(every // 60)}
+            values = {
+                "id": incident.id,
+                "title": incident.title,
+                "minutes": minutes,
+                "severity": incident.severity.value,
+                "cadence": int(every // 60),
+            }
             bodies = service.renderer.bodies_from_text(
-                StatementKind.INTERNAL, text.format(**values), subject.format(**values))
-            statements.append(Statement(
-                id=new_statement_id(), incident_id=incident.id, seq=seq, event="reminder",
-                kind=StatementKind.INTERNAL, locale=locale, version=1,
-                status=StatementStatus.PUBLISHED, text=bodies["text"], bodies=bodies,
-                author="tocsin", approved_by=None, created_at=now,
-            ))
-        await service.store.commit(Changes(
-            statements=statements,
-            timeline=[TimelineEntry(incident.id, seq, now, "tocsin", "reminder",
-                                    {"minutes_since_update": minutes,
-                                     "audience": audience_name})],
-            deliveries=plan_deliveries(
-                incident_id=incident.id, seq=seq, audiences=[audience],
-                statements=StatementIndex(statements, incident.locale),
-                default_locale=incident.locale, now=now, usable=service.usable_channels,
-            ),
-        ))
+                StatementKind.INTERNAL, text.format(**values), subject.format(**values)
+            )
+            statements.append(
+                Statement(
+                    id=new_statement_id(),
+                    incident_id=incident.id,
+                    seq=seq,
+                    event="reminder",
+                    kind=StatementKind.INTERNAL,
+                    locale=locale,
+                    version=1,
+                    status=StatementStatus.PUBLISHED,
+                    text=bodies["text"],
+                    bodies=bodies,
+                    author="tocsin",
+                    approved_by=None,
+                    created_at=now,
+                )
+            )
+        await service.store.commit(
+            Changes(
+                statements=statements,
+                timeline=[
+                    TimelineEntry(
+                        incident.id,
+                        seq,
+                        now,
+                        "tocsin",
+                        "reminder",
+                        {"minutes_since_update": minutes, "audience": audience_name},
+                    )
+                ],
+                deliveries=plan_deliveries(
+                    incident_id=incident.id,
+                    seq=seq,
+                    audiences=[audience],
+                    statements=StatementIndex(statements, incident.locale),
+                    default_locale=incident.locale,
+                    now=now,
+                    usable=service.usable_channels,
+                ),
+            )
+        )
         reminded.append(incident.id)
     return reminded

@@ -58,17 +58,24 @@ class ClaimsRegistry:
         for key in keys:
             received = await claim_recipients(self.service, incident.id, key)
             approved = any(
-                key in s.claims and s.kind in APPROVED_KINDS and s.event != CORRECTION
+                key in s.claims
+                and s.kind in APPROVED_KINDS
+                and s.event != CORRECTION
                 and s.status in (StatementStatus.PUBLISHED, StatementStatus.SUPERSEDED)
-                and s.approved_by for s in statements
+                and s.approved_by
+                for s in statements
             )
             status = "retracted" if key in retracted else "approved" if approved else "proposed"
-            views.append(ClaimView(
-                key=key, text=self.service.renderer.claim_text(key, incident.locale),
-                status=status, audiences=tuple(sorted({d.audience for d in received})),
-                recipients=len({(d.audience, d.recipient) for d in received}),
-                reason=retracted.get(key),
-            ))
+            views.append(
+                ClaimView(
+                    key=key,
+                    text=self.service.renderer.claim_text(key, incident.locale),
+                    status=status,
+                    audiences=tuple(sorted({d.audience for d in received})),
+                    recipients=len({(d.audience, d.recipient) for d in received}),
+                    reason=retracted.get(key),
+                )
+            )
         return views
 
     async def retract(
@@ -94,26 +101,54 @@ class ClaimsRegistry:
         drafts = []
         for locale in self.service.org.locales:
             context = self.service.context_for(incident, "correction", locale, now)
-            context["correction"] = {"claim": key, "claim_text": renderer.claim_text(key, locale),
-                                     "reason": reason.strip()}
+            context["correction"] = {
+                "claim": key,
+                "claim_text": renderer.claim_text(key, locale),
+                "reason": reason.strip(),
+            }
             bodies = renderer.render(StatementKind.PRESS, CORRECTION, locale, context)
-            bodies["sms"] = renderer.render(StatementKind.SMS, CORRECTION, locale,
-                                            context)["sms"]
-            drafts.append(Statement(
-                id=new_statement_id(), incident_id=incident.id, seq=seq, event=CORRECTION,
-                kind=StatementKind.PRESS, locale=locale, version=1,
-                status=StatementStatus.DRAFT, text=bodies.get("text", ""), bodies=bodies,
-                author=actor.name, approved_by=None, created_at=now, claims=(key,),
-                audiences=view.audiences,
-            ))
-        await self.service.store.commit(Changes(
-            incident=replace(incident, claims=tuple(c for c in incident.claims if c != key),
-                             updated_at=now),
-            statements=drafts,
-            timeline=[TimelineEntry(
-                incident.id, seq, now, actor.name, "claim_retracted",
-                {"claim": key, "reason": reason.strip(), "audiences": list(view.audiences),
-                 "recipients": view.recipients, "statements": [d.id for d in drafts]},
-            )],
-        ))
+            bodies["sms"] = renderer.render(StatementKind.SMS, CORRECTION, locale, context)["sms"]
+            drafts.append(
+                Statement(
+                    id=new_statement_id(),
+                    incident_id=incident.id,
+                    seq=seq,
+                    event=CORRECTION,
+                    kind=StatementKind.PRESS,
+                    locale=locale,
+                    version=1,
+                    status=StatementStatus.DRAFT,
+                    text=bodies.get("text", ""),
+                    bodies=bodies,
+                    author=actor.name,
+                    approved_by=None,
+                    created_at=now,
+                    claims=(key,),
+                    audiences=view.audiences,
+                )
+            )
+        await self.service.store.commit(
+            Changes(
+                incident=replace(
+                    incident, claims=tuple(c for c in incident.claims if c != key), updated_at=now
+                ),
+                statements=drafts,
+                timeline=[
+                    TimelineEntry(
+                        incident.id,
+                        seq,
+                        now,
+                        actor.name,
+                        "claim_retracted",
+                        {
+                            "claim": key,
+                            "reason": reason.strip(),
+                            "audiences": list(view.audiences),
+                            "recipients": view.recipients,
+                            "statements": [d.id for d in drafts],
+                        },
+                    )
+                ],
+            )
+        )
         return drafts

@@ -11,8 +11,18 @@ from bot.domain.models import IncidentStatus, Severity
 
 CAUSES = ("unknown", "technical", "cyberattack_ruled_out", "cyberattack")
 DECLARE_FIELDS = frozenset(
-    {"title", "systems", "unaffected", "impact", "severity", "sites", "cause", "locale",
-     "audiences", "claims"}
+    {
+        "title",
+        "systems",
+        "unaffected",
+        "impact",
+        "severity",
+        "sites",
+        "cause",
+        "locale",
+        "audiences",
+        "claims",
+    }
 )
 
 
@@ -69,7 +79,8 @@ class IncidentDraft:
             problems["locale"] = "a language code such as fr or en"
         audiences = data.get("audiences")
         if audiences is not None and (
-            not isinstance(audiences, Sequence) or isinstance(audiences, str)
+            not isinstance(audiences, Sequence)
+            or isinstance(audiences, str)
             or not all(isinstance(a, str) for a in audiences)
         ):
             problems["audiences"] = "a list of audience names"
@@ -95,8 +106,8 @@ def parse_status(value: Any) -> IncidentStatus:
         status = IncidentStatus(str(value).lower())
     except ValueError:
         raise InvalidInput(
-            "unknown status", detail={"status": "one of investigating, identified, monitoring, "
-                                      "resolved"}
+            "unknown status",
+            detail={"status": "one of investigating, identified, monitoring, resolved"},
         ) from None
     if status == IncidentStatus.DRAFT:
         raise InvalidInput("an incident cannot go back to draft", detail={"status": "draft"})

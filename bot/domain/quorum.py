@@ -32,8 +32,11 @@ class SiteView:
 
 
 def _quorum_audiences(service: IncidentService, incident: Incident) -> list[Audience]:
-    return [service.audiences[name] for name in incident.audiences
-            if name in service.audiences and service.audiences[name].policy.require_ack]
+    return [
+        service.audiences[name]
+        for name in incident.audiences
+        if name in service.audiences and service.audiences[name].policy.require_ack
+    ]
 
 
 async def site_views(service: IncidentService, incident_id: str) -> list[SiteView]:
@@ -48,23 +51,35 @@ async def site_views(service: IncidentService, incident_id: str) -> list[SiteVie
     needed = max((a.policy.confirm_per_site for a in audiences), default=0)
     confirmations: dict[str, dict[str, datetime]] = {site: {} for site in sites}
     for delivery in await all_deliveries(service, incident.id):
-        if (delivery.state == DeliveryState.ACKNOWLEDGED and delivery.site
-                and delivery.acknowledged_at is not None):
+        if (
+            delivery.state == DeliveryState.ACKNOWLEDGED
+            and delivery.site
+            and delivery.acknowledged_at is not None
+        ):
             people = confirmations.setdefault(delivery.site, {})
             first = people.get(delivery.recipient)
             if first is None or delivery.acknowledged_at < first:
                 people[delivery.recipient] = delivery.acknowledged_at
-    escalated = {str(e.detail.get("site")) for e in await service.store.timeline(incident.id)
-                 if e.action == "site_escalated"}
+    escalated = {
+        str(e.detail.get("site"))
+        for e in await service.store.timeline(incident.id)
+        if e.action == "site_escalated"
+    }
     return [
-        SiteView(site, len(people), tuple(sorted(people.items(), key=lambda p: p[1])),
-                 needed, site in escalated)
+        SiteView(
+            site,
+            len(people),
+            tuple(sorted(people.items(), key=lambda p: p[1])),
+            needed,
+            site in escalated,
+        )
         for site, people in confirmations.items()
     ]
 
 
-async def escalate_sites(service: IncidentService, now: datetime | None = None
-                         ) -> list[tuple[str, str]]:
+async def escalate_sites(
+    service: IncidentService, now: datetime | None = None
+) -> list[tuple[str, str]]:
     """Escalate every site short of its quorum past the policy delay; returns (incident,
     site) pairs escalated now."""
     now = now or service.clock.now()
@@ -86,34 +101,55 @@ async def escalate_sites(service: IncidentService, now: datetime | None = None
     return done
 
 
-async def _escalate_site(service: IncidentService, incident: Incident, audience: Audience,
-                         view: SiteView, now: datetime) -> bool:
+async def _escalate_site(
+    service: IncidentService, incident: Incident, audience: Audience, view: SiteView, now: datetime
+) -> bool:
     deputies = [p for p in audience.members if p.deputy and p.site == view.site]
     statements = await service.store.statements(incident.id)
     latest_seq = max((s.seq for s in statements if s.kind == audience.kind), default=None)
     deliveries = []
     for person in deputies:
         order = [c for c in (audience.policy.escalate_via, *audience.policy.channels) if c]
-        channel = next((c for c in order if person.contacts.get(c.value)
-                        and (service.usable_channels is None or c in service.usable_channels)),
-                       None)
+        channel = next(
+            (
+                c
+                for c in order
+                if person.contacts.get(c.value)
+                and (service.usable_channels is None or c in service.usable_channels)
+            ),
+            None,
+        )
         if channel is None or latest_seq is None:
             continue
         kind = statement_kind_for(channel, audience.kind)
         locale = person.locale or incident.locale
-        found = [s for s in statements if s.seq == latest_seq and s.kind == kind
-                 and s.locale == locale]
+        found = [
+            s for s in statements if s.seq == latest_seq and s.kind == kind and s.locale == locale
+        ]
         if found:
             statement = max(found, key=lambda s: s.version)
-            deliveries.append(person_delivery(audience, person, channel, statement,
-                                              latest_seq, now))
+            deliveries.append(
+                person_delivery(audience, person, channel, statement, latest_seq, now)
+            )
     seq = await service.next_seq(incident.id)
-    await service.store.commit(Changes(
-        deliveries=deliveries,
-        timeline=[TimelineEntry(incident.id, seq, now, "tocsin", "site_escalated", {
-            "site": view.site, "confirmed": view.confirmed,
-            "needed": audience.policy.confirm_per_site,
-            "deputies": [d.recipient for d in deliveries],
-        })],
-    ))
+    await service.store.commit(
+        Changes(
+            deliveries=deliveries,
+            timeline=[
+                TimelineEntry(
+                    incident.id,
+                    seq,
+                    now,
+                    "tocsin",
+                    "site_escalated",
+                    {
+                        "site": view.site,
+                        "confirmed": view.confirmed,
+                        "needed": audience.policy.confirm_per_site,
+                        "deputies": [d.recipient for d in deliveries],
+                    },
+                )
+            ],
+        )
+    )
     return True

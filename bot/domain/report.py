@@ -44,8 +44,9 @@ async def build_report(service: IncidentService, incident_id: str) -> dict[str, 
     deliveries = await all_deliveries(service, incident.id)
     attempts = await store.attempts([d.id for d in deliveries])
     reached_at = {
-        d.id: min((a.at for a in attempts[d.id] if a.outcome in ("sent", "delivered")),
-                  default=None)
+        d.id: min(
+            (a.at for a in attempts[d.id] if a.outcome in ("sent", "delivered")), default=None
+        )
         for d in deliveries
     }
     groups: dict[tuple[str, str], GroupStats] = {}
@@ -68,46 +69,97 @@ async def build_report(service: IncidentService, incident_id: str) -> dict[str, 
             stats.ack_90_s = _seconds(incident.created_at, acks[needed - 1])
     return {
         "incident": {
-            "id": incident.id, "title": incident.title, "severity": incident.severity.value,
-            "status": incident.status.value, "systems": list(incident.systems),
-            "unaffected": list(incident.unaffected), "sites": list(incident.sites),
-            "declared_by": incident.declared_by, "declared_at": incident.created_at.isoformat(),
+            "id": incident.id,
+            "title": incident.title,
+            "severity": incident.severity.value,
+            "status": incident.status.value,
+            "systems": list(incident.systems),
+            "unaffected": list(incident.unaffected),
+            "sites": list(incident.sites),
+            "declared_by": incident.declared_by,
+            "declared_at": incident.created_at.isoformat(),
             "resolved_at": incident.resolved_at.isoformat() if incident.resolved_at else None,
         },
-        "timeline": [{"seq": e.seq, "at": e.at.isoformat(), "actor": e.actor,
-                      "action": e.action, "detail": dict(e.detail)} for e in timeline],
-        "statements": [
-            {"id": s.id, "event": s.event, "kind": s.kind.value, "locale": s.locale,
-             "version": s.version, "status": s.status.value, "author": s.author,
-             "approved_by": s.approved_by, "at": s.created_at.isoformat(),
-             "subject": s.bodies.get("subject", ""), "text": s.text,
-             "sent_to": sorted({d.audience for d in deliveries if d.statement_id == s.id})}
-            for s in statements if s.status != StatementStatus.SUPERSEDED or s.approved_by
+        "timeline": [
+            {
+                "seq": e.seq,
+                "at": e.at.isoformat(),
+                "actor": e.actor,
+                "action": e.action,
+                "detail": dict(e.detail),
+            }
+            for e in timeline
         ],
-        "approvals": [{"at": e.at.isoformat(), "by": e.actor, **dict(e.detail)}
-                      for e in timeline if e.action == "statement_approved"],
-        "claims": [{"key": v.key, "text": v.text, "status": v.status,
-                    "audiences": list(v.audiences), "recipients": v.recipients,
-                    "reason": v.reason} for v in await service.claims(incident.id)],
+        "statements": [
+            {
+                "id": s.id,
+                "event": s.event,
+                "kind": s.kind.value,
+                "locale": s.locale,
+                "version": s.version,
+                "status": s.status.value,
+                "author": s.author,
+                "approved_by": s.approved_by,
+                "at": s.created_at.isoformat(),
+                "subject": s.bodies.get("subject", ""),
+                "text": s.text,
+                "sent_to": sorted({d.audience for d in deliveries if d.statement_id == s.id}),
+            }
+            for s in statements
+            if s.status != StatementStatus.SUPERSEDED or s.approved_by
+        ],
+        "approvals": [
+            {"at": e.at.isoformat(), "by": e.actor, **dict(e.detail)}
+            for e in timeline
+            if e.action == "statement_approved"
+        ],
+        "claims": [
+            {
+                "key": v.key,
+                "text": v.text,
+                "status": v.status,
+                "audiences": list(v.audiences),
+                "recipients": v.recipients,
+                "reason": v.reason,
+            }
+            for v in await service.claims(incident.id)
+        ],
         "deliveries": {
             "total": len(deliveries),
-            "by_state": {state.value: sum(1 for d in deliveries if d.state == state)
-                         for state in DeliveryState},
+            "by_state": {
+                state.value: sum(1 for d in deliveries if d.state == state)
+                for state in DeliveryState
+            },
             "groups": [
-                {"audience": g.audience, "channel": g.channel, "total": g.total,
-                 "sent": g.by_state.get("sent", 0), "delivered": g.by_state.get("delivered", 0),
-                 "acknowledged": g.by_state.get("acknowledged", 0),
-                 "failed": g.by_state.get("failed", 0), "by_state": g.by_state,
-                 "require_ack": g.require_ack, "first_delivery_s": g.first_delivery_s,
-                 "ack_90_s": g.ack_90_s}
+                {
+                    "audience": g.audience,
+                    "channel": g.channel,
+                    "total": g.total,
+                    "sent": g.by_state.get("sent", 0),
+                    "delivered": g.by_state.get("delivered", 0),
+                    "acknowledged": g.by_state.get("acknowledged", 0),
+                    "failed": g.by_state.get("failed", 0),
+                    "by_state": g.by_state,
+                    "require_ack": g.require_ack,
+                    "first_delivery_s": g.first_delivery_s,
+                    "ack_90_s": g.ack_90_s,
+                }
                 for g in sorted(groups.values(), key=lambda g: (g.audience, g.channel))
             ],
             "failovers": sum(1 for d in deliveries if d.failover_of is not None),
-            "rerouted": sum(1 for d in deliveries for a in attempts[d.id]
-                            if a.outcome == "rerouted"),
+            "rerouted": sum(
+                1 for d in deliveries for a in attempts[d.id] if a.outcome == "rerouted"
+            ),
             "escalations": sum(1 for d in deliveries if d.escalation_of is not None),
         },
-        "sites": [{"site": v.site, "confirmed": v.confirmed, "needed": v.needed,
-                   "by": [{"name": n, "at": at.isoformat()} for n, at in v.by],
-                   "escalated": v.escalated} for v in await site_views(service, incident.id)],
+        "sites": [
+            {
+                "site": v.site,
+                "confirmed": v.confirmed,
+                "needed": v.needed,
+                "by": [{"name": n, "at": at.isoformat()} for n, at in v.by],
+                "escalated": v.escalated,
+            }
+            for v in await site_views(service, incident.id)
+        ],
     }

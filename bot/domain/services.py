@@ -71,12 +71,19 @@ def incident_context(incident: Incident, org: OrganisationInfo) -> dict[str, Any
     return {
         "org": {"name": org.name, "locale": org.locale, "timezone": org.timezone},
         "incident": {
-            "id": incident.id, "title": incident.title, "systems": list(incident.systems),
-            "unaffected": list(incident.unaffected), "impact": list(incident.impact),
-            "sites": list(incident.sites), "severity": incident.severity.value,
-            "status": incident.status.value, "cause": incident.cause,
-            "declared_at": incident.created_at, "updated_at": incident.updated_at,
-            "resolved_at": incident.resolved_at, "declared_by": incident.declared_by,
+            "id": incident.id,
+            "title": incident.title,
+            "systems": list(incident.systems),
+            "unaffected": list(incident.unaffected),
+            "impact": list(incident.impact),
+            "sites": list(incident.sites),
+            "severity": incident.severity.value,
+            "status": incident.status.value,
+            "cause": incident.cause,
+            "declared_at": incident.created_at,
+            "updated_at": incident.updated_at,
+            "resolved_at": incident.resolved_at,
+            "declared_by": incident.declared_by,
         },
     }
 
@@ -156,20 +163,38 @@ class IncidentService:
         for _ in range(5):
             now = self.clock.now()
             incident = Incident(
-                id=await self._new_id(now), title=draft.title, systems=draft.systems,
-                unaffected=draft.unaffected, impact=draft.impact, sites=draft.sites,
+                id=await self._new_id(now),
+                title=draft.title,
+                systems=draft.systems,
+                unaffected=draft.unaffected,
+                impact=draft.impact,
+                sites=draft.sites,
                 severity=draft.severity,
                 status=IncidentStatus.DRAFT if as_draft else IncidentStatus.INVESTIGATING,
-                cause=draft.cause, locale=draft.locale or self.org.locale,
-                declared_by=actor.name, claims=draft.claims,
-                audiences=draft.audiences if draft.audiences is not None
+                cause=draft.cause,
+                locale=draft.locale or self.org.locale,
+                declared_by=actor.name,
+                claims=draft.claims,
+                audiences=draft.audiences
+                if draft.audiences is not None
                 else self.default_audiences,
-                created_at=now, updated_at=now, source=source, source_key=source_key,
+                created_at=now,
+                updated_at=now,
+                source=source,
+                source_key=source_key,
             )
             entry = TimelineEntry(
-                incident.id, 1, now, actor.name, "drafted" if as_draft else "declared",
-                {"severity": incident.severity.value, "systems": list(incident.systems),
-                 "audiences": list(incident.audiences), "source": source},
+                incident.id,
+                1,
+                now,
+                actor.name,
+                "drafted" if as_draft else "declared",
+                {
+                    "severity": incident.severity.value,
+                    "systems": list(incident.systems),
+                    "audiences": list(incident.audiences),
+                    "source": source,
+                },
             )
             changes = Changes(incident=incident, new_incident=True, timeline=[entry])
             if not as_draft:
@@ -207,15 +232,32 @@ class IncidentService:
             raise Conflict(f"{incident_id} is not a draft")
         now = self.clock.now()
         revised = replace(
-            incident, title=draft.title, systems=draft.systems, unaffected=draft.unaffected,
-            impact=draft.impact, sites=draft.sites, severity=draft.severity, cause=draft.cause,
+            incident,
+            title=draft.title,
+            systems=draft.systems,
+            unaffected=draft.unaffected,
+            impact=draft.impact,
+            sites=draft.sites,
+            severity=draft.severity,
+            cause=draft.cause,
             updated_at=now,
         )
         seq = await self.next_seq(incident_id)
-        await self.store.commit(Changes(incident=revised, timeline=[TimelineEntry(
-            incident_id, seq, now, actor.name, "draft_revised",
-            {"severity": revised.severity.value, "systems": list(revised.systems)},
-        )]))
+        await self.store.commit(
+            Changes(
+                incident=revised,
+                timeline=[
+                    TimelineEntry(
+                        incident_id,
+                        seq,
+                        now,
+                        actor.name,
+                        "draft_revised",
+                        {"severity": revised.severity.value, "systems": list(revised.systems)},
+                    )
+                ],
+            )
+        )
         return revised
 
     async def note(
@@ -227,8 +269,9 @@ class IncidentService:
         incident = await self.get(incident_id)
         for _ in range(5):
             seq = await self.next_seq(incident.id)
-            entry = TimelineEntry(incident.id, seq, self.clock.now(), actor.name, action,
-                                  dict(detail))
+            entry = TimelineEntry(
+                incident.id, seq, self.clock.now(), actor.name, action, dict(detail)
+            )
             try:
                 await self.store.commit(Changes(timeline=[entry]))
             except Conflict:
@@ -242,8 +285,9 @@ class IncidentService:
         """A status change and/or a message: new statements to the incident's audiences."""
         self.require(actor, Role.RESPONDER)
         if status is None and not (message and message.strip()):
-            raise InvalidInput("an update needs a status or a message",
-                               detail={"status": "or message required"})
+            raise InvalidInput(
+                "an update needs a status or a message", detail={"status": "or message required"}
+            )
         new_status = parse_status(status) if status is not None else None
         if message is not None and len(message) > 2000:
             raise InvalidInput("message too long", detail={"message": "at most 2000 characters"})
@@ -312,8 +356,9 @@ class IncidentService:
         assert refreshed is not None
         return refreshed
 
-    async def acknowledge_by_reply(self, channel: ChannelName, address: str, by: str
-                                   ) -> Delivery | None:
+    async def acknowledge_by_reply(
+        self, channel: ChannelName, address: str, by: str
+    ) -> Delivery | None:
         """An "OK" reply from a known address acknowledges that person's latest pending
         delivery on that channel; None when there is nothing to acknowledge."""
         delivery = await self.store.latest_ack_pending(channel.value, address)
@@ -323,7 +368,12 @@ class IncidentService:
         return await self.store.get_delivery(delivery.id)
 
     async def delivery_report(
-        self, token: str, state: DeliveryState, *, outcome: str, code: str | None = None,
+        self,
+        token: str,
+        state: DeliveryState,
+        *,
+        outcome: str,
+        code: str | None = None,
         error: str | None = None,
     ) -> Delivery | None:
         """A provider's delivery report (SMS DLR, status callback). States only move forward;
@@ -338,19 +388,23 @@ class IncidentService:
         return await self.store.get_delivery(delivery.id)
 
     async def _fail_over(self, delivery: Delivery, now: datetime) -> None:
-        channel = next_channel(delivery.policy, delivery.contacts, delivery.channel,
-                               self.usable_channels)
+        channel = next_channel(
+            delivery.policy, delivery.contacts, delivery.channel, self.usable_channels
+        )
         if channel is None:
             return
         kind = statement_kind_for(channel, delivery.policy.kind)
-        same_event = [s for s in await self.store.statements(delivery.incident_id)
-                      if s.seq == delivery.seq and s.kind == kind and s.locale == delivery.locale]
+        same_event = [
+            s
+            for s in await self.store.statements(delivery.incident_id)
+            if s.seq == delivery.seq and s.kind == kind and s.locale == delivery.locale
+        ]
         if not same_event:
             return
         statement = max(same_event, key=lambda s: s.version)
-        await self.store.commit(Changes(
-            deliveries=[new_follow_up(delivery, channel, statement.id, now)]
-        ))
+        await self.store.commit(
+            Changes(deliveries=[new_follow_up(delivery, channel, statement.id, now)])
+        )
 
     # --- helpers -----------------------------------------------------------------------
     def _fan_out(
@@ -371,37 +425,62 @@ class IncidentService:
                 bodies = self.renderer.render(kind, event, locale, context)
                 if kind == StatementKind.SMS:
                     # The same short text for people who must answer "OK".
-                    asking = self.renderer.render(kind, event, locale,
-                                                  {**context, "require_ack": True})
+                    asking = self.renderer.render(
+                        kind, event, locale, {**context, "require_ack": True}
+                    )
                     bodies["sms_ack"] = asking["sms"]
-                statements.append(Statement(
-                    id=new_statement_id(), incident_id=incident.id, seq=seq, event=event,
-                    kind=kind, locale=locale, version=1,
-                    status=StatementStatus.DRAFT if kind in APPROVAL_KINDS
-                    else StatementStatus.PUBLISHED,
-                    text=bodies.get("text", ""), bodies=bodies, author=actor.name,
-                    approved_by=None, created_at=now,
-                    claims=() if kind == StatementKind.SMS else incident.claims,
-                ))
+                statements.append(
+                    Statement(
+                        id=new_statement_id(),
+                        incident_id=incident.id,
+                        seq=seq,
+                        event=event,
+                        kind=kind,
+                        locale=locale,
+                        version=1,
+                        status=StatementStatus.DRAFT
+                        if kind in APPROVAL_KINDS
+                        else StatementStatus.PUBLISHED,
+                        text=bodies.get("text", ""),
+                        bodies=bodies,
+                        author=actor.name,
+                        approved_by=None,
+                        created_at=now,
+                        claims=() if kind == StatementKind.SMS else incident.claims,
+                    )
+                )
         changes.statements.extend(statements)
         audiences = [self.audiences[a] for a in incident.audiences if a in self.audiences]
-        changes.deliveries.extend(plan_deliveries(
-            incident_id=incident.id, seq=seq, audiences=audiences,
-            statements=StatementIndex(statements, incident.locale),
-            default_locale=incident.locale, now=now,
-            kinds=frozenset(StatementKind) - APPROVAL_KINDS, usable=self.usable_channels,
-        ))
+        changes.deliveries.extend(
+            plan_deliveries(
+                incident_id=incident.id,
+                seq=seq,
+                audiences=audiences,
+                statements=StatementIndex(statements, incident.locale),
+                default_locale=incident.locale,
+                now=now,
+                kinds=frozenset(StatementKind) - APPROVAL_KINDS,
+                usable=self.usable_channels,
+            )
+        )
 
     def context_for(
-        self, incident: Incident, event: str, locale: str, now: datetime,
+        self,
+        incident: Incident,
+        event: str,
+        locale: str,
+        now: datetime,
         update: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The template context of one event of an incident."""
         context = incident_context(incident, self.org)
         context.update(
-            event=event, update={**update, "at": now} if update else None, correction=None,
-            claims=[{"key": c, "text": self.renderer.claim_text(c, locale)}
-                    for c in incident.claims],
+            event=event,
+            update={**update, "at": now} if update else None,
+            correction=None,
+            claims=[
+                {"key": c, "text": self.renderer.claim_text(c, locale)} for c in incident.claims
+            ],
         )
         return context
 
@@ -425,15 +504,27 @@ class IncidentService:
 
 
 def new_follow_up(
-    delivery: Delivery, channel: ChannelName, statement_id: str, now: datetime, *,
+    delivery: Delivery,
+    channel: ChannelName,
+    statement_id: str,
+    now: datetime,
+    *,
     escalation: bool = False,
 ) -> NewDelivery:
     """The same recipient on another channel: a failover (or an escalation) of ``delivery``."""
     return NewDelivery(
-        incident_id=delivery.incident_id, seq=delivery.seq, statement_id=statement_id,
-        audience=delivery.audience, recipient=delivery.recipient, channel=channel,
-        address=delivery.contacts[channel.value], locale=delivery.locale, site=delivery.site,
-        contacts=delivery.contacts, policy=delivery.policy, ack_token=new_ack_token(),
+        incident_id=delivery.incident_id,
+        seq=delivery.seq,
+        statement_id=statement_id,
+        audience=delivery.audience,
+        recipient=delivery.recipient,
+        channel=channel,
+        address=delivery.contacts[channel.value],
+        locale=delivery.locale,
+        site=delivery.site,
+        contacts=delivery.contacts,
+        policy=delivery.policy,
+        ack_token=new_ack_token(),
         next_attempt_at=now,
         failover_of=None if escalation else delivery.id,
         escalation_of=delivery.id if escalation else None,

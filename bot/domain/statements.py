@@ -51,8 +51,11 @@ class PressDesk:
         """Every version of the statement's text, oldest first."""
         current = await self.service.statement(statement_id)
         return sorted(
-            (s for s in await self.store.statements(current.incident_id)
-             if same_text_key(s) == same_text_key(current)),
+            (
+                s
+                for s in await self.store.statements(current.incident_id)
+                if same_text_key(s) == same_text_key(current)
+            ),
             key=lambda s: s.version,
         )
 
@@ -68,14 +71,18 @@ class PressDesk:
         else:
             found = [s for s in versions if s.id == against_id]
             if not found:
-                raise InvalidInput("not a version of this statement",
-                                   detail={"against": against_id})
+                raise InvalidInput(
+                    "not a version of this statement", detail={"against": against_id}
+                )
             base = found[0]
-        return "".join(difflib.unified_diff(
-            base.text.splitlines(keepends=True), current.text.splitlines(keepends=True),
-            fromfile=f"v{base.version} ({base.author})",
-            tofile=f"v{current.version} ({current.author})",
-        ))
+        return "".join(
+            difflib.unified_diff(
+                base.text.splitlines(keepends=True),
+                current.text.splitlines(keepends=True),
+                fromfile=f"v{base.version} ({base.author})",
+                tofile=f"v{current.version} ({current.author})",
+            )
+        )
 
     async def edit(self, actor: Actor, statement_id: str, text: str) -> Statement:
         """A new draft version. Editing a draft supersedes it; editing a published statement
@@ -96,22 +103,42 @@ class PressDesk:
         if "sms" in current.bodies:  # a correction keeps its short SMS wording
             bodies["sms"] = current.bodies["sms"]
         edited = replace(
-            current, id=new_statement_id(), version=current.version + 1, text=text.strip(),
-            bodies=bodies, status=StatementStatus.DRAFT, author=actor.name, approved_by=None,
+            current,
+            id=new_statement_id(),
+            version=current.version + 1,
+            text=text.strip(),
+            bodies=bodies,
+            status=StatementStatus.DRAFT,
+            author=actor.name,
+            approved_by=None,
             created_at=now,
         )
         updates = []
         if current.status == StatementStatus.DRAFT:
             updates.append(replace(current, status=StatementStatus.SUPERSEDED))
         seq = await self.service.next_seq(current.incident_id)
-        await self.store.commit(Changes(
-            statements=[edited], statement_updates=updates,
-            timeline=[TimelineEntry(
-                current.incident_id, seq, now, actor.name, "statement_edited",
-                {"statement": edited.id, "kind": edited.kind.value, "locale": edited.locale,
-                 "version": edited.version, "previous": current.id},
-            )],
-        ))
+        await self.store.commit(
+            Changes(
+                statements=[edited],
+                statement_updates=updates,
+                timeline=[
+                    TimelineEntry(
+                        current.incident_id,
+                        seq,
+                        now,
+                        actor.name,
+                        "statement_edited",
+                        {
+                            "statement": edited.id,
+                            "kind": edited.kind.value,
+                            "locale": edited.locale,
+                            "version": edited.version,
+                            "previous": current.id,
+                        },
+                    )
+                ],
+            )
+        )
         return edited
 
     async def approve(self, actor: Actor, statement_id: str) -> Statement:
@@ -130,8 +157,10 @@ class PressDesk:
         all_statements = await self.store.statements(incident.id)
         published = replace(current, status=StatementStatus.PUBLISHED, approved_by=actor.name)
         updates = [published] + [
-            replace(s, status=StatementStatus.SUPERSEDED) for s in all_statements
-            if same_text_key(s) == same_text_key(current) and s.id != current.id
+            replace(s, status=StatementStatus.SUPERSEDED)
+            for s in all_statements
+            if same_text_key(s) == same_text_key(current)
+            and s.id != current.id
             and s.status in (StatementStatus.PUBLISHED, StatementStatus.DRAFT)
         ]
         twins = []
@@ -139,40 +168,60 @@ class PressDesk:
             twins = [
                 replace(s, status=StatementStatus.PUBLISHED, approved_by=actor.name)
                 for s in all_statements
-                if s.kind == StatementKind.PUBLIC and s.seq == current.seq
-                and s.locale == current.locale and s.status == StatementStatus.DRAFT
+                if s.kind == StatementKind.PUBLIC
+                and s.seq == current.seq
+                and s.locale == current.locale
+                and s.status == StatementStatus.DRAFT
                 and s.version == 1
             ]
         seq = await self.service.next_seq(incident.id)
         changes = Changes(
             statement_updates=updates + twins,
-            timeline=[TimelineEntry(
-                incident.id, seq, now, actor.name, "statement_approved",
-                {"statement": current.id, "kind": current.kind.value, "event": current.event,
-                 "locale": current.locale, "version": current.version,
-                 "author": current.author, "public": [t.id for t in twins]},
-            )],
+            timeline=[
+                TimelineEntry(
+                    incident.id,
+                    seq,
+                    now,
+                    actor.name,
+                    "statement_approved",
+                    {
+                        "statement": current.id,
+                        "kind": current.kind.value,
+                        "event": current.event,
+                        "locale": current.locale,
+                        "version": current.version,
+                        "author": current.author,
+                        "public": [t.id for t in twins],
+                    },
+                )
+            ],
         )
         if current.event == CORRECTION:
             changes.deliveries = await self._correction_deliveries(published, now)
         else:
             audiences = [self.service.audiences[a] for a in self._audiences_for(current)]
             changes.deliveries = plan_deliveries(
-                incident_id=incident.id, seq=current.seq, audiences=audiences,
+                incident_id=incident.id,
+                seq=current.seq,
+                audiences=audiences,
                 statements=StatementIndex([published], current.locale),
-                default_locale=incident.locale, now=now, kinds=frozenset({current.kind}),
-                locale_only=current.locale, usable=self.service.usable_channels,
+                default_locale=incident.locale,
+                now=now,
+                kinds=frozenset({current.kind}),
+                locale_only=current.locale,
+                usable=self.service.usable_channels,
             )
         await self.store.commit(changes)
         return published
 
     def _audiences_for(self, statement: Statement) -> list[str]:
-        return [name for name, audience in self.service.audiences.items()
-                if audience.kind == statement.kind and audience.kind == StatementKind.PRESS]
+        return [
+            name
+            for name, audience in self.service.audiences.items()
+            if audience.kind == statement.kind and audience.kind == StatementKind.PRESS
+        ]
 
-    async def _correction_deliveries(
-        self, correction: Statement, now: object
-    ) -> list[NewDelivery]:
+    async def _correction_deliveries(self, correction: Statement, now: object) -> list[NewDelivery]:
         """Exactly the recipients who received the claim, on the address they got it on."""
         [claim] = correction.claims
         received = await claim_recipients(self.service, correction.incident_id, claim)
@@ -180,16 +229,26 @@ class PressDesk:
         for delivery in received:
             if delivery.locale != correction.locale:
                 continue
-            planned.append(NewDelivery(
-                incident_id=delivery.incident_id, seq=correction.seq,
-                statement_id=correction.id, audience=delivery.audience,
-                recipient=delivery.recipient, channel=delivery.channel,
-                address=delivery.address, locale=delivery.locale, site=delivery.site,
-                contacts=delivery.contacts,
-                policy=replace(delivery.policy, kind=statement_kind_for(
-                    delivery.channel, StatementKind.PRESS)),
-                ack_token=new_ack_token(), next_attempt_at=self.service.clock.now(),
-            ))
+            planned.append(
+                NewDelivery(
+                    incident_id=delivery.incident_id,
+                    seq=correction.seq,
+                    statement_id=correction.id,
+                    audience=delivery.audience,
+                    recipient=delivery.recipient,
+                    channel=delivery.channel,
+                    address=delivery.address,
+                    locale=delivery.locale,
+                    site=delivery.site,
+                    contacts=delivery.contacts,
+                    policy=replace(
+                        delivery.policy,
+                        kind=statement_kind_for(delivery.channel, StatementKind.PRESS),
+                    ),
+                    ack_token=new_ack_token(),
+                    next_attempt_at=self.service.clock.now(),
+                )
+            )
         return planned
 
 
@@ -198,8 +257,7 @@ async def claim_recipients(
 ) -> list[Delivery]:
     """One delivery per recipient address that received (or is receiving) ``claim``."""
     statements = {s.id: s for s in await service.store.statements(incident_id)}
-    carrying = {sid for sid, s in statements.items()
-                if claim in s.claims and s.event != CORRECTION}
+    carrying = {sid for sid, s in statements.items() if claim in s.claims and s.event != CORRECTION}
     chosen: dict[tuple[str, str, str], Delivery] = {}
     for delivery in await all_deliveries(service, incident_id):
         if delivery.statement_id not in carrying or delivery.state in NOT_RECEIVED:

@@ -302,8 +302,9 @@ def status(
                 for column in ("provider", "state", "since", "last error"):
                     providers.add_column(column)
                 for name, state, since, detail in health:
-                    providers.add_row(name, state, since.isoformat(timespec="seconds"),
-                                      detail or "")
+                    providers.add_row(
+                        name, state, since.isoformat(timespec="seconds"), detail or ""
+                    )
                 console.print(providers)
 
     run(go())
@@ -317,9 +318,13 @@ async def sites_table(rt: Any, incident_id: str) -> Table:
     for column in ("site", "confirmed", "needed", "by", "escalated"):
         table.add_column(column)
     for view in await site_views(rt.service, incident_id):
-        table.add_row(view.site, str(view.confirmed), str(view.needed),
-                      ", ".join(f"{name} {at:%H:%M}" for name, at in view.by) or "none yet",
-                      "yes" if view.escalated else "")
+        table.add_row(
+            view.site,
+            str(view.confirmed),
+            str(view.needed),
+            ", ".join(f"{name} {at:%H:%M}" for name, at in view.by) or "none yet",
+            "yes" if view.escalated else "",
+        )
     return table
 
 
@@ -507,8 +512,10 @@ def claim_retract(
         async with open_runtime(settings, with_channels=False) as rt:
             drafts = await rt.service.retract_claim(actor(as_), incident_id, claim, reason)
             for draft in drafts:
-                console.print(f"[bold]{draft.id}[/] correction ({draft.locale}) for "
-                              f"{', '.join(draft.audiences) or 'nobody'} — awaiting approval")
+                console.print(
+                    f"[bold]{draft.id}[/] correction ({draft.locale}) for "
+                    f"{', '.join(draft.audiences) or 'nobody'} — awaiting approval"
+                )
 
     run(go())
 
@@ -529,8 +536,13 @@ def claims(
             for column in ("claim", "status", "audiences", "recipients", "wording"):
                 table.add_column(column)
             for view in await rt.service.claims(incident_id):
-                table.add_row(view.key, view.status, ", ".join(view.audiences),
-                              str(view.recipients), view.text)
+                table.add_row(
+                    view.key,
+                    view.status,
+                    ", ".join(view.audiences),
+                    str(view.recipients),
+                    view.text,
+                )
             console.print(table)
 
     run(go())

@@ -211,17 +211,28 @@ async def statement_versions(request: web.Request) -> web.Response:
 async def list_claims(request: web.Request) -> web.Response:
     authorise(request, Role.VIEWER)
     views = await runtime(request).service.claims(request.match_info["id"])
-    return web.json_response({"claims": [
-        {"key": v.key, "text": v.text, "status": v.status, "audiences": list(v.audiences),
-         "recipients": v.recipients, "reason": v.reason} for v in views
-    ]})
+    return web.json_response(
+        {
+            "claims": [
+                {
+                    "key": v.key,
+                    "text": v.text,
+                    "status": v.status,
+                    "audiences": list(v.audiences),
+                    "recipients": v.recipients,
+                    "reason": v.reason,
+                }
+                for v in views
+            ]
+        }
+    )
 
 
 async def retract_claim(request: web.Request) -> web.Response:
     actor = authorise(request, Role.RESPONDER)
     body = await json_body(request)
     if not isinstance(body, dict) or set(body) - {"reason"}:
-        raise InvalidInput("the body must be {\"reason\": ...}", detail={"reason": "required"})
+        raise InvalidInput('the body must be {"reason": ...}', detail={"reason": "required"})
     rt = runtime(request)
     incident = await rt.service.get(request.match_info["id"])
     drafts = await rt.service.retract_claim(
@@ -274,12 +285,19 @@ async def acknowledge_link(request: web.Request) -> web.Response:
 async def list_sites(request: web.Request) -> web.Response:
     authorise(request, Role.VIEWER)
     views = await site_views(runtime(request).service, request.match_info["id"])
-    return web.json_response([
-        {"site": v.site, "confirmed": v.confirmed, "needed": v.needed,
-         "by": [name for name, _ in v.by],
-         "at": [serialize.iso(at) for _, at in v.by], "escalated": v.escalated}
-        for v in views
-    ])
+    return web.json_response(
+        [
+            {
+                "site": v.site,
+                "confirmed": v.confirmed,
+                "needed": v.needed,
+                "by": [name for name, _ in v.by],
+                "at": [serialize.iso(at) for _, at in v.by],
+                "escalated": v.escalated,
+            }
+            for v in views
+        ]
+    )
 
 
 async def report(request: web.Request) -> web.Response:
@@ -301,11 +319,16 @@ async def list_channels(request: web.Request) -> web.Response:
     recorded = {name: (state, since) for name, state, since, _ in await rt.store.channel_health()}
     started = rt.started_at
     names = {f"{c.value}" for c in rt.channels} | set(recorded)
-    return web.json_response([
-        {"name": name, "state": recorded.get(name, ("up", started))[0],
-         "since": serialize.iso(recorded.get(name, ("up", started))[1])}
-        for name in sorted(names)
-    ])
+    return web.json_response(
+        [
+            {
+                "name": name,
+                "state": recorded.get(name, ("up", started))[0],
+                "since": serialize.iso(recorded.get(name, ("up", started))[1]),
+            }
+            for name in sorted(names)
+        ]
+    )
 
 
 # --- operations --------------------------------------------------------------------------

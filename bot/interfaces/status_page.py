@@ -21,14 +21,28 @@ from bot.ports import Page
 
 ATOM = "http://www.w3.org/2005/Atom"
 LABELS = {
-    "fr": {"title": "État des services", "current": "Incidents en cours",
-           "recent": "Incidents récents", "none": "Aucun incident en cours.",
-           "affected": "Affecté", "unaffected": "Fonctionne normalement",
-           "updated": "Mis à jour", "feed": "Flux Atom", "resolved": "Résolu"},
-    "en": {"title": "Service status", "current": "Current incidents",
-           "recent": "Recent incidents", "none": "No current incident.",
-           "affected": "Affected", "unaffected": "Working normally",
-           "updated": "Updated", "feed": "Atom feed", "resolved": "Resolved"},
+    "fr": {
+        "title": "État des services",
+        "current": "Incidents en cours",
+        "recent": "Incidents récents",
+        "none": "Aucun incident en cours.",
+        "affected": "Affecté",
+        "unaffected": "Fonctionne normalement",
+        "updated": "Mis à jour",
+        "feed": "Flux Atom",
+        "resolved": "Résolu",
+    },
+    "en": {
+        "title": "Service status",
+        "current": "Current incidents",
+        "recent": "Recent incidents",
+        "none": "No current incident.",
+        "affected": "Affected",
+        "unaffected": "Working normally",
+        "updated": "Updated",
+        "feed": "Atom feed",
+        "resolved": "Resolved",
+    },
 }
 
 
@@ -51,11 +65,16 @@ async def public_incidents(rt: Runtime, locale: str, limit: int = 50) -> list[Pu
     for incident in await rt.store.list_incidents(Page(limit=limit)):
         if incident.status == IncidentStatus.DRAFT:
             continue
-        published = [s for s in await rt.store.statements(incident.id)
-                     if s.kind == StatementKind.PUBLIC and s.status == StatementStatus.PUBLISHED
-                     and s.approved_by]
+        published = [
+            s
+            for s in await rt.store.statements(incident.id)
+            if s.kind == StatementKind.PUBLIC
+            and s.status == StatementStatus.PUBLISHED
+            and s.approved_by
+        ]
         mine = [s for s in published if s.locale == locale] or [
-            s for s in published if s.locale == incident.locale]
+            s for s in published if s.locale == incident.locale
+        ]
         if not mine:
             continue
         mine.sort(key=lambda s: (s.seq, s.version))
@@ -69,8 +88,9 @@ class StatusPage:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         folder = Path(__file__).with_name("status_templates")
-        self.env = Environment(loader=FileSystemLoader(folder),
-                               autoescape=select_autoescape(["html", "j2"]))
+        self.env = Environment(
+            loader=FileSystemLoader(folder), autoescape=select_autoescape(["html", "j2"])
+        )
         zone = ZoneInfo(rt.settings.organisation.timezone)
         self.env.filters["local"] = lambda d: d.astimezone(zone).strftime("%d/%m/%Y %H:%M")
 
@@ -81,12 +101,17 @@ class StatusPage:
     async def html(self, wanted: str | None, *, static: bool = False) -> str:
         locale = self.locale(wanted)
         items = await public_incidents(self.rt, locale)
-        links = {lc: (f"index.{lc}.html" if static else f"?lang={lc}")
-                 for lc in self.rt.settings.organisation.locales}
+        links = {
+            lc: (f"index.{lc}.html" if static else f"?lang={lc}")
+            for lc in self.rt.settings.organisation.locales
+        }
         return self.env.get_template("status.html.j2").render(
-            org=self.rt.settings.organisation.name, locale=locale, labels=LABELS.get(
-                locale, LABELS["en"]), current=[i for i in items if i.current],
-            recent=[i for i in items if not i.current][:20], links=links,
+            org=self.rt.settings.organisation.name,
+            locale=locale,
+            labels=LABELS.get(locale, LABELS["en"]),
+            current=[i for i in items if i.current],
+            recent=[i for i in items if not i.current][:20],
+            links=links,
             feed="feed.atom" if static else "/status/feed.atom",
         )
 
@@ -96,13 +121,17 @@ class StatusPage:
         items = await public_incidents(self.rt, locale)
         ET.register_namespace("", ATOM)
         feed = ET.Element(f"{{{ATOM}}}feed", {"xml:lang": locale})
-        _text(feed, "title", f"{self.rt.settings.organisation.name} — "
-                             f"{LABELS.get(locale, LABELS['en'])['title']}")
+        _text(
+            feed,
+            "title",
+            f"{self.rt.settings.organisation.name} — {LABELS.get(locale, LABELS['en'])['title']}",
+        )
         _text(feed, "id", f"{base}/status/feed.atom")
         ET.SubElement(feed, f"{{{ATOM}}}link", {"rel": "self", "href": f"{base}/status/feed.atom"})
         ET.SubElement(feed, f"{{{ATOM}}}link", {"rel": "alternate", "href": f"{base}/status"})
-        entries = sorted((s for i in items for s in i.history), key=lambda s: s.created_at,
-                         reverse=True)
+        entries = sorted(
+            (s for i in items for s in i.history), key=lambda s: s.created_at, reverse=True
+        )
         newest = max((s.created_at for s in entries), default=datetime(2023, 1, 1).astimezone())
         _text(feed, "updated", newest.isoformat())
         author = ET.SubElement(feed, f"{{{ATOM}}}author")
@@ -112,8 +141,9 @@ class StatusPage:
             _text(entry, "id", f"{base}/status#{statement.id}")
             _text(entry, "title", statement.bodies.get("subject") or statement.incident_id)
             _text(entry, "updated", statement.created_at.isoformat())
-            ET.SubElement(entry, f"{{{ATOM}}}link",
-                          {"href": f"{base}/status#{statement.incident_id}"})
+            ET.SubElement(
+                entry, f"{{{ATOM}}}link", {"href": f"{base}/status#{statement.incident_id}"}
+            )
             content = _text(entry, "content", statement.text)
             content.set("type", "text")
         return bytes(ET.tostring(feed, encoding="utf-8", xml_declaration=True))
@@ -135,14 +165,18 @@ def _text(parent: ET.Element, tag: str, text: str) -> ET.Element:
 
 async def status(request: web.Request) -> web.Response:
     page = StatusPage(request.app[RUNTIME])
-    return web.Response(text=await page.html(request.query.get("lang")),
-                        content_type="text/html", headers={"Cache-Control": "max-age=30"})
+    return web.Response(
+        text=await page.html(request.query.get("lang")),
+        content_type="text/html",
+        headers={"Cache-Control": "max-age=30"},
+    )
 
 
 async def feed(request: web.Request) -> web.Response:
     page = StatusPage(request.app[RUNTIME])
-    return web.Response(body=await page.atom(request.query.get("lang")),
-                        content_type="application/atom+xml")
+    return web.Response(
+        body=await page.atom(request.query.get("lang")), content_type="application/atom+xml"
+    )
 
 
 def add_routes(app: web.Application) -> None:

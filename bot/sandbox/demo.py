@@ -72,12 +72,20 @@ async def sandboxes() -> AsyncIterator[Sandboxes]:
         boxes = Sandboxes(smtp, sink)
         boxes.secrets = {
             name: secrets.token_urlsafe(24)
-            for name in ("TOCSIN_TOKEN_CRISIS", "TOCSIN_TOKEN_PRESS", "TOCSIN_TOKEN_PRESS2",
-                         "TOCSIN_TOKEN_VIEWER", "TOCSIN_TOKEN_ALERTS", "SLACK_SIGNING_SECRET",
-                         "TELEGRAM_WEBHOOK_SECRET", "KANNEL_PASSWORD")
+            for name in (
+                "TOCSIN_TOKEN_CRISIS",
+                "TOCSIN_TOKEN_PRESS",
+                "TOCSIN_TOKEN_PRESS2",
+                "TOCSIN_TOKEN_VIEWER",
+                "TOCSIN_TOKEN_ALERTS",
+                "SLACK_SIGNING_SECRET",
+                "TELEGRAM_WEBHOOK_SECRET",
+                "KANNEL_PASSWORD",
+            )
         }
         boxes.secrets.update(
-            SLACK_BOT_TOKEN="xoxb-demo-" + secrets.token_hex(8), KANNEL_USER="tocsin",
+            SLACK_BOT_TOKEN="xoxb-demo-" + secrets.token_hex(8),
+            KANNEL_USER="tocsin",
             TELEGRAM_BOT_TOKEN=f"{secrets.randbelow(10**9)}:demo{secrets.token_hex(12)}",
         )
         for name, start in demo_channels.FACTORIES:
@@ -90,8 +98,7 @@ def demo_settings(boxes: Sandboxes, port: int, data_dir: Path) -> dict[str, Any]
     config: dict[str, Any] = yaml.safe_load((EXAMPLES / "tocsin.yaml").read_text("utf-8"))
     config["base_dir"] = str(EXAMPLES)
     config["storage"] = {"url": f"sqlite:///{data_dir / 'tocsin.db'}"}
-    config["server"] = {"host": "127.0.0.1", "port": port,
-                        "public_url": f"http://127.0.0.1:{port}"}
+    config["server"] = {"host": "127.0.0.1", "port": port, "public_url": f"http://127.0.0.1:{port}"}
     config["channels"]["email"].update(host=boxes.smtp.host, port=boxes.smtp.port)
     config["delivery"].update(backoff_base=1)
     for destination in config["audiences"]["all-staff"]["destinations"]:
@@ -115,9 +122,11 @@ async def run_demo(console: Console, *, exit_when_done: bool, port: int = 8080) 
         stack.push_async_callback(runner.cleanup)
         await web.TCPSite(runner, "127.0.0.1", port).start()
         rt = app[RUNTIME]
-        console.print(f"[bold]Tocsin demo[/] — dashboard http://127.0.0.1:{port}/ · status page "
-                      f"http://127.0.0.1:{port}/status · viewer token "
-                      f"{boxes.secrets['TOCSIN_TOKEN_VIEWER']}")
+        console.print(
+            f"[bold]Tocsin demo[/] — dashboard http://127.0.0.1:{port}/ · status page "
+            f"http://127.0.0.1:{port}/status · viewer token "
+            f"{boxes.secrets['TOCSIN_TOKEN_VIEWER']}"
+        )
         incident = await story(rt, boxes, console)
         counts = await follow_fan_out(rt.store, incident, console, timeout=120)
         console.print(await report_table(rt.store, incident))
@@ -145,26 +154,36 @@ async def story(rt: Runtime, boxes: Sandboxes, console: Console) -> str:
     await demo_channels.acknowledge(rt, boxes, incident, console)
 
     console.print("3. The press office edits the statement; a second person approves it")
-    draft = next(s for s in await rt.store.statements(incident)
-                 if s.kind == StatementKind.PRESS and s.locale == "fr")
-    edited = await rt.service.edit_statement(PRESS, draft.id, draft.text + "\n\nContact "
-                                             "presse : 01 40 27 37 22.")
+    draft = next(
+        s
+        for s in await rt.store.statements(incident)
+        if s.kind == StatementKind.PRESS and s.locale == "fr"
+    )
+    edited = await rt.service.edit_statement(
+        PRESS, draft.id, draft.text + "\n\nContact presse : 01 40 27 37 22."
+    )
     await rt.service.approve_statement(PRESS_DEPUTY, edited.id)
-    console.print(f"   v{edited.version} by {PRESS.name}, approved by {PRESS_DEPUTY.name}; "
-                  "published to the press list and the status page")
+    console.print(
+        f"   v{edited.version} by {PRESS.name}, approved by {PRESS_DEPUTY.name}; "
+        "published to the press list and the status page"
+    )
 
     console.print("4. A claim turns out wrong: « no impact on patients » is corrected")
     [correction, *_] = await rt.service.retract_claim(
-        CELL, incident, "no_patient_impact",
-        "Deux examens d'imagerie ont dû être reportés à l'hôpital Necker.")
+        CELL,
+        incident,
+        "no_patient_impact",
+        "Deux examens d'imagerie ont dû être reportés à l'hôpital Necker.",
+    )
     approved = await rt.service.approve_statement(PRESS, correction.id)
     console.print(f"   correction sent to exactly {', '.join(approved.audiences)}")
     await follow_fan_out(rt.store, incident, console, timeout=120)
 
     console.print("5. The hospitals' own e-mail goes down during the next update")
     await boxes.smtp.stop()
-    await rt.service.update(CELL, incident, "identified",
-                            "Cause identifiée : défaillance d'un équipement réseau.")
+    await rt.service.update(
+        CELL, incident, "identified", "Cause identifiée : défaillance d'un équipement réseau."
+    )
     await wait_for(rt, incident, lambda: rerouted(rt, incident))
     console.print("   e-mail unreachable: on-call managers re-routed to SMS; lists wait")
     await boxes.smtp.start()
@@ -188,8 +207,11 @@ async def acknowledge_by_mail(rt: Runtime, incident: str, console: Console) -> N
     acknowledged = 0
     async with aiohttp.ClientSession() as session:
         for delivery in await rt.store.deliveries(incident):
-            if (delivery.audience == "department-heads" and delivery.channel == ChannelName.EMAIL
-                    and delivery.state in (DeliveryState.SENT, DeliveryState.DELIVERED)):
+            if (
+                delivery.audience == "department-heads"
+                and delivery.channel == ChannelName.EMAIL
+                and delivery.state in (DeliveryState.SENT, DeliveryState.DELIVERED)
+            ):
                 url = f"{rt.settings.server.public_url}/ack/{delivery.ack_token}"
                 async with session.get(url) as response:
                     acknowledged += response.status == 200

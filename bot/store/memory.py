@@ -59,13 +59,26 @@ class MemoryStore:
         now = self._now()
         for d in deliveries:
             self.rows[self._next_id] = Delivery(
-                id=self._next_id, incident_id=d.incident_id, seq=d.seq,
-                statement_id=d.statement_id, audience=d.audience, recipient=d.recipient,
-                channel=d.channel, address=d.address, state=DeliveryState.QUEUED,
-                locale=d.locale, site=d.site, contacts=dict(d.contacts), policy=d.policy,
-                ack_token=d.ack_token, next_attempt_at=d.next_attempt_at,
-                failover_of=d.failover_of, escalation_of=d.escalation_of, root_id=d.root_id,
-                created_at=now, updated_at=now,
+                id=self._next_id,
+                incident_id=d.incident_id,
+                seq=d.seq,
+                statement_id=d.statement_id,
+                audience=d.audience,
+                recipient=d.recipient,
+                channel=d.channel,
+                address=d.address,
+                state=DeliveryState.QUEUED,
+                locale=d.locale,
+                site=d.site,
+                contacts=dict(d.contacts),
+                policy=d.policy,
+                ack_token=d.ack_token,
+                next_attempt_at=d.next_attempt_at,
+                failover_of=d.failover_of,
+                escalation_of=d.escalation_of,
+                root_id=d.root_id,
+                created_at=now,
+                updated_at=now,
             )
             self.attempt_rows[self._next_id] = []
             self._next_id += 1
@@ -91,8 +104,11 @@ class MemoryStore:
         self._insert(changes.deliveries)
 
     async def next_incident_number(self, prefix: str) -> int:
-        numbers = [int(i.removeprefix(prefix)) for i in self.incidents
-                   if i.startswith(prefix) and i.removeprefix(prefix).isdigit()]
+        numbers = [
+            int(i.removeprefix(prefix))
+            for i in self.incidents
+            if i.startswith(prefix) and i.removeprefix(prefix).isdigit()
+        ]
         return max(numbers, default=0) + 1
 
     @staticmethod
@@ -106,13 +122,19 @@ class MemoryStore:
     async def claim_due(
         self, worker: str, now: datetime, lease_seconds: float, limit: int
     ) -> list[Delivery]:
-        due = [(at, d.id) for d in self.rows.values()
-               if (at := self._due_at(d)) is not None and at <= now]
+        due = [
+            (at, d.id)
+            for d in self.rows.values()
+            if (at := self._due_at(d)) is not None and at <= now
+        ]
         claimed = []
         for _, delivery_id in sorted(due)[:limit]:
             d = replace(
-                self.rows[delivery_id], state=DeliveryState.SENDING, lease_owner=worker,
-                lease_until=now + timedelta(seconds=lease_seconds), updated_at=now,
+                self.rows[delivery_id],
+                state=DeliveryState.SENDING,
+                lease_owner=worker,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                updated_at=now,
             )
             self.rows[delivery_id] = d
             claimed.append(d)
@@ -130,7 +152,9 @@ class MemoryStore:
                 last_error=o.attempts[-1].error if o.attempts else None,
                 next_attempt_at=o.next_attempt_at,
                 escalate_at=o.escalate_at or d.escalate_at,
-                lease_owner=None, lease_until=None, updated_at=self._now(),
+                lease_owner=None,
+                lease_until=None,
+                updated_at=self._now(),
             )
             self.attempt_rows[o.delivery_id].extend(o.attempts)
             if o.follow_up is not None:
@@ -143,13 +167,21 @@ class MemoryStore:
             d = self.rows[i]
             if d.state == DeliveryState.SENDING and d.lease_owner == worker:
                 self.rows[i] = replace(
-                    d, state=DeliveryState.RETRYING if d.attempts else DeliveryState.QUEUED,
-                    next_attempt_at=at, lease_owner=None, lease_until=None,
+                    d,
+                    state=DeliveryState.RETRYING if d.attempts else DeliveryState.QUEUED,
+                    next_attempt_at=at,
+                    lease_owner=None,
+                    lease_until=None,
                 )
 
     async def advance(
-        self, delivery_id: int, state: DeliveryState, attempt_outcome: str, at: datetime,
-        code: str | None = None, error: str | None = None,
+        self,
+        delivery_id: int,
+        state: DeliveryState,
+        attempt_outcome: str,
+        at: datetime,
+        code: str | None = None,
+        error: str | None = None,
     ) -> bool:
         d = self.rows.get(delivery_id)
         if d is None:
@@ -164,7 +196,10 @@ class MemoryStore:
         if not allowed:
             return False
         self.rows[delivery_id] = replace(
-            d, state=state, last_error=error or d.last_error, next_attempt_at=None,
+            d,
+            state=state,
+            last_error=error or d.last_error,
+            next_attempt_at=None,
             updated_at=at,
         )
         return True
@@ -179,8 +214,11 @@ class MemoryStore:
                 continue
             if other.id == delivery_id or other.state in _ACKABLE:
                 self.rows[other.id] = replace(
-                    other, state=DeliveryState.ACKNOWLEDGED, acknowledged_by=by,
-                    acknowledged_at=at, updated_at=at,
+                    other,
+                    state=DeliveryState.ACKNOWLEDGED,
+                    acknowledged_by=by,
+                    acknowledged_at=at,
+                    updated_at=at,
                 )
             elif other.state in (DeliveryState.QUEUED, DeliveryState.RETRYING):
                 self.rows[other.id] = replace(other, state=DeliveryState.CANCELLED, updated_at=at)
@@ -188,9 +226,14 @@ class MemoryStore:
         return True
 
     async def due_escalations(self, now: datetime, limit: int) -> list[Delivery]:
-        due = [d for d in self.rows.values()
-               if d.id not in self.escalated and d.escalate_at is not None
-               and d.escalate_at <= now and d.state in _ACKABLE]
+        due = [
+            d
+            for d in self.rows.values()
+            if d.id not in self.escalated
+            and d.escalate_at is not None
+            and d.escalate_at <= now
+            and d.state in _ACKABLE
+        ]
         return sorted(due, key=lambda d: (d.escalate_at or now, d.id))[:limit]
 
     async def mark_escalated(self, delivery_id: int, follow_up: NewDelivery) -> bool:
@@ -215,7 +258,7 @@ class MemoryStore:
 
     async def list_incidents(self, page: Page = FIRST_PAGE) -> list[Incident]:
         ordered = sorted(self.incidents.values(), key=lambda i: (i.created_at, i.id), reverse=True)
-        return ordered[page.offset:page.offset + page.limit]
+        return ordered[page.offset : page.offset + page.limit]
 
     async def timeline(self, incident_id: str) -> list[TimelineEntry]:
         return sorted(self.entries.get(incident_id, []), key=lambda e: e.seq)
@@ -234,7 +277,7 @@ class MemoryStore:
         return [d for d in self.rows.values() if d.incident_id == incident_id]
 
     async def deliveries(self, incident_id: str, page: Page = FIRST_PAGE) -> list[Delivery]:
-        return self._of(incident_id)[page.offset:page.offset + page.limit]
+        return self._of(incident_id)[page.offset : page.offset + page.limit]
 
     async def delivery_counts(self, incident_id: str) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -259,23 +302,30 @@ class MemoryStore:
         return next((d for d in self.rows.values() if d.ack_token == token), None)
 
     async def find_by_provider_id(self, channel: str, provider_id: str) -> Delivery | None:
-        found = [d for d in self.rows.values()
-                 if d.channel.value == channel and d.provider_id == provider_id]
+        found = [
+            d
+            for d in self.rows.values()
+            if d.channel.value == channel and d.provider_id == provider_id
+        ]
         return found[-1] if found else None
 
     async def latest_ack_pending(self, channel: str, address: str) -> Delivery | None:
-        found = [d for d in self.rows.values()
-                 if d.channel.value == channel and d.address == address
-                 and d.state in _ACKABLE and d.policy.require_ack]
+        found = [
+            d
+            for d in self.rows.values()
+            if d.channel.value == channel
+            and d.address == address
+            and d.state in _ACKABLE
+            and d.policy.require_ack
+        ]
         return found[-1] if found else None
 
     async def chain_channels(self, root_id: int) -> set[str]:
-        return {d.channel.value for d in self.rows.values()
-                if d.id == root_id or d.root_id == root_id}
+        return {
+            d.channel.value for d in self.rows.values() if d.id == root_id or d.root_id == root_id
+        }
 
-    async def save_health(
-        self, name: str, state: str, since: datetime, detail: str | None
-    ) -> None:
+    async def save_health(self, name: str, state: str, since: datetime, detail: str | None) -> None:
         self.health[name] = (name, state, since, detail)
 
     async def channel_health(self) -> list[tuple[str, str, datetime, str | None]]:

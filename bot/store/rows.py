@@ -45,12 +45,16 @@ def dumps(value: Any) -> str:
 
 
 def policy_to_json(policy: DeliveryPolicy) -> str:
-    return dumps({
-        "channels": [c.value for c in policy.channels], "require_ack": policy.require_ack,
-        "escalate_after_s": policy.escalate_after_s,
-        "escalate_via": policy.escalate_via.value if policy.escalate_via else None,
-        "confirm_per_site": policy.confirm_per_site, "kind": policy.kind.value,
-    })
+    return dumps(
+        {
+            "channels": [c.value for c in policy.channels],
+            "require_ack": policy.require_ack,
+            "escalate_after_s": policy.escalate_after_s,
+            "escalate_via": policy.escalate_via.value if policy.escalate_via else None,
+            "confirm_per_site": policy.confirm_per_site,
+            "kind": policy.kind.value,
+        }
+    )
 
 
 @lru_cache(maxsize=256)
@@ -59,7 +63,8 @@ def policy_from_json(raw: str) -> DeliveryPolicy:
     data = json.loads(raw)
     return DeliveryPolicy(
         channels=tuple(ChannelName(c) for c in data["channels"]),
-        require_ack=data["require_ack"], escalate_after_s=data["escalate_after_s"],
+        require_ack=data["require_ack"],
+        escalate_after_s=data["escalate_after_s"],
         escalate_via=ChannelName(data["escalate_via"]) if data["escalate_via"] else None,
         confirm_per_site=data.get("confirm_per_site", 0),
         kind=StatementKind(data.get("kind", "internal")),
@@ -67,30 +72,69 @@ def policy_from_json(raw: str) -> DeliveryPolicy:
 
 
 INCIDENT_COLUMNS = (
-    "id", "title", "systems", "unaffected", "impact", "sites", "severity", "status", "cause",
-    "locale", "declared_by", "claims", "audiences", "created_at", "updated_at", "resolved_at",
-    "source", "source_key",
+    "id",
+    "title",
+    "systems",
+    "unaffected",
+    "impact",
+    "sites",
+    "severity",
+    "status",
+    "cause",
+    "locale",
+    "declared_by",
+    "claims",
+    "audiences",
+    "created_at",
+    "updated_at",
+    "resolved_at",
+    "source",
+    "source_key",
 )
 
 
 def incident_row(i: Incident) -> tuple[Any, ...]:
     return (
-        i.id, i.title, dumps(i.systems), dumps(i.unaffected), dumps(i.impact), dumps(i.sites),
-        i.severity.value, i.status.value, i.cause, i.locale, i.declared_by, dumps(i.claims),
-        dumps(i.audiences), ts(i.created_at), ts(i.updated_at), ts(i.resolved_at), i.source,
+        i.id,
+        i.title,
+        dumps(i.systems),
+        dumps(i.unaffected),
+        dumps(i.impact),
+        dumps(i.sites),
+        i.severity.value,
+        i.status.value,
+        i.cause,
+        i.locale,
+        i.declared_by,
+        dumps(i.claims),
+        dumps(i.audiences),
+        ts(i.created_at),
+        ts(i.updated_at),
+        ts(i.resolved_at),
+        i.source,
         i.source_key,
     )
 
 
 def incident_from(r: Mapping[str, Any]) -> Incident:
     return Incident(
-        id=r["id"], title=r["title"], systems=tuple(json.loads(r["systems"])),
-        unaffected=tuple(json.loads(r["unaffected"])), impact=tuple(json.loads(r["impact"])),
-        sites=tuple(json.loads(r["sites"])), severity=Severity(r["severity"]),
-        status=IncidentStatus(r["status"]), cause=r["cause"], locale=r["locale"],
-        declared_by=r["declared_by"], claims=tuple(json.loads(r["claims"])),
-        audiences=tuple(json.loads(r["audiences"])), created_at=_dt(r["created_at"]),
-        updated_at=_dt(r["updated_at"]), resolved_at=dt(r["resolved_at"]), source=r["source"],
+        id=r["id"],
+        title=r["title"],
+        systems=tuple(json.loads(r["systems"])),
+        unaffected=tuple(json.loads(r["unaffected"])),
+        impact=tuple(json.loads(r["impact"])),
+        sites=tuple(json.loads(r["sites"])),
+        severity=Severity(r["severity"]),
+        status=IncidentStatus(r["status"]),
+        cause=r["cause"],
+        locale=r["locale"],
+        declared_by=r["declared_by"],
+        claims=tuple(json.loads(r["claims"])),
+        audiences=tuple(json.loads(r["audiences"])),
+        created_at=_dt(r["created_at"]),
+        updated_at=_dt(r["updated_at"]),
+        resolved_at=dt(r["resolved_at"]),
+        source=r["source"],
         source_key=r["source_key"],
     )
 
@@ -104,71 +148,163 @@ def timeline_row(e: TimelineEntry) -> tuple[Any, ...]:
 
 def timeline_from(r: Mapping[str, Any]) -> TimelineEntry:
     return TimelineEntry(
-        incident_id=r["incident_id"], seq=r["seq"], at=_dt(r["at"]), actor=r["actor"],
-        action=r["action"], detail=json.loads(r["detail"]),
+        incident_id=r["incident_id"],
+        seq=r["seq"],
+        at=_dt(r["at"]),
+        actor=r["actor"],
+        action=r["action"],
+        detail=json.loads(r["detail"]),
     )
 
 
 STATEMENT_COLUMNS = (
-    "id", "incident_id", "seq", "event", "kind", "locale", "version", "status", "text", "bodies",
-    "author", "approved_by", "created_at", "claims", "audiences",
+    "id",
+    "incident_id",
+    "seq",
+    "event",
+    "kind",
+    "locale",
+    "version",
+    "status",
+    "text",
+    "bodies",
+    "author",
+    "approved_by",
+    "created_at",
+    "claims",
+    "audiences",
 )
 
 
 def statement_row(s: Statement) -> tuple[Any, ...]:
     return (
-        s.id, s.incident_id, s.seq, s.event, s.kind.value, s.locale, s.version, s.status.value,
-        s.text, dumps(dict(s.bodies)), s.author, s.approved_by, ts(s.created_at),
-        dumps(s.claims), dumps(s.audiences),
+        s.id,
+        s.incident_id,
+        s.seq,
+        s.event,
+        s.kind.value,
+        s.locale,
+        s.version,
+        s.status.value,
+        s.text,
+        dumps(dict(s.bodies)),
+        s.author,
+        s.approved_by,
+        ts(s.created_at),
+        dumps(s.claims),
+        dumps(s.audiences),
     )
 
 
 def statement_from(r: Mapping[str, Any]) -> Statement:
     return Statement(
-        id=r["id"], incident_id=r["incident_id"], seq=r["seq"], event=r["event"],
-        kind=StatementKind(r["kind"]), locale=r["locale"], version=r["version"],
-        status=StatementStatus(r["status"]), text=r["text"], bodies=json.loads(r["bodies"]),
-        author=r["author"], approved_by=r["approved_by"], created_at=_dt(r["created_at"]),
-        claims=tuple(json.loads(r["claims"])), audiences=tuple(json.loads(r["audiences"])),
+        id=r["id"],
+        incident_id=r["incident_id"],
+        seq=r["seq"],
+        event=r["event"],
+        kind=StatementKind(r["kind"]),
+        locale=r["locale"],
+        version=r["version"],
+        status=StatementStatus(r["status"]),
+        text=r["text"],
+        bodies=json.loads(r["bodies"]),
+        author=r["author"],
+        approved_by=r["approved_by"],
+        created_at=_dt(r["created_at"]),
+        claims=tuple(json.loads(r["claims"])),
+        audiences=tuple(json.loads(r["audiences"])),
     )
 
 
 NEW_DELIVERY_COLUMNS = (
-    "incident_id", "seq", "statement_id", "audience", "recipient", "channel", "address", "state",
-    "locale", "site", "contacts", "policy", "ack_token", "due_at", "next_attempt_at",
-    "failover_of", "escalation_of", "root_id", "created_at", "updated_at",
+    "incident_id",
+    "seq",
+    "statement_id",
+    "audience",
+    "recipient",
+    "channel",
+    "address",
+    "state",
+    "locale",
+    "site",
+    "contacts",
+    "policy",
+    "ack_token",
+    "due_at",
+    "next_attempt_at",
+    "failover_of",
+    "escalation_of",
+    "root_id",
+    "created_at",
+    "updated_at",
 )
 
 
 def new_delivery_row(d: NewDelivery, now: float) -> tuple[Any, ...]:
     due = ts(d.next_attempt_at)
     return (
-        d.incident_id, d.seq, d.statement_id, d.audience, d.recipient, d.channel.value,
-        d.address, DeliveryState.QUEUED.value, d.locale, d.site, dumps(dict(d.contacts)),
-        policy_to_json(d.policy), d.ack_token, due, due, d.failover_of, d.escalation_of,
-        d.root_id, now, now,
+        d.incident_id,
+        d.seq,
+        d.statement_id,
+        d.audience,
+        d.recipient,
+        d.channel.value,
+        d.address,
+        DeliveryState.QUEUED.value,
+        d.locale,
+        d.site,
+        dumps(dict(d.contacts)),
+        policy_to_json(d.policy),
+        d.ack_token,
+        due,
+        due,
+        d.failover_of,
+        d.escalation_of,
+        d.root_id,
+        now,
+        now,
     )
 
 
 def delivery_from(r: Mapping[str, Any]) -> Delivery:
     return Delivery(
-        id=r["id"], incident_id=r["incident_id"], seq=r["seq"], statement_id=r["statement_id"],
-        audience=r["audience"], recipient=r["recipient"], channel=ChannelName(r["channel"]),
-        address=r["address"], state=DeliveryState(r["state"]), locale=r["locale"],
-        site=r["site"], contacts=json.loads(r["contacts"]), policy=policy_from_json(r["policy"]),
-        ack_token=r["ack_token"], attempts=r["attempts"],
-        next_attempt_at=dt(r["next_attempt_at"]), lease_owner=r["lease_owner"],
-        lease_until=dt(r["lease_until"]), provider_id=r["provider_id"],
-        last_error=r["last_error"], failover_of=r["failover_of"],
-        escalation_of=r["escalation_of"], root_id=r["root_id"],
-        escalate_at=dt(r["escalate_at"]), acknowledged_by=r["acknowledged_by"],
-        acknowledged_at=dt(r["acknowledged_at"]), created_at=dt(r["created_at"]),
+        id=r["id"],
+        incident_id=r["incident_id"],
+        seq=r["seq"],
+        statement_id=r["statement_id"],
+        audience=r["audience"],
+        recipient=r["recipient"],
+        channel=ChannelName(r["channel"]),
+        address=r["address"],
+        state=DeliveryState(r["state"]),
+        locale=r["locale"],
+        site=r["site"],
+        contacts=json.loads(r["contacts"]),
+        policy=policy_from_json(r["policy"]),
+        ack_token=r["ack_token"],
+        attempts=r["attempts"],
+        next_attempt_at=dt(r["next_attempt_at"]),
+        lease_owner=r["lease_owner"],
+        lease_until=dt(r["lease_until"]),
+        provider_id=r["provider_id"],
+        last_error=r["last_error"],
+        failover_of=r["failover_of"],
+        escalation_of=r["escalation_of"],
+        root_id=r["root_id"],
+        escalate_at=dt(r["escalate_at"]),
+        acknowledged_by=r["acknowledged_by"],
+        acknowledged_at=dt(r["acknowledged_at"]),
+        created_at=dt(r["created_at"]),
         updated_at=dt(r["updated_at"]),
     )
 
 
 def attempt_from(r: Mapping[str, Any]) -> Attempt:
     return Attempt(
-        delivery_id=r["delivery_id"], at=_dt(r["at"]), outcome=r["outcome"],
-        provider_id=r["provider_id"], error=r["error"], code=r["code"],
+        delivery_id=r["delivery_id"],
+        at=_dt(r["at"]),
+        outcome=r["outcome"],
+        provider_id=r["provider_id"],
+        error=r["error"],
+        code=r["code"],
     )

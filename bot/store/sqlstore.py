@@ -145,7 +145,8 @@ class SqlStore:
                 await conn.script(folder.joinpath(name).read_text(encoding="utf-8"))
                 await conn.execute(
                     "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
-                    name, datetime.now().timestamp(),  # noqa: DTZ005 - epoch is zone-free
+                    name,
+                    datetime.now().timestamp(),  # noqa: DTZ005 - epoch is zone-free
                 )
                 applied.append(name)
         return applied
@@ -201,8 +202,11 @@ class SqlStore:
             found = await conn.fetch(
                 "SELECT id FROM incidents WHERE id LIKE ?", prefix.replace("%", "") + "%"
             )
-        numbers = [int(r["id"].removeprefix(prefix)) for r in found
-                   if r["id"].removeprefix(prefix).isdigit()]
+        numbers = [
+            int(r["id"].removeprefix(prefix))
+            for r in found
+            if r["id"].removeprefix(prefix).isdigit()
+        ]
         return max(numbers, default=0) + 1
 
     # --- queue ---------------------------------------------------------------------
@@ -220,19 +224,31 @@ class SqlStore:
             return 0
         now = datetime.now().timestamp()  # noqa: DTZ005
         async with self.transaction() as conn:
-            await conn.executemany(_RECORD, [
-                (
-                    o.state.value, len(o.attempts) if o.count_attempt else 0,
-                    _last(o, "provider_id"), _last(o, "error"), rows.ts(o.next_attempt_at),
-                    rows.ts(o.next_attempt_at) if o.state in PENDING_STATES else None,
-                    rows.ts(o.escalate_at), now, o.delivery_id,
-                )
-                for o in outcomes
-            ])
-            await conn.executemany(_INSERT_ATTEMPT, [
-                (o.delivery_id, rows.ts(a.at), a.outcome, a.provider_id, a.error, a.code)
-                for o in outcomes for a in o.attempts
-            ])
+            await conn.executemany(
+                _RECORD,
+                [
+                    (
+                        o.state.value,
+                        len(o.attempts) if o.count_attempt else 0,
+                        _last(o, "provider_id"),
+                        _last(o, "error"),
+                        rows.ts(o.next_attempt_at),
+                        rows.ts(o.next_attempt_at) if o.state in PENDING_STATES else None,
+                        rows.ts(o.escalate_at),
+                        now,
+                        o.delivery_id,
+                    )
+                    for o in outcomes
+                ],
+            )
+            await conn.executemany(
+                _INSERT_ATTEMPT,
+                [
+                    (o.delivery_id, rows.ts(a.at), a.outcome, a.provider_id, a.error, a.code)
+                    for o in outcomes
+                    for a in o.attempts
+                ],
+            )
             follow_ups = [o.follow_up for o in outcomes if o.follow_up is not None]
             await self._insert_deliveries(conn, follow_ups, now)
             if follow_ups or any(o.state in PENDING_STATES for o in outcomes):
@@ -254,8 +270,13 @@ class SqlStore:
             )
 
     async def advance(
-        self, delivery_id: int, state: DeliveryState, attempt_outcome: str, at: datetime,
-        code: str | None = None, error: str | None = None,
+        self,
+        delivery_id: int,
+        state: DeliveryState,
+        attempt_outcome: str,
+        at: datetime,
+        code: str | None = None,
+        error: str | None = None,
     ) -> bool:
         lower = [s.value for s, rank in PROGRESS_RANK.items() if rank < PROGRESS_RANK[state]]
         moved: int
@@ -267,7 +288,11 @@ class SqlStore:
                 f"UPDATE deliveries SET state = ?, last_error = COALESCE(?, last_error), "
                 f"due_at = NULL, updated_at = ? WHERE id = ? AND state IN "
                 f"({_placeholders(len(lower))})",
-                state.value, error, at.timestamp(), delivery_id, *lower,
+                state.value,
+                error,
+                at.timestamp(),
+                delivery_id,
+                *lower,
             )
             await conn.execute(
                 _INSERT_ATTEMPT, delivery_id, at.timestamp(), attempt_outcome, None, error, code
@@ -286,19 +311,30 @@ class SqlStore:
             await conn.execute(
                 "UPDATE deliveries SET state = 'acknowledged', acknowledged_by = ?, "
                 "acknowledged_at = ?, due_at = NULL, updated_at = ? WHERE id = ?",
-                by, stamp, stamp, delivery_id,
+                by,
+                stamp,
+                stamp,
+                delivery_id,
             )
             # The rest of this person's chain (failovers, escalations) is settled too.
             await conn.execute(
                 "UPDATE deliveries SET state = 'acknowledged', acknowledged_by = ?, "
                 "acknowledged_at = ?, updated_at = ? WHERE (id = ? OR root_id = ?) "
                 "AND id <> ? AND state IN ('sent', 'delivered')",
-                by, stamp, stamp, root, root, delivery_id,
+                by,
+                stamp,
+                stamp,
+                root,
+                root,
+                delivery_id,
             )
             await conn.execute(
                 "UPDATE deliveries SET state = 'cancelled', due_at = NULL, updated_at = ? "
                 "WHERE (id = ? OR root_id = ?) AND id <> ? AND state IN ('queued', 'retrying')",
-                stamp, root, root, delivery_id,
+                stamp,
+                root,
+                root,
+                delivery_id,
             )
             await conn.execute(
                 _INSERT_ATTEMPT, delivery_id, stamp, "acknowledged", None, None, None
@@ -310,7 +346,8 @@ class SqlStore:
             found = await conn.fetch(
                 "SELECT * FROM deliveries WHERE escalated = 0 AND escalate_at <= ? "
                 "AND state IN ('sent', 'delivered') ORDER BY escalate_at LIMIT ?",
-                now.timestamp(), limit,
+                now.timestamp(),
+                limit,
             )
         return [rows.delivery_from(r) for r in found]
 
@@ -320,7 +357,8 @@ class SqlStore:
             changed = await conn.execute(
                 "UPDATE deliveries SET escalated = 1, updated_at = ? WHERE id = ? "
                 "AND escalated = 0 AND state IN ('sent', 'delivered')",
-                now, delivery_id,
+                now,
+                delivery_id,
             )
             if not changed:
                 return False
@@ -351,14 +389,17 @@ class SqlStore:
     async def find_incident_by_source(self, source: str, key: str) -> Incident | None:
         row = await self._one(
             "SELECT * FROM incidents WHERE source = ? AND source_key = ? "
-            "ORDER BY created_at DESC LIMIT 1", source, key,
+            "ORDER BY created_at DESC LIMIT 1",
+            source,
+            key,
         )
         return rows.incident_from(row) if row else None
 
     async def list_incidents(self, page: Page = FIRST_PAGE) -> list[Incident]:
         found = await self._many(
             "SELECT * FROM incidents ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
-            page.limit, page.offset,
+            page.limit,
+            page.offset,
         )
         return [rows.incident_from(r) for r in found]
 
@@ -390,7 +431,9 @@ class SqlStore:
     async def deliveries(self, incident_id: str, page: Page = FIRST_PAGE) -> list[Delivery]:
         found = await self._many(
             "SELECT * FROM deliveries WHERE incident_id = ? ORDER BY id LIMIT ? OFFSET ?",
-            incident_id, page.limit, page.offset,
+            incident_id,
+            page.limit,
+            page.offset,
         )
         return [rows.delivery_from(r) for r in found]
 
@@ -417,10 +460,11 @@ class SqlStore:
     async def attempts(self, delivery_ids: Sequence[int]) -> dict[int, list[Attempt]]:
         result: dict[int, list[Attempt]] = {i: [] for i in delivery_ids}
         for start in range(0, len(delivery_ids), 500):
-            chunk = list(delivery_ids[start:start + 500])
+            chunk = list(delivery_ids[start : start + 500])
             found = await self._many(
                 f"SELECT * FROM attempts WHERE delivery_id IN ({_placeholders(len(chunk))}) "
-                "ORDER BY id", *chunk,
+                "ORDER BY id",
+                *chunk,
             )
             for r in found:
                 result[r["delivery_id"]].append(rows.attempt_from(r))
@@ -433,7 +477,9 @@ class SqlStore:
     async def find_by_provider_id(self, channel: str, provider_id: str) -> Delivery | None:
         row = await self._one(
             "SELECT * FROM deliveries WHERE channel = ? AND provider_id = ? "
-            "ORDER BY id DESC LIMIT 1", channel, provider_id,
+            "ORDER BY id DESC LIMIT 1",
+            channel,
+            provider_id,
         )
         return rows.delivery_from(row) if row else None
 
@@ -441,26 +487,30 @@ class SqlStore:
         row = await self._one(
             "SELECT * FROM deliveries WHERE channel = ? AND address = ? "
             "AND state IN ('sent', 'delivered') AND policy LIKE '%\"require_ack\":true%' "
-            "ORDER BY id DESC LIMIT 1", channel, address,
+            "ORDER BY id DESC LIMIT 1",
+            channel,
+            address,
         )
         return rows.delivery_from(row) if row else None
 
     async def chain_channels(self, root_id: int) -> set[str]:
         found = await self._many(
             "SELECT DISTINCT channel FROM deliveries WHERE id = ? OR root_id = ?",
-            root_id, root_id,
+            root_id,
+            root_id,
         )
         return {r["channel"] for r in found}
 
-    async def save_health(
-        self, name: str, state: str, since: datetime, detail: str | None
-    ) -> None:
+    async def save_health(self, name: str, state: str, since: datetime, detail: str | None) -> None:
         async with self.transaction() as conn:
             await conn.execute(
                 "INSERT INTO channel_health (name, state, since, detail) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET state = excluded.state, "
                 "since = excluded.since, detail = excluded.detail",
-                name, state, since.timestamp(), detail,
+                name,
+                state,
+                since.timestamp(),
+                detail,
             )
 
     async def channel_health(self) -> list[tuple[str, str, datetime, str | None]]:
@@ -476,6 +526,8 @@ class SqlStore:
         else:
             row = await self._one(
                 f"SELECT COUNT(*) AS n FROM deliveries WHERE incident_id = ? "
-                f"AND state IN ({states})", incident_id, *_PENDING,
+                f"AND state IN ({states})",
+                incident_id,
+                *_PENDING,
             )
         return int(row["n"]) if row else 0

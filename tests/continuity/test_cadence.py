@@ -14,8 +14,9 @@ from tests.fakes.channels import RecordingChannel
 CONFIG = {
     "organisation": {"name": "AP-HP", "locale": "fr"},
     "channels": {"slack": {}},
-    "audiences": {"crisis-cell": {"statement": "internal",
-                                  "destinations": [{"slack_channel": "C0CRISIS"}]}},
+    "audiences": {
+        "crisis-cell": {"statement": "internal", "destinations": [{"slack_channel": "C0CRISIS"}]}
+    },
     "default_audiences": ["crisis-cell"],
     "reminders": {"cadence": {"critical": "30m"}},
 }
@@ -25,13 +26,25 @@ CADENCE = {Severity.CRITICAL: 1800.0}
 async def test_overdue_incident_reminds_the_crisis_cell() -> None:
     clock = FakeClock()
     slack = RecordingChannel(ChannelName.SLACK)
-    async with open_runtime(settings_from_dict(CONFIG), clock=clock, store=MemoryStore(),
-                            channel_factory=lambda _s, _x: {ChannelName.SLACK: slack}) as rt:
+    async with open_runtime(
+        settings_from_dict(CONFIG),
+        clock=clock,
+        store=MemoryStore(),
+        channel_factory=lambda _s, _x: {ChannelName.SLACK: slack},
+    ) as rt:
         cell = Actor("cellule", Role.RESPONDER)
-        critical = await rt.service.declare(cell, IncidentDraft.from_mapping(
-            {"title": "Orbis", "systems": ["Orbis"], "severity": "critical"}))
-        await rt.service.declare(cell, IncidentDraft.from_mapping(
-            {"title": "Imprimantes", "systems": ["Impression"], "severity": "minor"}))
+        critical = await rt.service.declare(
+            cell,
+            IncidentDraft.from_mapping(
+                {"title": "Orbis", "systems": ["Orbis"], "severity": "critical"}
+            ),
+        )
+        await rt.service.declare(
+            cell,
+            IncidentDraft.from_mapping(
+                {"title": "Imprimantes", "systems": ["Impression"], "severity": "minor"}
+            ),
+        )
         worker = build_dispatcher(rt)
         await worker.drain()
         assert len(slack.sent) == 2
@@ -43,12 +56,15 @@ async def test_overdue_incident_reminds_the_crisis_cell() -> None:
         await worker.drain()
         [(_, reminder)] = slack.sent[2:]
         assert reminder.address == "C0CRISIS"
-        assert reminder.bodies["text"].startswith(f"Rappel : aucune mise à jour publiée pour "
-                                                  f"{critical.id}")
+        assert reminder.bodies["text"].startswith(
+            f"Rappel : aucune mise à jour publiée pour {critical.id}"
+        )
         assert "30 min" in reminder.bodies["text"]
         timeline = await rt.store.timeline(critical.id)
         assert (timeline[-1].action, timeline[-1].detail["minutes_since_update"]) == (
-            "reminder", 30)
+            "reminder",
+            30,
+        )
         # an update resets the cadence; resolving stops it
         await rt.service.update(cell, critical.id, "identified", "Cause identifiée")
         clock.advance(29 * 60)

@@ -16,19 +16,29 @@ from bot.store.memory import MemoryStore
 from tests import factories as f
 from tests.fakes.channels import RecordingChannel
 
-POLICY = DeliveryPolicy(channels=(ChannelName.EMAIL, ChannelName.SMS),
-                        kind=StatementKind.DEPARTMENT_HEADS)
+POLICY = DeliveryPolicy(
+    channels=(ChannelName.EMAIL, ChannelName.SMS), kind=StatementKind.DEPARTMENT_HEADS
+)
 
 
 def people_and_lists(stmt_id: str, count: int, start: int) -> list:
     stmt = f.statement(id=stmt_id)
-    rows = [f.new_delivery(stmt, f"head{i}@example.org", ChannelName.EMAIL,
-                           audience="department-heads", recipient=f"Dr {i}", policy=POLICY,
-                           contacts={"email": f"head{i}@example.org",
-                                     "sms": f"+336123456{i:02d}"})
-            for i in range(start, start + count)]
-    rows += [f.new_delivery(stmt, f"list{i}@example.org", ChannelName.EMAIL,
-                            audience="all-staff") for i in range(start, start + 2)]
+    rows = [
+        f.new_delivery(
+            stmt,
+            f"head{i}@example.org",
+            ChannelName.EMAIL,
+            audience="department-heads",
+            recipient=f"Dr {i}",
+            policy=POLICY,
+            contacts={"email": f"head{i}@example.org", "sms": f"+336123456{i:02d}"},
+        )
+        for i in range(start, start + count)
+    ]
+    rows += [
+        f.new_delivery(stmt, f"list{i}@example.org", ChannelName.EMAIL, audience="all-staff")
+        for i in range(start, start + 2)
+    ]
     return rows
 
 
@@ -46,7 +56,10 @@ async def test_smtp_outage_reroutes_people_and_holds_lists() -> None:
         email = EmailChannel(EmailChannelSettings(host=smtp.host, port=smtp.port, timeout=2))
         sms = RecordingChannel(ChannelName.SMS)
         worker = Dispatcher(
-            store, {ChannelName.EMAIL: email, ChannelName.SMS: sms}, clock, worker_id="w",
+            store,
+            {ChannelName.EMAIL: email, ChannelName.SMS: sms},
+            clock,
+            worker_id="w",
             config=DispatchConfig(concurrency=1, breaker_threshold=3, breaker_cooldown=30),
             retry=RetryPolicy(quick_tries=1, jitter=lambda: 1.0),
         )
@@ -69,8 +82,7 @@ async def test_smtp_outage_reroutes_people_and_holds_lists() -> None:
         assert states[("department-heads", "sms", "delivered")] == 8 - 3 + 0
         assert states[("all-staff", "email", "queued")] == 2  # blocked, not failed
         assert states[("department-heads", "email", "retrying")] == 3
-        assert {m.address for _, m in sms.sent} == {
-            f"+336123456{i:02d}" for i in range(13, 18)}
+        assert {m.address for _, m in sms.sent} == {f"+336123456{i:02d}" for i in range(13, 18)}
         assert all(m.bodies["sms"] == "Orbis HS" for _, m in sms.sent)
         [(_, action, detail)] = notes
         assert action == "channel_down" and detail["rerouted_to"] == ["sms"]
@@ -86,13 +98,13 @@ async def test_smtp_outage_reroutes_people_and_holds_lists() -> None:
         clock.advance(31)
         await worker.drain()
         await email.close()
-    assert [(a, d.get("count")) for _, a, d in notes] == [("channel_down", None),
-                                                         ("rerouted", 8)]
+    assert [(a, d.get("count")) for _, a, d in notes] == [("channel_down", None), ("rerouted", 8)]
     rows = await store.deliveries(stmt.incident_id)
     lists = [d for d in rows if d.audience == "all-staff"]
     assert {d.state for d in lists} == {DeliveryState.SENT}
     # nothing lost: every person reached once, on exactly one channel that worked
-    reached = Counter(d.recipient for d in rows if d.state in (DeliveryState.SENT,
-                                                             DeliveryState.DELIVERED))
+    reached = Counter(
+        d.recipient for d in rows if d.state in (DeliveryState.SENT, DeliveryState.DELIVERED)
+    )
     assert set(reached.values()) == {1} and len(reached) == 12 + 4
     assert [(n, s) for n, s, _, _ in await store.channel_health()] == [(provider, "up")]

@@ -28,18 +28,38 @@ CONFIG: dict[str, Any] = {
     "audiences": {
         "department-heads": {
             "statement": "department_heads",
-            "policy": {"channels": ["telegram", "email"], "require_ack": True,
-                       "escalate_after": "10m", "escalate_via": "email",
-                       "confirm_per_site": 1},
+            "policy": {
+                "channels": ["telegram", "email"],
+                "require_ack": True,
+                "escalate_after": "10m",
+                "escalate_via": "email",
+                "confirm_per_site": 1,
+            },
             "members": [
-                {"name": "Dr Martin", "site": "Nord", "telegram": 1001,
-                 "email": "martin@example.org"},
-                {"name": "Dr Nguyen", "site": "Nord", "email": "nguyen@example.org",
-                 "deputy": True},
-                {"name": "Pr Diallo", "site": "Sud", "telegram": 1004,
-                 "email": "diallo@example.org"},
-                {"name": "Dr Lefebvre", "site": "Sud", "email": "lefebvre@example.org",
-                 "deputy": True},
+                {
+                    "name": "Dr Martin",
+                    "site": "Nord",
+                    "telegram": 1001,
+                    "email": "martin@example.org",
+                },
+                {
+                    "name": "Dr Nguyen",
+                    "site": "Nord",
+                    "email": "nguyen@example.org",
+                    "deputy": True,
+                },
+                {
+                    "name": "Pr Diallo",
+                    "site": "Sud",
+                    "telegram": 1004,
+                    "email": "diallo@example.org",
+                },
+                {
+                    "name": "Dr Lefebvre",
+                    "site": "Sud",
+                    "email": "lefebvre@example.org",
+                    "deputy": True,
+                },
             ],
         },
     },
@@ -51,17 +71,29 @@ CELL = Actor("cellule", Role.RESPONDER)
 @asynccontextmanager
 async def runtime() -> AsyncIterator[tuple[Runtime, Dispatcher, FakeClock, dict]]:
     clock = FakeClock()
-    channels = {ChannelName.TELEGRAM: RecordingChannel(ChannelName.TELEGRAM),
-                ChannelName.EMAIL: RecordingChannel(ChannelName.EMAIL)}
-    async with open_runtime(settings_from_dict(CONFIG), clock=clock, store=MemoryStore(),
-                            channel_factory=lambda _s, _session: dict(channels)) as rt:
+    channels = {
+        ChannelName.TELEGRAM: RecordingChannel(ChannelName.TELEGRAM),
+        ChannelName.EMAIL: RecordingChannel(ChannelName.EMAIL),
+    }
+    async with open_runtime(
+        settings_from_dict(CONFIG),
+        clock=clock,
+        store=MemoryStore(),
+        channel_factory=lambda _s, _session: dict(channels),
+    ) as rt:
         yield rt, build_dispatcher(rt), clock, channels
 
 
 async def declare(rt: Runtime) -> str:
-    draft = IncidentDraft.from_mapping({"title": "Orbis indisponible", "systems": ["Orbis"],
-                                        "severity": "critical", "sites": ["Nord", "Sud"],
-                                        "claims": ["no_patient_impact"]})
+    draft = IncidentDraft.from_mapping(
+        {
+            "title": "Orbis indisponible",
+            "systems": ["Orbis"],
+            "severity": "critical",
+            "sites": ["Nord", "Sud"],
+            "claims": ["no_patient_impact"],
+        }
+    )
     return (await rt.service.declare(CELL, draft)).id
 
 
@@ -97,7 +129,8 @@ async def test_report_numbers_equal_the_deliveries_table() -> None:
     async with runtime() as (rt, worker, clock, channels):
         incident = await declare(rt)
         channels[ChannelName.TELEGRAM].per_address["1004"] = deque(
-            [PermanentError("Forbidden: bot was blocked by the user", "403")])
+            [PermanentError("Forbidden: bot was blocked by the user", "403")]
+        )
         clock.advance(30)
         await worker.drain()
         sent = channels[ChannelName.TELEGRAM].sent
@@ -113,8 +146,7 @@ async def test_report_numbers_equal_the_deliveries_table() -> None:
         assert telegram["first_delivery_s"] == 30.0
         assert report["deliveries"]["failovers"] == 1
         email = groups[("department-heads", "email")]
-        assert email["total"] == 1 and email["by_state"] == {
-            DeliveryState.DELIVERED.value: 1}
+        assert email["total"] == 1 and email["by_state"] == {DeliveryState.DELIVERED.value: 1}
         assert [c["key"] for c in report["claims"]] == ["no_patient_impact"]
         assert [s["site"] for s in report["sites"]] == ["Nord", "Sud"]
         markdown = to_markdown(report)
@@ -129,21 +161,32 @@ async def test_report_route(monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
     from tests.interfaces.api_support import auth, running_api
 
     async with running_api(monkeypatch) as api:
-        created = await api.client.post("/api/v1/incidents", headers=auth("responder"), json={
-            "title": "Orbis", "systems": ["Orbis"], "severity": "major"})
+        created = await api.client.post(
+            "/api/v1/incidents",
+            headers=auth("responder"),
+            json={"title": "Orbis", "systems": ["Orbis"], "severity": "major"},
+        )
         incident = (await created.json())["id"]
-        response = await api.client.get(f"/api/v1/incidents/{incident}/report?format={fmt}",
-                                        headers=auth("viewer"))
+        response = await api.client.get(
+            f"/api/v1/incidents/{incident}/report?format={fmt}", headers=auth("viewer")
+        )
         assert response.status == 200
         text = await response.text()
         assert incident in text
-        bad = await api.client.get(f"/api/v1/incidents/{incident}/report?format=pdf",
-                                   headers=auth("viewer"))
+        bad = await api.client.get(
+            f"/api/v1/incidents/{incident}/report?format=pdf", headers=auth("viewer")
+        )
         assert bad.status == 422
-        sites = await api.client.get(f"/api/v1/incidents/{incident}/sites",
-                                     headers=auth("viewer"))
+        sites = await api.client.get(f"/api/v1/incidents/{incident}/sites", headers=auth("viewer"))
         assert await sites.json() == [
-            {"site": "Hôpital Bichat", "confirmed": 0, "needed": 0, "by": [], "at": [],
-             "escalated": False}]
+            {
+                "site": "Hôpital Bichat",
+                "confirmed": 0,
+                "needed": 0,
+                "by": [],
+                "at": [],
+                "escalated": False,
+            }
+        ]
         channels = await (await api.client.get("/api/v1/channels", headers=auth("viewer"))).json()
         assert {c["name"]: c["state"] for c in channels} == {"email": "up", "webhook": "up"}

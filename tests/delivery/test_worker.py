@@ -61,8 +61,9 @@ def dispatcher(store: Store, channels: dict, clock: FakeClock, **config: float) 
     for channel in channels.values():
         if isinstance(channel, WebhookChannel):
             unlimited(channel)
-    return Dispatcher(store, channels, clock, config=DispatchConfig(**config), retry=NO_JITTER,
-                      worker_id="w1")
+    return Dispatcher(
+        store, channels, clock, config=DispatchConfig(**config), retry=NO_JITTER, worker_id="w1"
+    )
 
 
 async def test_fan_out_is_delivered_and_every_attempt_recorded(
@@ -70,8 +71,9 @@ async def test_fan_out_is_delivered_and_every_attempt_recorded(
 ) -> None:
     store, clock = MemoryStore(), FakeClock()
     await store.commit(webhook_declaration(standin.url, 20))
-    worker = dispatcher(store, {ChannelName.WEBHOOK: WebhookChannel(
-        session, WebhookChannelSettings())}, clock)
+    worker = dispatcher(
+        store, {ChannelName.WEBHOOK: WebhookChannel(session, WebhookChannelSettings())}, clock
+    )
     assert await worker.drain() == 20
     assert await store.delivery_counts("INC-2023-0830-01") == {"delivered": 20}
     assert len(standin.requests_to("/hook")) == 20
@@ -88,8 +90,9 @@ async def test_transient_error_is_retried_within_the_attempt(
     store, clock = MemoryStore(), FakeClock()
     await store.commit(webhook_declaration(standin.url, 1))
     standin.script("/hook", Reply(503), Reply(200, {"ok": True, "id": "x1"}))
-    worker = dispatcher(store, {ChannelName.WEBHOOK: WebhookChannel(
-        session, WebhookChannelSettings())}, clock)
+    worker = dispatcher(
+        store, {ChannelName.WEBHOOK: WebhookChannel(session, WebhookChannelSettings())}, clock
+    )
     await worker.drain()
     [d] = await store.deliveries("INC-2023-0830-01")
     assert d.state == DeliveryState.DELIVERED and d.attempts == 2
@@ -103,13 +106,15 @@ async def test_retry_after_is_honoured_and_persisted(
     store, clock = MemoryStore(), FakeClock()
     await store.commit(webhook_declaration(standin.url, 1))
     standin.script("/hook", Reply(429, {"error": "slow down"}, headers={"Retry-After": "30"}))
-    worker = dispatcher(store, {ChannelName.WEBHOOK: WebhookChannel(
-        session, WebhookChannelSettings())}, clock)
+    worker = dispatcher(
+        store, {ChannelName.WEBHOOK: WebhookChannel(session, WebhookChannelSettings())}, clock
+    )
     await worker.drain()
     [d] = await store.deliveries("INC-2023-0830-01")
     assert d.state == DeliveryState.RETRYING
     assert d.next_attempt_at is not None and d.next_attempt_at >= clock.now() + timedelta(
-        seconds=30)
+        seconds=30
+    )
     assert len(standin.requests_to("/hook")) == 1  # no quick retry against a 429
     clock.advance(29)
     assert await worker.drain() == 0
@@ -118,17 +123,29 @@ async def test_retry_after_is_honoured_and_persisted(
     assert (await store.get_delivery(d.id)).state == DeliveryState.DELIVERED  # type: ignore[union-attr]
 
 
-async def test_timeouts_and_resets_are_transient(session: aiohttp.ClientSession,
-                                                 standin: HttpStandin) -> None:
+async def test_timeouts_and_resets_are_transient(
+    session: aiohttp.ClientSession, standin: HttpStandin
+) -> None:
     store, clock = MemoryStore(), FakeClock()
     await store.commit(webhook_declaration(standin.url, 1, "/hang"))
-    await store.commit(webhook_declaration(standin.url, 1, "/reset").__class__(
-        deliveries=[f.new_delivery((await store.statements("INC-2023-0830-01"))[0],
-                                   f"{standin.url}/reset", ChannelName.WEBHOOK)]))
+    await store.commit(
+        webhook_declaration(standin.url, 1, "/reset").__class__(
+            deliveries=[
+                f.new_delivery(
+                    (await store.statements("INC-2023-0830-01"))[0],
+                    f"{standin.url}/reset",
+                    ChannelName.WEBHOOK,
+                )
+            ]
+        )
+    )
     standin.script("/hang", Reply.hang(), Reply.hang())
     standin.script("/reset", Reply.reset(), Reply.reset())
-    worker = dispatcher(store, {ChannelName.WEBHOOK: WebhookChannel(
-        session, WebhookChannelSettings(timeout=0.3))}, clock)
+    worker = dispatcher(
+        store,
+        {ChannelName.WEBHOOK: WebhookChannel(session, WebhookChannelSettings(timeout=0.3))},
+        clock,
+    )
     await worker.drain()
     rows = await store.deliveries("INC-2023-0830-01")
     assert [d.state for d in rows] == [DeliveryState.RETRYING, DeliveryState.RETRYING]
@@ -146,19 +163,36 @@ async def test_permanent_error_fails_at_once_and_fails_over(
     stmt = changes.statements[0]
     policy = DeliveryPolicy(channels=(ChannelName.WEBHOOK, ChannelName.EMAIL))
     contacts = {"webhook": f"{standin.url}/gone", "email": "a.martin@example.org"}
-    changes.deliveries = [f.new_delivery(stmt, contacts["webhook"], ChannelName.WEBHOOK,
-                                         contacts=contacts, policy=policy, recipient="Dr Martin")]
+    changes.deliveries = [
+        f.new_delivery(
+            stmt,
+            contacts["webhook"],
+            ChannelName.WEBHOOK,
+            contacts=contacts,
+            policy=policy,
+            recipient="Dr Martin",
+        )
+    ]
     await store.commit(changes)
     standin.script("/gone", Reply(410, {"error": "gone"}))
     email = RecordingChannel(ChannelName.EMAIL)
-    worker = dispatcher(store, {ChannelName.WEBHOOK: WebhookChannel(
-        session, WebhookChannelSettings()), ChannelName.EMAIL: email}, clock)
+    worker = dispatcher(
+        store,
+        {
+            ChannelName.WEBHOOK: WebhookChannel(session, WebhookChannelSettings()),
+            ChannelName.EMAIL: email,
+        },
+        clock,
+    )
     await worker.drain()
     failed, followed = await store.deliveries(stmt.incident_id)
     assert failed.state == DeliveryState.FAILED and failed.attempts == 1
     assert "410" in (failed.last_error or "")
     assert (followed.channel, followed.state, followed.failover_of) == (
-        ChannelName.EMAIL, DeliveryState.DELIVERED, failed.id)
+        ChannelName.EMAIL,
+        DeliveryState.DELIVERED,
+        failed.id,
+    )
     assert [m.address for _, m in email.sent] == ["a.martin@example.org"]
     assert len(standin.requests_to("/gone")) == 1
 
@@ -169,16 +203,17 @@ async def test_sms_failover_carries_the_short_statement() -> None:
     long = changes.statements[0]
     short = f.statement(kind=StatementKind.SMS, bodies={"sms": "Orbis HS", "text": "Orbis HS"})
     changes.statements.append(short)
-    policy = DeliveryPolicy(channels=(ChannelName.TELEGRAM, ChannelName.SMS),
-                            kind=StatementKind.INTERNAL)
+    policy = DeliveryPolicy(
+        channels=(ChannelName.TELEGRAM, ChannelName.SMS), kind=StatementKind.INTERNAL
+    )
     contacts = {"telegram": "1001", "sms": "+33612345678"}
-    changes.deliveries = [f.new_delivery(long, "1001", ChannelName.TELEGRAM, contacts=contacts,
-                                         policy=policy)]
+    changes.deliveries = [
+        f.new_delivery(long, "1001", ChannelName.TELEGRAM, contacts=contacts, policy=policy)
+    ]
     await store.commit(changes)
     telegram, sms = RecordingChannel(ChannelName.TELEGRAM), RecordingChannel(ChannelName.SMS)
     telegram.script.append(PermanentError("Forbidden: bot was blocked by the user", "403"))
-    await dispatcher(store, {ChannelName.TELEGRAM: telegram, ChannelName.SMS: sms},
-                     clock).drain()
+    await dispatcher(store, {ChannelName.TELEGRAM: telegram, ChannelName.SMS: sms}, clock).drain()
     [(_, message)] = sms.sent
     assert message.bodies["sms"] == "Orbis HS" and message.address == "+33612345678"
 
@@ -220,8 +255,11 @@ async def test_long_rate_limit_wait_goes_back_to_the_queue() -> None:
     await worker.drain()
     assert len(channel.sent) == 1
     rows = await store.deliveries("INC-2023-0830-01")
-    assert sorted(d.state for d in rows) == [DeliveryState.DELIVERED, DeliveryState.QUEUED,
-                                             DeliveryState.QUEUED]
+    assert sorted(d.state for d in rows) == [
+        DeliveryState.DELIVERED,
+        DeliveryState.QUEUED,
+        DeliveryState.QUEUED,
+    ]
     assert all(d.attempts == 0 for d in rows if d.state == DeliveryState.QUEUED)
 
 
@@ -234,8 +272,14 @@ async def test_crashed_worker_loses_nothing(tmp_path: Path) -> None:
         await store.commit(webhook_declaration("http://sink", 30))
         stuck = RecordingChannel(ChannelName.WEBHOOK)
         stuck.gate = asyncio.Event()  # never opened: every send hangs
-        first = dispatcher(store, {ChannelName.WEBHOOK: stuck}, clock, concurrency=10,
-                           lease_seconds=60, shutdown_timeout=0)
+        first = dispatcher(
+            store,
+            {ChannelName.WEBHOOK: stuck},
+            clock,
+            concurrency=10,
+            lease_seconds=60,
+            shutdown_timeout=0,
+        )
         stop = asyncio.Event()
         crashed = asyncio.create_task(first.run(stop))
         await stuck.started.wait()
@@ -244,11 +288,15 @@ async def test_crashed_worker_loses_nothing(tmp_path: Path) -> None:
             await crashed
         assert await store.delivery_counts("INC-2023-0830-01") == {"sending": 10, "queued": 20}
         healthy = RecordingChannel(ChannelName.WEBHOOK)
-        second = Dispatcher(store, {ChannelName.WEBHOOK: healthy}, clock, worker_id="w2",
-                            config=DispatchConfig(concurrency=10))
+        second = Dispatcher(
+            store,
+            {ChannelName.WEBHOOK: healthy},
+            clock,
+            worker_id="w2",
+            config=DispatchConfig(concurrency=10),
+        )
         await second.drain()
-        assert await store.delivery_counts("INC-2023-0830-01") == {"delivered": 20,
-                                                                   "sending": 10}
+        assert await store.delivery_counts("INC-2023-0830-01") == {"delivered": 20, "sending": 10}
         clock.advance(61)
         await second.drain()
         assert await store.delivery_counts("INC-2023-0830-01") == {"delivered": 30}
@@ -278,13 +326,22 @@ async def test_unacknowledged_delivery_escalates_once() -> None:
     stmt = changes.statements[0]
     sms_stmt = f.statement(kind=StatementKind.SMS, bodies={"sms": "Orbis HS"})
     changes.statements.append(sms_stmt)
-    policy = DeliveryPolicy(channels=(ChannelName.TELEGRAM, ChannelName.SMS), require_ack=True,
-                            escalate_after_s=600, escalate_via=ChannelName.SMS)
+    policy = DeliveryPolicy(
+        channels=(ChannelName.TELEGRAM, ChannelName.SMS),
+        require_ack=True,
+        escalate_after_s=600,
+        escalate_via=ChannelName.SMS,
+    )
     contacts = {"telegram": "1001", "sms": "+33612345678"}
     changes.deliveries = [
         f.new_delivery(stmt, "1001", ChannelName.TELEGRAM, contacts=contacts, policy=policy),
-        f.new_delivery(stmt, "1002", ChannelName.TELEGRAM, policy=policy,
-                       contacts={"telegram": "1002", "sms": "+33612345679"}),
+        f.new_delivery(
+            stmt,
+            "1002",
+            ChannelName.TELEGRAM,
+            policy=policy,
+            contacts={"telegram": "1002", "sms": "+33612345679"},
+        ),
     ]
     await store.commit(changes)
     telegram, sms = RecordingChannel(ChannelName.TELEGRAM), RecordingChannel(ChannelName.SMS)

@@ -21,8 +21,14 @@ class RecordingChannel:
     destination_rate: float | None = None
     destination_burst = 1
 
-    def __init__(self, name: ChannelName, *, rate: float | None = None,
-                 destination_rate: float | None = None, destination_burst: int = 1) -> None:
+    def __init__(
+        self,
+        name: ChannelName,
+        *,
+        rate: float | None = None,
+        destination_rate: float | None = None,
+        destination_burst: int = 1,
+    ) -> None:
         self.name = name
         if rate is not None:
             self.rate, self.burst = rate, 1
@@ -42,8 +48,11 @@ class RecordingChannel:
         if self.gate is not None:
             await self.gate.wait()
         queue = self.per_address.get(message.address) or self.script
-        answer = queue.popleft() if queue else Receipt(
-            f"{self.name.value}-{message.delivery_id}", DeliveryState.DELIVERED)
+        answer = (
+            queue.popleft()
+            if queue
+            else Receipt(f"{self.name.value}-{message.delivery_id}", DeliveryState.DELIVERED)
+        )
         if isinstance(answer, BaseException):
             raise answer
         self.sent.append((time.monotonic(), message))

@@ -23,27 +23,39 @@ TOKENS = {
 }
 
 
-def base_config(smtp_port: int = 2525, webhook_url: str = "http://127.0.0.1:9/hook") -> dict[str, Any]:
+def base_config(
+    smtp_port: int = 2525, webhook_url: str = "http://127.0.0.1:9/hook"
+) -> dict[str, Any]:
     return {
         "organisation": {"name": "AP-HP", "locale": "fr", "timezone": "Europe/Paris"},
         "storage": {"url": "memory://"},
-        "auth": {"tokens": [
-            {"name": "cellule", "token_env": "TOCSIN_TOKEN_RESPONDER", "role": "responder"},
-            {"name": "tableau", "token_env": "TOCSIN_TOKEN_VIEWER", "role": "viewer"},
-            {"name": "presse1", "token_env": "TOCSIN_TOKEN_PRESS", "role": "press"},
-            {"name": "presse2", "token_env": "TOCSIN_TOKEN_PRESS2", "role": "press"},
-        ]},
-        "channels": {"email": {"host": "127.0.0.1", "port": smtp_port,
-                               "from": "cellule-crise@example.org"}},
+        "auth": {
+            "tokens": [
+                {"name": "cellule", "token_env": "TOCSIN_TOKEN_RESPONDER", "role": "responder"},
+                {"name": "tableau", "token_env": "TOCSIN_TOKEN_VIEWER", "role": "viewer"},
+                {"name": "presse1", "token_env": "TOCSIN_TOKEN_PRESS", "role": "press"},
+                {"name": "presse2", "token_env": "TOCSIN_TOKEN_PRESS2", "role": "press"},
+            ]
+        },
+        "channels": {
+            "email": {"host": "127.0.0.1", "port": smtp_port, "from": "cellule-crise@example.org"}
+        },
         "audiences": {
-            "all-staff": {"statement": "internal",
-                          "destinations": [{"email_list": "staff@example.org"},
-                                           {"webhook": webhook_url}]},
+            "all-staff": {
+                "statement": "internal",
+                "destinations": [{"email_list": "staff@example.org"}, {"webhook": webhook_url}],
+            },
             "department-heads": {
                 "statement": "department_heads",
                 "policy": {"channels": ["email"], "require_ack": True},
-                "members": [{"name": "Dr A. Martin", "site": "Hôpital Bichat",
-                             "email": "a.martin@example.org", "phone": "06 12 34 56 78"}],
+                "members": [
+                    {
+                        "name": "Dr A. Martin",
+                        "site": "Hôpital Bichat",
+                        "email": "a.martin@example.org",
+                        "phone": "06 12 34 56 78",
+                    }
+                ],
             },
             "press": {"statement": "press", "destinations": [{"email_list": "presse@example.org"}]},
         },
@@ -63,9 +75,13 @@ class Api:
 
 
 @asynccontextmanager
-async def running_api(monkeypatch: pytest.MonkeyPatch, config: dict[str, Any] | None = None,
-                      *, with_worker: bool = False, store: Store | None = None
-                      ) -> AsyncIterator[Api]:
+async def running_api(
+    monkeypatch: pytest.MonkeyPatch,
+    config: dict[str, Any] | None = None,
+    *,
+    with_worker: bool = False,
+    store: Store | None = None,
+) -> AsyncIterator[Api]:
     for name, value in TOKENS.items():
         monkeypatch.setenv(name, value)
     settings = settings_from_dict(config or base_config())
@@ -85,8 +101,9 @@ async def settle(store: Store, timeout: float = 15.0) -> None:
 
 
 @asynccontextmanager
-async def api_with_mail(monkeypatch: pytest.MonkeyPatch, **config_over: Any
-                        ) -> AsyncIterator[tuple[Api, Any]]:
+async def api_with_mail(
+    monkeypatch: pytest.MonkeyPatch, **config_over: Any
+) -> AsyncIterator[tuple[Api, Any]]:
     """A running app with its worker, sending e-mail to a real local SMTP server."""
     from bot.sandbox.smtp import SandboxSmtp
 
@@ -94,8 +111,7 @@ async def api_with_mail(monkeypatch: pytest.MonkeyPatch, **config_over: Any
     await smtp.start()
     try:
         config = base_config(smtp_port=smtp.port)
-        config["audiences"]["all-staff"]["destinations"] = [
-            {"email_list": "staff@example.org"}]
+        config["audiences"]["all-staff"]["destinations"] = [{"email_list": "staff@example.org"}]
         config.update(config_over)
         async with running_api(monkeypatch, config, with_worker=True) as api:
             yield api, smtp

@@ -23,13 +23,28 @@ def config(tmp_path: Path) -> Path:
 
 def tocsin(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "bot", *args], capture_output=True, text=True,
-                          timeout=60, cwd=cwd or ROOT, check=False, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd or ROOT,
+        check=False,
+        env=env,
+    )
 
 
 def test_declare_status_report_and_export(config: Path, tmp_path: Path) -> None:
-    declared = tocsin("declare", "--config", str(config), "--file",
-                      str(ROOT / "examples" / "orbis-outage.yaml"), "--no-wait", "--as", "cellule")
+    declared = tocsin(
+        "declare",
+        "--config",
+        str(config),
+        "--file",
+        str(ROOT / "examples" / "orbis-outage.yaml"),
+        "--no-wait",
+        "--as",
+        "cellule",
+    )
     assert declared.returncode == 0, declared.stderr
     incident = declared.stdout.split()[1].rstrip(":")
     assert incident.startswith("INC-")
@@ -48,16 +63,44 @@ def test_declare_status_report_and_export(config: Path, tmp_path: Path) -> None:
     assert data["incident"]["id"] == incident
     assert data["deliveries"]["total"] == sum(data["deliveries"]["by_state"].values())
 
-    updated = tocsin("update", incident, "--config", str(config), "--status", "identified",
-                     "-m", "Cause identifiée", "--as", "cellule")
+    updated = tocsin(
+        "update",
+        incident,
+        "--config",
+        str(config),
+        "--status",
+        "identified",
+        "-m",
+        "Cause identifiée",
+        "--as",
+        "cellule",
+    )
     assert updated.returncode == 0 and "identified" in updated.stdout
 
-    press = tocsin("statement", incident, "--config", str(config), "--kind", "press",
-                   "--approve", "--as", "cellule")
+    press = tocsin(
+        "statement",
+        incident,
+        "--config",
+        str(config),
+        "--kind",
+        "press",
+        "--approve",
+        "--as",
+        "cellule",
+    )
     assert press.returncode == 2
     assert "four-eyes" in press.stderr
-    approved = tocsin("statement", incident, "--config", str(config), "--kind", "press",
-                      "--approve", "--as", "presse")
+    approved = tocsin(
+        "statement",
+        incident,
+        "--config",
+        str(config),
+        "--kind",
+        "press",
+        "--approve",
+        "--as",
+        "presse",
+    )
     assert approved.returncode == 0, approved.stderr
     assert "approved by presse" in approved.stdout
 
@@ -65,7 +108,11 @@ def test_declare_status_report_and_export(config: Path, tmp_path: Path) -> None:
     exported = tocsin("status-page", "export", str(site), "--config", str(config))
     assert exported.returncode == 0, exported.stderr
     assert sorted(p.name for p in site.iterdir()) == [
-        "feed.atom", "index.en.html", "index.fr.html", "index.html"]
+        "feed.atom",
+        "index.en.html",
+        "index.fr.html",
+        "index.html",
+    ]
     assert "Orbis" in (site / "index.html").read_text(encoding="utf-8")
 
 
@@ -80,14 +127,17 @@ def test_declare_status_report_and_export(config: Path, tmp_path: Path) -> None:
         (["statement", "INC-1999-0101-01", "--kind", "memo"], "unknown kind"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(config: Path, tmp_path: Path, args: list[str],
-                                         reason: str) -> None:
+def test_bad_input_exits_2_with_one_line(
+    config: Path, tmp_path: Path, args: list[str], reason: str
+) -> None:
     result = tocsin(*args, "--config", str(config))
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and reason in lines[0]
-    assert not (tmp_path / "tocsin.db").exists() or "INC-" not in tocsin(
-        "status", "--config", str(config)).stdout
+    assert (
+        not (tmp_path / "tocsin.db").exists()
+        or "INC-" not in tocsin("status", "--config", str(config)).stdout
+    )
 
 
 def test_config_errors_name_the_file_and_key(tmp_path: Path) -> None:

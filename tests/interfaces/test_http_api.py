@@ -12,9 +12,12 @@ from tests.interfaces.api_support import Api, auth, running_api
 
 ORBIS = {
     "title": "Panne informatique : Orbis indisponible",
-    "systems": ["Orbis"], "unaffected": ["SAMU"],
+    "systems": ["Orbis"],
+    "unaffected": ["SAMU"],
     "impact": ["Identification des patients", "Prescription des examens"],
-    "severity": "critical", "sites": ["Hôpital Bichat"], "cause": "cyberattack_ruled_out",
+    "severity": "critical",
+    "sites": ["Hôpital Bichat"],
+    "cause": "cyberattack_ruled_out",
     "claims": ["no_patient_impact", "not_a_cyberattack", "unaffected:SAMU"],
 }
 
@@ -26,8 +29,9 @@ async def api(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Api]:
 
 
 async def declare(api: Api, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    response = await api.client.post("/api/v1/incidents", json=body or ORBIS,
-                                     headers=auth("responder"))
+    response = await api.client.post(
+        "/api/v1/incidents", json=body or ORBIS, headers=auth("responder")
+    )
     assert response.status == 201, await response.text()
     return dict(await response.json())
 
@@ -39,8 +43,9 @@ async def test_declare_returns_the_incident_and_queues_deliveries(api: Api) -> N
     assert incident["severity"] == "critical"
     assert incident["unaffected"] == ["SAMU"]
     assert [e["action"] for e in incident["timeline"]] == ["declared"]
-    response = await api.client.get(f"/api/v1/incidents/{incident['id']}/deliveries",
-                                    headers=auth("viewer"))
+    response = await api.client.get(
+        f"/api/v1/incidents/{incident['id']}/deliveries", headers=auth("viewer")
+    )
     body = await response.json()
     assert body["counts"]["queued"] == 3
     recipients = sorted(d["recipient"] for d in body["deliveries"])
@@ -57,8 +62,9 @@ async def test_list_and_get(api: Api) -> None:
     incident = await declare(api)
     listed = await (await api.client.get("/api/v1/incidents", headers=auth("viewer"))).json()
     assert [i["id"] for i in listed["incidents"]] == [incident["id"]]
-    one = await (await api.client.get(f"/api/v1/incidents/{incident['id']}",
-                                      headers=auth("viewer"))).json()
+    one = await (
+        await api.client.get(f"/api/v1/incidents/{incident['id']}", headers=auth("viewer"))
+    ).json()
     assert one["title"] == ORBIS["title"] and one["timeline"][0]["actor"] == "cellule"
     missing = await api.client.get("/api/v1/incidents/INC-1999-0101-01", headers=auth("viewer"))
     assert missing.status == 404
@@ -68,29 +74,39 @@ async def test_list_and_get(api: Api) -> None:
 async def test_update_and_resolve_make_new_statements(api: Api) -> None:
     incident = await declare(api)
     path = f"/api/v1/incidents/{incident['id']}"
-    response = await api.client.post(f"{path}/updates", headers=auth("responder"),
-                                     json={"status": "identified", "message": "Cause trouvée"})
+    response = await api.client.post(
+        f"{path}/updates",
+        headers=auth("responder"),
+        json={"status": "identified", "message": "Cause trouvée"},
+    )
     assert response.status == 201
     assert (await response.json())["status"] == "identified"
-    response = await api.client.post(f"{path}/resolve", headers=auth("responder"),
-                                     json={"message": "Orbis rétabli"})
+    response = await api.client.post(
+        f"{path}/resolve", headers=auth("responder"), json={"message": "Orbis rétabli"}
+    )
     assert (await response.json())["status"] == "resolved"
     again = await api.client.post(f"{path}/resolve", headers=auth("responder"), json={})
     assert again.status == 409
-    statements = (await (await api.client.get(f"{path}/statements", headers=auth("viewer")))
-                  .json())["statements"]
+    statements = (
+        await (await api.client.get(f"{path}/statements", headers=auth("viewer"))).json()
+    )["statements"]
     assert {s["event"] for s in statements} == {"declared", "update", "resolved"}
     timeline = (await (await api.client.get(path, headers=auth("viewer"))).json())["timeline"]
     assert [e["action"] for e in timeline] == ["declared", "updated", "resolved"]
-    counts = (await (await api.client.get(f"{path}/deliveries", headers=auth("viewer")))
-              .json())["counts"]
+    counts = (await (await api.client.get(f"{path}/deliveries", headers=auth("viewer"))).json())[
+        "counts"
+    ]
     assert counts["queued"] == 9
 
 
 async def test_statements_are_rendered_in_both_locales(api: Api) -> None:
     incident = await declare(api)
-    statements = (await (await api.client.get(
-        f"/api/v1/incidents/{incident['id']}/statements", headers=auth("viewer"))).json()
+    statements = (
+        await (
+            await api.client.get(
+                f"/api/v1/incidents/{incident['id']}/statements", headers=auth("viewer")
+            )
+        ).json()
     )["statements"]
     kinds = {(s["kind"], s["locale"]) for s in statements}
     assert ("press", "en") in kinds and ("internal", "fr") in kinds and ("sms", "fr") in kinds
@@ -102,42 +118,62 @@ async def test_statements_are_rendered_in_both_locales(api: Api) -> None:
 
 async def test_press_statement_four_eyes(api: Api) -> None:
     incident = await declare(api)
-    statements = (await (await api.client.get(
-        f"/api/v1/incidents/{incident['id']}/statements", headers=auth("viewer"))).json()
+    statements = (
+        await (
+            await api.client.get(
+                f"/api/v1/incidents/{incident['id']}/statements", headers=auth("viewer")
+            )
+        ).json()
     )["statements"]
     press = next(s for s in statements if s["kind"] == "press" and s["locale"] == "fr")
-    edited = await api.client.put(f"/api/v1/statements/{press['id']}", headers=auth("press"),
-                                  json={"text": "Un problème technique affecte Orbis."})
+    edited = await api.client.put(
+        f"/api/v1/statements/{press['id']}",
+        headers=auth("press"),
+        json={"text": "Un problème technique affecte Orbis."},
+    )
     assert edited.status == 200
     v2 = await edited.json()
     assert (v2["version"], v2["author"], v2["status"]) == (2, "presse1", "draft")
     own = await api.client.post(f"/api/v1/statements/{v2['id']}/approve", headers=auth("press"))
     assert own.status == 403
     assert "four-eyes" in (await own.json())["error"]
-    viewer = await api.client.post(f"/api/v1/statements/{v2['id']}/approve",
-                                   headers=auth("viewer"))
+    viewer = await api.client.post(f"/api/v1/statements/{v2['id']}/approve", headers=auth("viewer"))
     assert viewer.status == 403
-    approved = await api.client.post(f"/api/v1/statements/{v2['id']}/approve",
-                                     headers=auth("press2"))
+    approved = await api.client.post(
+        f"/api/v1/statements/{v2['id']}/approve", headers=auth("press2")
+    )
     assert approved.status == 200
     body = await approved.json()
     assert (body["status"], body["approved_by"]) == ("published", "presse2")
-    old = await api.client.put(f"/api/v1/statements/{press['id']}", headers=auth("press"),
-                               json={"text": "x"})
+    old = await api.client.put(
+        f"/api/v1/statements/{press['id']}", headers=auth("press"), json={"text": "x"}
+    )
     assert old.status == 409  # superseded
-    deliveries = (await (await api.client.get(f"/api/v1/incidents/{incident['id']}/deliveries",
-                                              headers=auth("viewer"))).json())["deliveries"]
+    deliveries = (
+        await (
+            await api.client.get(
+                f"/api/v1/incidents/{incident['id']}/deliveries", headers=auth("viewer")
+            )
+        ).json()
+    )["deliveries"]
     assert [d["recipient"] for d in deliveries if d["audience"] == "press"] == [
-        "presse@example.org"]
+        "presse@example.org"
+    ]
 
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("post", "/api/v1/incidents"), ("get", "/api/v1/incidents"),
-     ("get", "/api/v1/incidents/X"), ("post", "/api/v1/incidents/X/updates"),
-     ("post", "/api/v1/incidents/X/resolve"), ("get", "/api/v1/incidents/X/statements"),
-     ("get", "/api/v1/incidents/X/deliveries"), ("put", "/api/v1/statements/X"),
-     ("post", "/api/v1/statements/X/approve")],
+    [
+        ("post", "/api/v1/incidents"),
+        ("get", "/api/v1/incidents"),
+        ("get", "/api/v1/incidents/X"),
+        ("post", "/api/v1/incidents/X/updates"),
+        ("post", "/api/v1/incidents/X/resolve"),
+        ("get", "/api/v1/incidents/X/statements"),
+        ("get", "/api/v1/incidents/X/deliveries"),
+        ("put", "/api/v1/statements/X"),
+        ("post", "/api/v1/statements/X/approve"),
+    ],
 )
 async def test_every_api_route_needs_a_token(api: Api, method: str, path: str) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"}):
@@ -162,24 +198,31 @@ async def test_roles_are_enforced(api: Api) -> None:
         ({"systems": ["Orbis"], "severity": "critical"}, 422, "title"),
         ({"title": "x", "severity": "critical"}, 422, "systems"),
         ({"title": "x", "systems": ["Orbis"], "severity": "apocalyptic"}, 422, "severity"),
-        ({"title": "x", "systems": "Orbis", "severity": "major", "audiences": ["nobody"]}, 422,
-         "audiences"),
-        ({"title": "x", "systems": ["Orbis"], "severity": "major", "claims": ["all_fine"]}, 422,
-         "claims"),
-        ({"title": "x", "systems": ["Orbis"], "severity": "major", "colour": "red"}, 422,
-         "colour"),
+        (
+            {"title": "x", "systems": "Orbis", "severity": "major", "audiences": ["nobody"]},
+            422,
+            "audiences",
+        ),
+        (
+            {"title": "x", "systems": ["Orbis"], "severity": "major", "claims": ["all_fine"]},
+            422,
+            "claims",
+        ),
+        ({"title": "x", "systems": ["Orbis"], "severity": "major", "colour": "red"}, 422, "colour"),
         ({"title": "x", "systems": [""], "severity": "major"}, 422, "systems"),
     ],
 )
-async def test_bad_declarations_change_nothing(api: Api, body: Any, status: int,
-                                               field: str | None) -> None:
+async def test_bad_declarations_change_nothing(
+    api: Api, body: Any, status: int, field: str | None
+) -> None:
     if isinstance(body, str):
-        response = await api.client.post("/api/v1/incidents", data=body,
-                                         headers={**auth("responder"),
-                                                  "Content-Type": "application/json"})
+        response = await api.client.post(
+            "/api/v1/incidents",
+            data=body,
+            headers={**auth("responder"), "Content-Type": "application/json"},
+        )
     else:
-        response = await api.client.post("/api/v1/incidents", json=body,
-                                         headers=auth("responder"))
+        response = await api.client.post("/api/v1/incidents", json=body, headers=auth("responder"))
     assert response.status == status
     payload = await response.json()
     assert payload["error"]
@@ -191,20 +234,27 @@ async def test_bad_declarations_change_nothing(api: Api, body: Any, status: int,
 async def test_bad_updates_change_nothing(api: Api) -> None:
     incident = await declare(api)
     path = f"/api/v1/incidents/{incident['id']}/updates"
-    for body in ({"status": "exploded"}, {}, {"message": 42}, {"status": "draft"},
-                 {"status": "identified", "extra": 1}):
+    for body in (
+        {"status": "exploded"},
+        {},
+        {"message": 42},
+        {"status": "draft"},
+        {"status": "identified", "extra": 1},
+    ):
         response = await api.client.post(path, json=body, headers=auth("responder"))
         assert response.status == 422, body
-    one = await (await api.client.get(f"/api/v1/incidents/{incident['id']}",
-                                      headers=auth("viewer"))).json()
+    one = await (
+        await api.client.get(f"/api/v1/incidents/{incident['id']}", headers=auth("viewer"))
+    ).json()
     assert one["status"] == "investigating" and len(one["timeline"]) == 1
 
 
 async def test_paging(api: Api) -> None:
     for _ in range(3):
         await declare(api)
-    page = await (await api.client.get("/api/v1/incidents?limit=2&offset=1",
-                                       headers=auth("viewer"))).json()
+    page = await (
+        await api.client.get("/api/v1/incidents?limit=2&offset=1", headers=auth("viewer"))
+    ).json()
     assert len(page["incidents"]) == 2
     bad = await api.client.get("/api/v1/incidents?limit=zero", headers=auth("viewer"))
     assert bad.status == 422
@@ -212,12 +262,14 @@ async def test_paging(api: Api) -> None:
 
 async def test_ack_link_is_single_use(api: Api) -> None:
     incident = await declare(api)
-    [member] = [d for d in await api.store.deliveries(incident["id"])
-                if d.audience == "department-heads"]
+    [member] = [
+        d for d in await api.store.deliveries(incident["id"]) if d.audience == "department-heads"
+    ]
     now = api.runtime.clock.now()
     claimed = await api.store.claim_due("t", now, 60, 100)  # as if the worker had sent them
-    await api.store.record([Outcome(d.id, DeliveryState.SENT, (Attempt(d.id, now, "sent"),))
-                            for d in claimed])
+    await api.store.record(
+        [Outcome(d.id, DeliveryState.SENT, (Attempt(d.id, now, "sent"),)) for d in claimed]
+    )
     first = await api.client.get(f"/ack/{member.ack_token}")
     assert first.status == 200
     assert "Lecture confirmée" in await first.text()

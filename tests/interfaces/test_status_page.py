@@ -7,26 +7,33 @@ import pytest
 
 from tests.interfaces.api_support import api_with_mail, auth
 
-ORBIS = {"title": "Panne informatique : Orbis indisponible", "systems": ["Orbis"],
-         "unaffected": ["SAMU"], "severity": "critical", "claims": ["no_patient_impact"]}
+ORBIS = {
+    "title": "Panne informatique : Orbis indisponible",
+    "systems": ["Orbis"],
+    "unaffected": ["SAMU"],
+    "severity": "critical",
+    "claims": ["no_patient_impact"],
+}
 
 
 async def test_nothing_unapproved_is_public(monkeypatch: pytest.MonkeyPatch) -> None:
     async with api_with_mail(monkeypatch) as (api, _smtp):
-        created = await api.client.post("/api/v1/incidents", json=ORBIS,
-                                        headers=auth("responder"))
+        created = await api.client.post("/api/v1/incidents", json=ORBIS, headers=auth("responder"))
         incident = (await created.json())["id"]
         page = await (await api.client.get("/status")).text()
         assert "Orbis" not in page and "Aucun incident en cours." in page
         feed = feedparser.parse(await (await api.client.get("/status/feed.atom")).read())
         assert feed.bozo == 0 and feed.entries == []
 
-        statements = (await (await api.client.get(
-            f"/api/v1/incidents/{incident}/statements", headers=auth("viewer"))).json()
+        statements = (
+            await (
+                await api.client.get(
+                    f"/api/v1/incidents/{incident}/statements", headers=auth("viewer")
+                )
+            ).json()
         )["statements"]
         press = next(s for s in statements if s["kind"] == "press" and s["locale"] == "fr")
-        await api.client.post(f"/api/v1/statements/{press['id']}/approve",
-                              headers=auth("press"))
+        await api.client.post(f"/api/v1/statements/{press['id']}/approve", headers=auth("press"))
 
         page = await (await api.client.get("/status")).text()
         public = next(s for s in statements if s["kind"] == "public" and s["locale"] == "fr")
@@ -46,14 +53,20 @@ async def test_nothing_unapproved_is_public(monkeypatch: pytest.MonkeyPatch) -> 
 async def test_html_in_a_title_is_escaped_on_the_page(monkeypatch: pytest.MonkeyPatch) -> None:
     async with api_with_mail(monkeypatch) as (api, _smtp):
         body = {**ORBIS, "title": "<script>alert(1)</script> Orbis"}
-        incident = (await (await api.client.post("/api/v1/incidents", json=body,
-                                                 headers=auth("responder"))).json())["id"]
-        statements = (await (await api.client.get(
-            f"/api/v1/incidents/{incident}/statements", headers=auth("viewer"))).json()
+        incident = (
+            await (
+                await api.client.post("/api/v1/incidents", json=body, headers=auth("responder"))
+            ).json()
+        )["id"]
+        statements = (
+            await (
+                await api.client.get(
+                    f"/api/v1/incidents/{incident}/statements", headers=auth("viewer")
+                )
+            ).json()
         )["statements"]
         public = next(s for s in statements if s["kind"] == "public" and s["locale"] == "fr")
-        await api.client.post(f"/api/v1/statements/{public['id']}/approve",
-                              headers=auth("press"))
+        await api.client.post(f"/api/v1/statements/{public['id']}/approve", headers=auth("press"))
         page = await (await api.client.get("/status")).text()
         assert "<script>alert(1)</script>" not in page
         assert "&lt;script&gt;" in page

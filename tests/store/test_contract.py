@@ -54,8 +54,11 @@ async def test_commit_is_readable_back(store: Store) -> None:
     assert await store.timeline("INC-2023-0830-01") == changes.timeline
     assert await store.statements("INC-2023-0830-01") == changes.statements
     rows = await store.deliveries("INC-2023-0830-01")
-    assert [d.address for d in rows] == ["list0@example.org", "list1@example.org",
-                                         "list2@example.org"]
+    assert [d.address for d in rows] == [
+        "list0@example.org",
+        "list1@example.org",
+        "list2@example.org",
+    ]
     assert {d.state for d in rows} == {DeliveryState.QUEUED}
     assert await store.delivery_counts("INC-2023-0830-01") == {"queued": 3}
     assert await store.pending_count("INC-2023-0830-01") == 3
@@ -81,7 +84,8 @@ async def test_incident_numbers_and_paging(store: Store) -> None:
     listed = await store.list_incidents(Page(limit=1, offset=0))
     assert [i.id for i in listed] == ["INC-2023-0830-02"]
     assert [i.id for i in await store.list_incidents(Page(limit=5, offset=1))] == [
-        "INC-2023-0830-01"]
+        "INC-2023-0830-01"
+    ]
 
 
 async def test_claim_leases_each_row_once(store: Store) -> None:
@@ -115,12 +119,20 @@ async def test_record_outcomes_and_attempts(store: Store) -> None:
     await store.commit(f.declaration(3))
     a, b, c = await store.claim_due("w", T0, 60, 10)
     retry_at = T0 + timedelta(seconds=30)
-    follow = await store.record([
-        Outcome(a.id, DeliveryState.SENT, (Attempt(a.id, T0, "sent", "<m1@x>", None, "250"),)),
-        Outcome(b.id, DeliveryState.RETRYING,
-                (Attempt(b.id, T0, "retry", None, "timeout", None),), next_attempt_at=retry_at),
-        Outcome(c.id, DeliveryState.FAILED, (Attempt(c.id, T0, "failed", None, "550 no", "550"),)),
-    ])
+    follow = await store.record(
+        [
+            Outcome(a.id, DeliveryState.SENT, (Attempt(a.id, T0, "sent", "<m1@x>", None, "250"),)),
+            Outcome(
+                b.id,
+                DeliveryState.RETRYING,
+                (Attempt(b.id, T0, "retry", None, "timeout", None),),
+                next_attempt_at=retry_at,
+            ),
+            Outcome(
+                c.id, DeliveryState.FAILED, (Attempt(c.id, T0, "failed", None, "550 no", "550"),)
+            ),
+        ]
+    )
     assert follow == 0
     sent = await store.get_delivery(a.id)
     assert sent is not None and sent.state == DeliveryState.SENT
@@ -144,15 +156,33 @@ async def test_failover_follow_up_is_queued(store: Store) -> None:
     stmt = changes.statements[0]
     contacts = {"telegram": "1001", "sms": "+33612345678"}
     policy = DeliveryPolicy(channels=(ChannelName.TELEGRAM, ChannelName.SMS))
-    changes.deliveries = [f.new_delivery(stmt, "1001", ChannelName.TELEGRAM,
-                                         contacts=contacts, policy=policy)]
+    changes.deliveries = [
+        f.new_delivery(stmt, "1001", ChannelName.TELEGRAM, contacts=contacts, policy=policy)
+    ]
     await store.commit(changes)
     [d] = await store.claim_due("w", T0, 60, 10)
-    follow_up = f.new_delivery(stmt, "+33612345678", ChannelName.SMS, contacts=contacts,
-                               policy=policy, failover_of=d.id, root_id=d.id)
-    assert await store.record([Outcome(
-        d.id, DeliveryState.FAILED, (Attempt(d.id, T0, "failed", error="blocked"),),
-        follow_up=follow_up)]) == 1
+    follow_up = f.new_delivery(
+        stmt,
+        "+33612345678",
+        ChannelName.SMS,
+        contacts=contacts,
+        policy=policy,
+        failover_of=d.id,
+        root_id=d.id,
+    )
+    assert (
+        await store.record(
+            [
+                Outcome(
+                    d.id,
+                    DeliveryState.FAILED,
+                    (Attempt(d.id, T0, "failed", error="blocked"),),
+                    follow_up=follow_up,
+                )
+            ]
+        )
+        == 1
+    )
     rows = await store.deliveries(stmt.incident_id)
     assert [(r.channel, r.state, r.failover_of) for r in rows] == [
         (ChannelName.TELEGRAM, DeliveryState.FAILED, None),
@@ -193,12 +223,21 @@ async def test_acknowledging_settles_the_chain(store: Store) -> None:
     changes.deliveries = [f.new_delivery(stmt, "1001", ChannelName.TELEGRAM, contacts=contacts)]
     await store.commit(changes)
     [d] = await store.claim_due("w", T0, 60, 10)
-    await store.record([Outcome(d.id, DeliveryState.SENT, (Attempt(d.id, T0, "sent"),),
-                                escalate_at=T0 + timedelta(minutes=10))])
+    await store.record(
+        [
+            Outcome(
+                d.id,
+                DeliveryState.SENT,
+                (Attempt(d.id, T0, "sent"),),
+                escalate_at=T0 + timedelta(minutes=10),
+            )
+        ]
+    )
     assert await store.due_escalations(T0 + timedelta(minutes=9), 10) == []
     [due] = await store.due_escalations(T0 + timedelta(minutes=10), 10)
-    escalation = f.new_delivery(stmt, "+33612345678", ChannelName.SMS, contacts=contacts,
-                                escalation_of=d.id, root_id=d.id)
+    escalation = f.new_delivery(
+        stmt, "+33612345678", ChannelName.SMS, contacts=contacts, escalation_of=d.id, root_id=d.id
+    )
     assert await store.mark_escalated(due.id, escalation) is True
     assert await store.mark_escalated(due.id, escalation) is False
     assert await store.due_escalations(T0 + timedelta(hours=1), 10) == []
@@ -225,12 +264,16 @@ async def test_latest_pending_acknowledgement_by_address(store: Store) -> None:
     stmt = changes.statements[0]
     policy = DeliveryPolicy(channels=(ChannelName.SMS,), require_ack=True)
     changes.deliveries = [
-        f.new_delivery(stmt, "+33612345678", ChannelName.SMS, policy=policy,
-                       contacts={"sms": "+33612345678"}) for _ in range(2)]
+        f.new_delivery(
+            stmt, "+33612345678", ChannelName.SMS, policy=policy, contacts={"sms": "+33612345678"}
+        )
+        for _ in range(2)
+    ]
     await store.commit(changes)
     claimed = await store.claim_due("w", T0, 60, 10)
-    await store.record([Outcome(d.id, DeliveryState.SENT, (Attempt(d.id, T0, "sent"),))
-                        for d in claimed])
+    await store.record(
+        [Outcome(d.id, DeliveryState.SENT, (Attempt(d.id, T0, "sent"),)) for d in claimed]
+    )
     latest = await store.latest_ack_pending("sms", "+33612345678")
     assert latest is not None and latest.id == max(d.id for d in claimed)
     assert await store.latest_ack_pending("sms", "+33600000000") is None
@@ -241,10 +284,13 @@ async def test_statement_versions(store: Store) -> None:
     await store.commit(changes)
     old = changes.statements[0]
     new = replace(old, id="stm-new", version=2, author="press2", status=StatementStatus.DRAFT)
-    await store.commit(Changes(
-        statements=[new], statement_updates=[replace(old, status=StatementStatus.SUPERSEDED)],
-        timeline=[TimelineEntry(old.incident_id, 2, T0, "press2", "statement_edited", {})],
-    ))
+    await store.commit(
+        Changes(
+            statements=[new],
+            statement_updates=[replace(old, status=StatementStatus.SUPERSEDED)],
+            timeline=[TimelineEntry(old.incident_id, 2, T0, "press2", "statement_edited", {})],
+        )
+    )
     got = {s.id: s for s in await store.statements(old.incident_id)}
     assert got[old.id].status == StatementStatus.SUPERSEDED
     assert got["stm-new"].version == 2
@@ -256,7 +302,9 @@ async def test_matrix_counts_by_audience_channel_state(store: Store) -> None:
     [d, *_] = await store.claim_due("w", T0, 60, 1)
     await store.record([Outcome(d.id, DeliveryState.SENT, (Attempt(d.id, T0, "sent"),))])
     assert await store.delivery_matrix("INC-2023-0830-01") == [
-        ("all-staff", "email", "queued", 2), ("all-staff", "email", "sent", 1)]
+        ("all-staff", "email", "queued", 2),
+        ("all-staff", "email", "sent", 1),
+    ]
 
 
 async def test_ping(store: Store) -> None:
@@ -270,10 +318,23 @@ async def test_chain_channels(store: Store) -> None:
     changes.deliveries = [f.new_delivery(stmt, "1001", ChannelName.TELEGRAM, contacts=contacts)]
     await store.commit(changes)
     [d] = await store.claim_due("w", T0, 60, 10)
-    await store.record([Outcome(
-        d.id, DeliveryState.FAILED, (Attempt(d.id, T0, "failed"),),
-        follow_up=f.new_delivery(stmt, "+33612345678", ChannelName.SMS, contacts=contacts,
-                                 failover_of=d.id, root_id=d.id))])
+    await store.record(
+        [
+            Outcome(
+                d.id,
+                DeliveryState.FAILED,
+                (Attempt(d.id, T0, "failed"),),
+                follow_up=f.new_delivery(
+                    stmt,
+                    "+33612345678",
+                    ChannelName.SMS,
+                    contacts=contacts,
+                    failover_of=d.id,
+                    root_id=d.id,
+                ),
+            )
+        ]
+    )
     assert await store.chain_channels(d.id) == {"telegram", "sms"}
 
 
@@ -282,4 +343,5 @@ async def test_channel_health_is_kept(store: Store) -> None:
     await store.save_health("smtp:127.0.0.1:25", "down", T0, "connection refused")
     await store.save_health("smtp:127.0.0.1:25", "up", T0 + timedelta(seconds=5), None)
     assert await store.channel_health() == [
-        ("smtp:127.0.0.1:25", "up", T0 + timedelta(seconds=5), None)]
+        ("smtp:127.0.0.1:25", "up", T0 + timedelta(seconds=5), None)
+    ]

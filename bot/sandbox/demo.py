@@ -130,7 +130,7 @@ async def run_demo(console: Console, *, exit_when_done: bool, port: int = 8080) 
         incident = await story(rt, boxes, console)
         counts = await follow_fan_out(rt.store, incident, console, timeout=120)
         console.print(await report_table(rt.store, incident))
-        from bot.interfaces.cli import sites_table
+        from bot.interfaces.cli_views import sites_table
 
         console.print(await sites_table(rt, incident))
         pending = sum(n for state, n in counts.items() if state in PENDING)

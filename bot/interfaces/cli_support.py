@@ -1,0 +1,61 @@
+"""What every ``tocsin`` command shares: the Typer apps, consoles, options, helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from bot.config import Settings, load_settings
+from bot.domain.models import Actor, Role
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Tocsin: incident communication that tracks every delivery.",
+)
+templates_app = typer.Typer(no_args_is_help=True, help="Check or preview statement templates.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+app.add_typer(templates_app, name="templates")
+app.add_typer(db_app, name="db")
+status_page_app = typer.Typer(no_args_is_help=True, help="The public status page.")
+claim_app = typer.Typer(no_args_is_help=True, help="Claims made by statements.")
+app.add_typer(status_page_app, name="status-page")
+app.add_typer(claim_app, name="claim")
+
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path, typer.Option("--config", "-c", envvar="TOCSIN_CONFIG", help="Configuration file.")
+]
+AsOpt = Annotated[str | None, typer.Option("--as", help="Your name, for the timeline.")]
+DEFAULT_CONFIG = Path("tocsin.yaml")
+
+
+class BadInput(Exception):
+    """Exit 2 with this one-line reason."""
+
+
+def settings_from(path: Path) -> Settings:
+    """The validated configuration (ConfigError names the file, key and reason)."""
+    return load_settings(path)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run one command's coroutine."""
+    return asyncio.run(coro)
+
+
+def actor(name: str | None) -> Actor:
+    """Who acts from this terminal (``--as``, ``TOCSIN_USER`` or the login name)."""
+    # The CLI runs on a machine with the database: it holds every role.
+    return Actor(name or os.environ.get("TOCSIN_USER") or getpass.getuser(), Role.ADMIN)

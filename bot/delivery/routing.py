@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from bot.domain.audiences import statement_kind_for
+from bot.domain.audiences import new_follow_up, next_untried_channel, statement_kind_for
 from bot.domain.models import ChannelName, Delivery, NewDelivery, Statement
-from bot.domain.services import new_follow_up
 from bot.ports import Store
 
 
@@ -71,21 +70,13 @@ class Router:
             return None
         await self.load_event(delivery)
         tried = await self.store.chain_channels(delivery.root_id or delivery.id)
-        order = list(delivery.policy.channels)
-        start = order.index(delivery.channel) + 1 if delivery.channel in order else 0
-        for channel in order[start:] + order[:start]:
-            address = delivery.contacts.get(channel.value)
-            if (
-                channel.value in tried
-                or not address
-                or channel not in self.usable
-                or (avoid_down and self.is_down(channel, address))
-            ):
-                continue
-            statement = self.statement_like(delivery, channel)
-            if statement is not None:
-                return new_follow_up(delivery, channel, statement.id, now)
-        return None
+        channel = next_untried_channel(
+            delivery, tried, self.usable, self.is_down if avoid_down else None
+        )
+        if channel is None:
+            return None
+        statement = self.statement_like(delivery, channel)
+        return None if statement is None else new_follow_up(delivery, channel, statement.id, now)
 
     async def escalation(self, delivery: Delivery, now: datetime) -> NewDelivery | None:
         """The escalation of an unacknowledged delivery, on the policy's escalation channel."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from bot.domain.models import (
     ChannelName,
+    Delivery,
     DeliveryPolicy,
     NewDelivery,
     Statement,
@@ -169,4 +170,53 @@ def person_delivery(
         policy=audience.policy,
         ack_token=new_ack_token(),
         next_attempt_at=now,
+    )
+
+
+def next_untried_channel(
+    delivery: Delivery,
+    tried: set[str],
+    usable: frozenset[ChannelName] | None,
+    skip: Callable[[ChannelName, str], bool] | None = None,
+) -> ChannelName | None:
+    """The person's next policy channel not yet tried for this chain, starting after the
+    current one and wrapping round; ``skip`` leaves out channels known to be down."""
+    order = list(delivery.policy.channels)
+    start = order.index(delivery.channel) + 1 if delivery.channel in order else 0
+    for channel in order[start:] + order[:start]:
+        address = delivery.contacts.get(channel.value)
+        if channel.value in tried or not address:
+            continue
+        if (usable is not None and channel not in usable) or (skip and skip(channel, address)):
+            continue
+        return channel
+    return None
+
+
+def new_follow_up(
+    delivery: Delivery,
+    channel: ChannelName,
+    statement_id: str,
+    now: datetime,
+    *,
+    escalation: bool = False,
+) -> NewDelivery:
+    """The same recipient on another channel: a failover (or an escalation) of ``delivery``."""
+    return NewDelivery(
+        incident_id=delivery.incident_id,
+        seq=delivery.seq,
+        statement_id=statement_id,
+        audience=delivery.audience,
+        recipient=delivery.recipient,
+        channel=channel,
+        address=delivery.contacts[channel.value],
+        locale=delivery.locale,
+        site=delivery.site,
+        contacts=delivery.contacts,
+        policy=delivery.policy,
+        ack_token=new_ack_token(),
+        next_attempt_at=now,
+        failover_of=None if escalation else delivery.id,
+        escalation_of=delivery.id if escalation else None,
+        root_id=delivery.root_id or delivery.id,
     )

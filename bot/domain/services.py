@@ -7,18 +7,16 @@ statements and every delivery they imply in one transaction: nothing is sent bef
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot.domain.acknowledgements import Acknowledgements
 from bot.domain.audiences import (
     Audience,
     StatementIndex,
-    new_ack_token,
-    next_channel,
     plan_deliveries,
-    statement_kind_for,
 )
 from bot.domain.claims import ClaimsRegistry, ClaimView
 from bot.domain.declarations import IncidentDraft, parse_status
@@ -31,61 +29,17 @@ from bot.domain.models import (
     DeliveryState,
     Incident,
     IncidentStatus,
-    NewDelivery,
     Role,
     Statement,
     StatementKind,
     StatementStatus,
     TimelineEntry,
 )
+from bot.domain.statement_context import OrganisationInfo, Renderer, incident_context
 from bot.domain.statements import PressDesk, new_statement_id
 from bot.ports import Changes, Clock, Store
 
-
-class Renderer(Protocol):
-    """What the services need from the template renderer."""
-
-    def render(
-        self, kind: StatementKind, event: str, locale: str, context: Mapping[str, Any]
-    ) -> dict[str, str]: ...
-
-    def bodies_from_text(self, kind: StatementKind, text: str, subject: str) -> dict[str, str]: ...
-
-    def claim_text(self, key: str, locale: str) -> str: ...
-
-    def known_claim(self, key: str) -> bool: ...
-
-
-@dataclass(frozen=True)
-class OrganisationInfo:
-    """The organisation as statements present it."""
-
-    name: str
-    locale: str
-    locales: tuple[str, ...]
-    timezone: str
-
-
-def incident_context(incident: Incident, org: OrganisationInfo) -> dict[str, Any]:
-    """The template context describing an incident."""
-    return {
-        "org": {"name": org.name, "locale": org.locale, "timezone": org.timezone},
-        "incident": {
-            "id": incident.id,
-            "title": incident.title,
-            "systems": list(incident.systems),
-            "unaffected": list(incident.unaffected),
-            "impact": list(incident.impact),
-            "sites": list(incident.sites),
-            "severity": incident.severity.value,
-            "status": incident.status.value,
-            "cause": incident.cause,
-            "declared_at": incident.created_at,
-            "updated_at": incident.updated_at,
-            "resolved_at": incident.resolved_at,
-            "declared_by": incident.declared_by,
-        },
-    }
+__all__ = ["IncidentService", "OrganisationInfo", "Renderer", "incident_context"]
 
 
 class IncidentService:
@@ -347,25 +301,14 @@ class IncidentService:
         return await ClaimsRegistry(self).retract(actor, incident_id, key, reason)
 
     async def acknowledge(self, token: str, by: str) -> Delivery:
-        """Acknowledge the delivery behind an opaque token; pressing twice changes nothing."""
-        delivery = await self.store.find_by_ack_token(token)
-        if delivery is None:
-            raise NotFound("unknown or expired acknowledgement link")
-        await self.store.acknowledge(delivery.id, by, self.clock.now())
-        refreshed = await self.store.get_delivery(delivery.id)
-        assert refreshed is not None
-        return refreshed
+        """Acknowledge the delivery behind an opaque token (see :mod:`acknowledgements`)."""
+        return await Acknowledgements(self).by_token(token, by)
 
     async def acknowledge_by_reply(
         self, channel: ChannelName, address: str, by: str
     ) -> Delivery | None:
-        """An "OK" reply from a known address acknowledges that person's latest pending
-        delivery on that channel; None when there is nothing to acknowledge."""
-        delivery = await self.store.latest_ack_pending(channel.value, address)
-        if delivery is None:
-            return None
-        await self.store.acknowledge(delivery.id, by, self.clock.now())
-        return await self.store.get_delivery(delivery.id)
+        """An "OK" reply from a known address (see :mod:`acknowledgements`)."""
+        return await Acknowledgements(self).by_reply(channel, address, by)
 
     async def delivery_report(
         self,
@@ -376,34 +319,9 @@ class IncidentService:
         code: str | None = None,
         error: str | None = None,
     ) -> Delivery | None:
-        """A provider's delivery report (SMS DLR, status callback). States only move forward;
-        a failure report of a person's message fails over to their next channel."""
-        delivery = await self.store.find_by_ack_token(token)
-        if delivery is None:
-            return None
-        now = self.clock.now()
-        moved = await self.store.advance(delivery.id, state, outcome, now, code, error)
-        if moved and state == DeliveryState.FAILED and delivery.is_member:
-            await self._fail_over(delivery, now)
-        return await self.store.get_delivery(delivery.id)
-
-    async def _fail_over(self, delivery: Delivery, now: datetime) -> None:
-        channel = next_channel(
-            delivery.policy, delivery.contacts, delivery.channel, self.usable_channels
-        )
-        if channel is None:
-            return
-        kind = statement_kind_for(channel, delivery.policy.kind)
-        same_event = [
-            s
-            for s in await self.store.statements(delivery.incident_id)
-            if s.seq == delivery.seq and s.kind == kind and s.locale == delivery.locale
-        ]
-        if not same_event:
-            return
-        statement = max(same_event, key=lambda s: s.version)
-        await self.store.commit(
-            Changes(deliveries=[new_follow_up(delivery, channel, statement.id, now)])
+        """A provider's delivery report (see :mod:`acknowledgements`)."""
+        return await Acknowledgements(self).report(
+            token, state, outcome=outcome, code=code, error=error
         )
 
     # --- helpers -----------------------------------------------------------------------
@@ -501,32 +419,3 @@ class IncidentService:
             raise Conflict(f"{incident.id} is already resolved")
         if incident.status == IncidentStatus.DRAFT:
             raise Conflict(f"{incident.id} is a draft: confirm it first")
-
-
-def new_follow_up(
-    delivery: Delivery,
-    channel: ChannelName,
-    statement_id: str,
-    now: datetime,
-    *,
-    escalation: bool = False,
-) -> NewDelivery:
-    """The same recipient on another channel: a failover (or an escalation) of ``delivery``."""
-    return NewDelivery(
-        incident_id=delivery.incident_id,
-        seq=delivery.seq,
-        statement_id=statement_id,
-        audience=delivery.audience,
-        recipient=delivery.recipient,
-        channel=channel,
-        address=delivery.contacts[channel.value],
-        locale=delivery.locale,
-        site=delivery.site,
-        contacts=delivery.contacts,
-        policy=delivery.policy,
-        ack_token=new_ack_token(),
-        next_attempt_at=now,
-        failover_of=None if escalation else delivery.id,
-        escalation_of=delivery.id if escalation else None,
-        root_id=delivery.root_id or delivery.id,
-    )

@@ -1,0 +1,81 @@
+"""Acknowledgements and provider delivery reports.
+
+A person confirms reading through a link, a button or an "OK" reply; a provider reports that
+a message was delivered or failed. States only move forward, and a failure report of a
+person's message fails over to their next channel.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from bot.domain.audiences import new_follow_up, next_untried_channel, statement_kind_for
+from bot.domain.errors import NotFound
+from bot.domain.models import ChannelName, Delivery, DeliveryState
+from bot.ports import Changes
+
+if TYPE_CHECKING:
+    from bot.domain.services import IncidentService
+
+
+class Acknowledgements:
+    """Acknowledgements and reports, over the incident service's store and clock."""
+
+    def __init__(self, service: IncidentService) -> None:
+        self.service = service
+        self.store = service.store
+
+    async def by_token(self, token: str, by: str) -> Delivery:
+        """Acknowledge the delivery behind an opaque token; pressing twice changes nothing."""
+        delivery = await self.store.find_by_ack_token(token)
+        if delivery is None:
+            raise NotFound("unknown or expired acknowledgement link")
+        await self.store.acknowledge(delivery.id, by, self.service.clock.now())
+        refreshed = await self.store.get_delivery(delivery.id)
+        assert refreshed is not None
+        return refreshed
+
+    async def by_reply(self, channel: ChannelName, address: str, by: str) -> Delivery | None:
+        """An "OK" reply from a known address acknowledges that person's latest pending
+        delivery on that channel; None when there is nothing to acknowledge."""
+        delivery = await self.store.latest_ack_pending(channel.value, address)
+        if delivery is None:
+            return None
+        await self.store.acknowledge(delivery.id, by, self.service.clock.now())
+        return await self.store.get_delivery(delivery.id)
+
+    async def report(
+        self,
+        token: str,
+        state: DeliveryState,
+        *,
+        outcome: str,
+        code: str | None = None,
+        error: str | None = None,
+    ) -> Delivery | None:
+        """A provider's delivery report (SMS DLR, status callback)."""
+        delivery = await self.store.find_by_ack_token(token)
+        if delivery is None:
+            return None
+        now = self.service.clock.now()
+        moved = await self.store.advance(delivery.id, state, outcome, now, code, error)
+        if moved and state == DeliveryState.FAILED and delivery.is_member:
+            await self._fail_over(delivery, now)
+        return await self.store.get_delivery(delivery.id)
+
+    async def _fail_over(self, delivery: Delivery, now: datetime) -> None:
+        tried = await self.store.chain_channels(delivery.root_id or delivery.id)
+        channel = next_untried_channel(delivery, tried, self.service.usable_channels)
+        if channel is None:
+            return
+        kind = statement_kind_for(channel, delivery.policy.kind)
+        same_event = [
+            s
+            for s in await self.store.statements(delivery.incident_id)
+            if s.seq == delivery.seq and s.kind == kind and s.locale == delivery.locale
+        ]
+        if same_event:
+            statement = max(same_event, key=lambda s: s.version)
+            follow_up = new_follow_up(delivery, channel, statement.id, now)
+            await self.store.commit(Changes(deliveries=[follow_up]))

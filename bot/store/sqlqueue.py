@@ -1,0 +1,250 @@
+"""The delivery work queue in SQL: claims with leases, outcomes, releases, provider reports,
+acknowledgements, escalations and channel health."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from bot.domain.models import (
+    PENDING_STATES,
+    PROGRESS_RANK,
+    Delivery,
+    DeliveryState,
+    NewDelivery,
+    Outcome,
+)
+from bot.store import rows
+from bot.store.sqlbase import _ACKABLE, _INSERT_ATTEMPT, _PENDING, SqlBase, _placeholders
+
+_RECORD = """
+UPDATE deliveries SET
+    state = CASE WHEN state = 'sending' THEN ? ELSE state END,
+    attempts = attempts + ?,
+    provider_id = COALESCE(?, provider_id),
+    last_error = ?,
+    next_attempt_at = ?,
+    due_at = CASE WHEN state = 'sending' THEN ? ELSE due_at END,
+    escalate_at = COALESCE(?, escalate_at),
+    lease_owner = NULL, lease_until = NULL, updated_at = ?
+WHERE id = ?
+"""
+
+
+def _last(outcome: Outcome, name: str) -> Any:
+    return getattr(outcome.attempts[-1], name) if outcome.attempts else None
+
+
+class SqlQueue(SqlBase):
+    """The queue half of the Store contract."""
+
+    async def claim_due(
+        self, worker: str, now: datetime, lease_seconds: float, limit: int
+    ) -> list[Delivery]:
+        at = now.timestamp()
+        until = at + lease_seconds
+        async with self.transaction() as conn:
+            found = await conn.fetch(self.claim_sql, worker, until, until, at, at, limit)
+        return sorted((rows.delivery_from(r) for r in found), key=lambda d: d.id)
+
+    async def record(self, outcomes: Sequence[Outcome]) -> int:
+        if not outcomes:
+            return 0
+        now = datetime.now().timestamp()  # noqa: DTZ005
+        async with self.transaction() as conn:
+            await conn.executemany(
+                _RECORD,
+                [
+                    (
+                        o.state.value,
+                        len(o.attempts) if o.count_attempt else 0,
+                        _last(o, "provider_id"),
+                        _last(o, "error"),
+                        rows.ts(o.next_attempt_at),
+                        rows.ts(o.next_attempt_at) if o.state in PENDING_STATES else None,
+                        rows.ts(o.escalate_at),
+                        now,
+                        o.delivery_id,
+                    )
+                    for o in outcomes
+                ],
+            )
+            await conn.executemany(
+                _INSERT_ATTEMPT,
+                [
+                    (o.delivery_id, rows.ts(a.at), a.outcome, a.provider_id, a.error, a.code)
+                    for o in outcomes
+                    for a in o.attempts
+                ],
+            )
+            follow_ups = [o.follow_up for o in outcomes if o.follow_up is not None]
+            await self._insert_deliveries(conn, follow_ups, now)
+            if follow_ups or any(o.state in PENDING_STATES for o in outcomes):
+                await self._notify(conn)
+        if follow_ups:
+            self._work.set()
+        return len(follow_ups)
+
+    async def release(self, delivery_ids: Sequence[int], worker: str, at: datetime) -> None:
+        if not delivery_ids:
+            return
+        due = at.timestamp()
+        async with self.transaction() as conn:
+            await conn.executemany(
+                "UPDATE deliveries SET state = CASE WHEN attempts > 0 THEN 'retrying' "
+                "ELSE 'queued' END, due_at = ?, next_attempt_at = ?, lease_owner = NULL, "
+                "lease_until = NULL WHERE id = ? AND state = 'sending' AND lease_owner = ?",
+                [(due, due, i, worker) for i in delivery_ids],
+            )
+
+    async def advance(
+        self,
+        delivery_id: int,
+        state: DeliveryState,
+        attempt_outcome: str,
+        at: datetime,
+        code: str | None = None,
+        error: str | None = None,
+    ) -> bool:
+        lower = [s.value for s, rank in PROGRESS_RANK.items() if rank < PROGRESS_RANK[state]]
+        moved: int
+        async with self.transaction() as conn:
+            if state == DeliveryState.FAILED:
+                # A provider's failure report only counts for a message it had accepted.
+                lower = [DeliveryState.SENT.value, DeliveryState.SENDING.value]
+            moved = await conn.execute(
+                f"UPDATE deliveries SET state = ?, last_error = COALESCE(?, last_error), "
+                f"due_at = NULL, updated_at = ? WHERE id = ? AND state IN "
+                f"({_placeholders(len(lower))})",
+                state.value,
+                error,
+                at.timestamp(),
+                delivery_id,
+                *lower,
+            )
+            await conn.execute(
+                _INSERT_ATTEMPT, delivery_id, at.timestamp(), attempt_outcome, None, error, code
+            )
+        return moved > 0
+
+    async def acknowledge(self, delivery_id: int, by: str, at: datetime) -> bool:
+        stamp = at.timestamp()
+        async with self.transaction() as conn:
+            found = await conn.fetch(
+                "SELECT id, root_id, state FROM deliveries WHERE id = ?", delivery_id
+            )
+            if not found or found[0]["state"] not in (*_ACKABLE, DeliveryState.SENDING.value):
+                return False
+            root = found[0]["root_id"] or delivery_id
+            await conn.execute(
+                "UPDATE deliveries SET state = 'acknowledged', acknowledged_by = ?, "
+                "acknowledged_at = ?, due_at = NULL, updated_at = ? WHERE id = ?",
+                by,
+                stamp,
+                stamp,
+                delivery_id,
+            )
+            # The rest of this person's chain (failovers, escalations) is settled too.
+            await conn.execute(
+                "UPDATE deliveries SET state = 'acknowledged', acknowledged_by = ?, "
+                "acknowledged_at = ?, updated_at = ? WHERE (id = ? OR root_id = ?) "
+                "AND id <> ? AND state IN ('sent', 'delivered')",
+                by,
+                stamp,
+                stamp,
+                root,
+                root,
+                delivery_id,
+            )
+            await conn.execute(
+                "UPDATE deliveries SET state = 'cancelled', due_at = NULL, updated_at = ? "
+                "WHERE (id = ? OR root_id = ?) AND id <> ? AND state IN ('queued', 'retrying')",
+                stamp,
+                root,
+                root,
+                delivery_id,
+            )
+            await conn.execute(
+                _INSERT_ATTEMPT, delivery_id, stamp, "acknowledged", None, None, None
+            )
+        return True
+
+    async def due_escalations(self, now: datetime, limit: int) -> list[Delivery]:
+        async with self.reading() as conn:
+            found = await conn.fetch(
+                "SELECT * FROM deliveries WHERE escalated = 0 AND escalate_at <= ? "
+                "AND state IN ('sent', 'delivered') ORDER BY escalate_at LIMIT ?",
+                now.timestamp(),
+                limit,
+            )
+        return [rows.delivery_from(r) for r in found]
+
+    async def mark_escalated(self, delivery_id: int, follow_up: NewDelivery) -> bool:
+        now = datetime.now().timestamp()  # noqa: DTZ005
+        async with self.transaction() as conn:
+            changed = await conn.execute(
+                "UPDATE deliveries SET escalated = 1, updated_at = ? WHERE id = ? "
+                "AND escalated = 0 AND state IN ('sent', 'delivered')",
+                now,
+                delivery_id,
+            )
+            if not changed:
+                return False
+            await self._insert_deliveries(conn, [follow_up], now)
+            await self._notify(conn)
+        self._work.set()
+        return True
+
+    async def chain_channels(self, root_id: int) -> set[str]:
+        found = await self._many(
+            "SELECT DISTINCT channel FROM deliveries WHERE id = ? OR root_id = ?",
+            root_id,
+            root_id,
+        )
+        return {r["channel"] for r in found}
+
+    async def latest_ack_pending(self, channel: str, address: str) -> Delivery | None:
+        row = await self._one(
+            "SELECT * FROM deliveries WHERE channel = ? AND address = ? "
+            "AND state IN ('sent', 'delivered') AND policy LIKE '%\"require_ack\":true%' "
+            "ORDER BY id DESC LIMIT 1",
+            channel,
+            address,
+        )
+        return rows.delivery_from(row) if row else None
+
+    async def save_health(self, name: str, state: str, since: datetime, detail: str | None) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO channel_health (name, state, since, detail) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET state = excluded.state, "
+                "since = excluded.since, detail = excluded.detail",
+                name,
+                state,
+                since.timestamp(),
+                detail,
+            )
+
+    async def channel_health(self) -> list[tuple[str, str, datetime, str | None]]:
+        found = await self._many("SELECT * FROM channel_health ORDER BY name")
+        return [(r["name"], r["state"], rows._dt(r["since"]), r["detail"]) for r in found]
+
+    async def pending_count(self, incident_id: str | None = None) -> int:
+        states = _placeholders(len(_PENDING))
+        if incident_id is None:
+            row = await self._one(
+                f"SELECT COUNT(*) AS n FROM deliveries WHERE state IN ({states})", *_PENDING
+            )
+        else:
+            row = await self._one(
+                f"SELECT COUNT(*) AS n FROM deliveries WHERE incident_id = ? "
+                f"AND state IN ({states})",
+                incident_id,
+                *_PENDING,
+            )
+        return int(row["n"]) if row else 0
+
+    async def find_by_ack_token(self, token: str) -> Delivery | None:
+        row = await self._one("SELECT * FROM deliveries WHERE ack_token = ?", token)
+        return rows.delivery_from(row) if row else None

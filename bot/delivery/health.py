@@ -8,9 +8,10 @@ through as a probe; its success closes the breaker, its failure opens it again.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 
 class HealthState(StrEnum):
@@ -136,3 +137,63 @@ class CircuitBreakers:
     def snapshot(self) -> list[ProviderHealth]:
         """Every provider seen so far."""
         return sorted(self._providers.values(), key=lambda h: h.name)
+
+
+class OutageLog:
+    """What the incident timelines and the store must learn about provider health.
+
+    Health changes are saved for ``tocsin status`` and the API; re-routed deliveries are
+    counted per incident: the first re-routing is noted at once (``channel_down``), and one
+    summary with the counts (``rerouted``) when the provider is back."""
+
+    def __init__(self) -> None:
+        self._changed: dict[str, ProviderHealth] = {}
+        self._rerouted: dict[tuple[str, str], dict[str, int]] = {}
+        self._noted: set[tuple[str, str]] = set()
+
+    def health_changed(self, health: ProviderHealth) -> None:
+        self._changed[health.name] = replace(health)
+
+    def rerouted(self, incident_id: str, provider: str, to: str) -> None:
+        moved = self._rerouted.setdefault((incident_id, provider), {})
+        moved[to] = moved.get(to, 0) + 1
+
+    def take_changes(self) -> list[ProviderHealth]:
+        changed, self._changed = self._changed, {}
+        return list(changed.values())
+
+    def take_notes(self, providers: list[ProviderHealth]) -> list[tuple[str, str, dict[str, Any]]]:
+        """Timeline notes due now: (incident id, action, detail)."""
+        states = {h.name: h for h in providers}
+        notes: list[tuple[str, str, dict[str, Any]]] = []
+        for key, moved in list(self._rerouted.items()):
+            incident_id, provider = key
+            health = states.get(provider)
+            if key not in self._noted:
+                self._noted.add(key)
+                notes.append(
+                    (
+                        incident_id,
+                        "channel_down",
+                        {
+                            "provider": provider,
+                            "since": health.since.isoformat() if health else None,
+                            "rerouted_to": sorted(moved),
+                        },
+                    )
+                )
+            if health is None or health.state == HealthState.UP:
+                del self._rerouted[key]
+                self._noted.discard(key)
+                notes.append(
+                    (
+                        incident_id,
+                        "rerouted",
+                        {
+                            "provider": provider,
+                            "to": moved,
+                            "count": sum(moved.values()),
+                        },
+                    )
+                )
+        return notes

@@ -17,8 +17,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from bot.delivery.health import Admission, CircuitBreakers, HealthState, ProviderHealth
-from bot.delivery.ratelimit import Limit, RateLimiter
+from bot.delivery.health import Admission, CircuitBreakers, OutageLog, ProviderHealth
+from bot.delivery.outbound import destination_key, limits_for, message_for
+from bot.delivery.ratelimit import RateLimiter
 from bot.delivery.retry import RetryPolicy, with_quick_retries
 from bot.delivery.routing import Router
 from bot.domain.errors import PermanentError, TransientError, UnknownOutcome
@@ -88,9 +89,7 @@ class Dispatcher:
         self.alive_at: datetime | None = None
         self._outcomes: list[tuple[Delivery, Outcome]] = []
         self._released: list[tuple[int, datetime]] = []
-        self._health_dirty: dict[str, ProviderHealth] = {}
-        self._rerouted: dict[tuple[str, str], dict[str, int]] = {}
-        self._outage_noted: set[tuple[str, str]] = set()
+        self.outages = OutageLog()
         self._inflight: set[asyncio.Task[None]] = set()
         self._progress = asyncio.Event()
         self._next_escalation_scan = 0.0
@@ -215,46 +214,16 @@ class Dispatcher:
         await self._flush_health()
 
     async def _flush_health(self) -> None:
-        dirty, self._health_dirty = self._health_dirty, {}
-        for health in dirty.values():
+        for health in self.outages.take_changes():
             await self.store.save_health(
                 health.name, health.state.value, health.since, health.last_error
             )
-        if self.timeline_note is None:
-            return
-        providers = {h.name: h for h in self.breakers.snapshot()}
-        for key, moved in list(self._rerouted.items()):
-            incident_id, provider = key
-            state = providers.get(provider)
-            down = state is not None and state.state != HealthState.UP
-            if key not in self._outage_noted:
-                # First re-routing for this incident: say so at once.
-                self._outage_noted.add(key)
-                await self.timeline_note(
-                    incident_id,
-                    "channel_down",
-                    {
-                        "provider": provider,
-                        "since": state.since.isoformat() if state else None,
-                        "rerouted_to": sorted(moved),
-                    },
-                )
-            if not down:
-                # The provider is back: one summary of everything moved while it was down.
-                del self._rerouted[key]
-                self._outage_noted.discard(key)
-                await self.timeline_note(
-                    incident_id,
-                    "rerouted",
-                    {
-                        "provider": provider,
-                        "to": moved,
-                        "count": sum(moved.values()),
-                    },
-                )
+        if self.timeline_note is not None:
+            for incident_id, action, detail in self.outages.take_notes(self.breakers.snapshot()):
+                await self.timeline_note(incident_id, action, detail)
 
     def _health_changed(self, health: ProviderHealth) -> None:
-        self._health_dirty[health.name] = replace(health)
+        self.outages.health_changed(health)
         log.warning("provider %s is %s", health.name, health.state.value)
 
     def _channel_down(self, channel: ChannelName, address: str) -> bool:
@@ -262,45 +231,9 @@ class Dispatcher:
         return adapter is None or self.breakers.is_down(adapter.provider_key(address))
 
     # --- one delivery --------------------------------------------------------------
-    def _limits(self, channel: Channel, delivery: Delivery) -> list[Limit]:
-        limits = [
-            Limit(f"provider:{channel.provider_key(delivery.address)}", channel.rate, channel.burst)
-        ]
-        rate: float | None = channel.destination_rate
-        burst = channel.destination_burst
-        per_destination = getattr(channel, "destination_limit", None)
-        if rate and per_destination is not None:
-            rate, burst = per_destination(delivery.address)  # e.g. Telegram groups: 20/min
-        if rate:
-            limits.append(Limit(f"dest:{delivery.channel.value}:{delivery.address}", rate, burst))
-        return limits
-
     def message_for(self, delivery: Delivery, statement: Statement) -> OutboundMessage:
         """The outbound message of one delivery."""
-        bodies = statement.bodies
-        require_ack = delivery.policy.require_ack and delivery.is_member
-        if require_ack and "sms_ack" in bodies:
-            bodies = {**bodies, "sms": bodies["sms_ack"]}
-        return OutboundMessage(
-            delivery_id=delivery.id,
-            channel=delivery.channel,
-            address=delivery.address,
-            recipient=delivery.recipient,
-            locale=delivery.locale,
-            bodies=bodies,
-            require_ack=require_ack,
-            ack_token=delivery.ack_token,
-            ack_url=f"{self.public_url}/ack/{delivery.ack_token}" if require_ack else None,
-            status_url=self.public_url,
-            idempotency_key=f"tocsin-{delivery.id}-{delivery.ack_token[:8]}",
-            labels={
-                "incident": delivery.incident_id,
-                "audience": delivery.audience,
-                "kind": statement.kind.value,
-            },
-            attempt=delivery.attempts,
-            queued_at=delivery.created_at,
-        )
+        return message_for(delivery, statement, self.public_url)
 
     async def _process(self, delivery: Delivery) -> None:
         now = self.clock.now()
@@ -320,7 +253,7 @@ class Dispatcher:
             await self._blocked(delivery, provider, now)
             return
         wait = self.limiter.reserve(
-            self._limits(channel, delivery), max_wait=self.config.inline_wait_max
+            limits_for(channel, delivery), max_wait=self.config.inline_wait_max
         )
         if wait > self.config.inline_wait_max:
             if admission == Admission.PROBE:
@@ -398,8 +331,7 @@ class Dispatcher:
         self._emit(
             delivery, Outcome(delivery.id, DeliveryState.FAILED, (attempt,), follow_up=follow_up)
         )
-        moved = self._rerouted.setdefault((delivery.incident_id, provider), {})
-        moved[follow_up.channel.value] = moved.get(follow_up.channel.value, 0) + 1
+        self.outages.rerouted(delivery.incident_id, provider, follow_up.channel.value)
 
     def _attempt(self, delivery: Delivery, exc: BaseException) -> Attempt:
         outcome = (
@@ -439,7 +371,7 @@ class Dispatcher:
         if retry_after is not None and isinstance(exc, TransientError):
             per_destination = exc.scope == "destination" and channel.destination_rate
             key = (
-                f"dest:{delivery.channel.value}:{delivery.address}"
+                destination_key(delivery)
                 if per_destination
                 else f"provider:{channel.provider_key(delivery.address)}"
             )

@@ -1,0 +1,55 @@
+"""From a claimed delivery to what a channel sends: the message and the buckets it passes."""
+
+from __future__ import annotations
+
+from bot.delivery.ratelimit import Limit
+from bot.domain.models import Delivery, Statement
+from bot.ports import Channel, OutboundMessage
+
+
+def limits_for(channel: Channel, delivery: Delivery) -> list[Limit]:
+    """The provider bucket, and the destination bucket when the channel limits each one."""
+    limits = [
+        Limit(f"provider:{channel.provider_key(delivery.address)}", channel.rate, channel.burst)
+    ]
+    rate: float | None = channel.destination_rate
+    burst = channel.destination_burst
+    per_destination = getattr(channel, "destination_limit", None)
+    if rate and per_destination is not None:
+        rate, burst = per_destination(delivery.address)  # e.g. Telegram groups: 20/min
+    if rate:
+        limits.append(Limit(destination_key(delivery), rate, burst))
+    return limits
+
+
+def destination_key(delivery: Delivery) -> str:
+    """The rate-limit bucket of one chat, channel, number or URL."""
+    return f"dest:{delivery.channel.value}:{delivery.address}"
+
+
+def message_for(delivery: Delivery, statement: Statement, public_url: str) -> OutboundMessage:
+    """The outbound message of one delivery."""
+    bodies = statement.bodies
+    require_ack = delivery.policy.require_ack and delivery.is_member
+    if require_ack and "sms_ack" in bodies:
+        bodies = {**bodies, "sms": bodies["sms_ack"]}  # the SMS that asks for "OK"
+    return OutboundMessage(
+        delivery_id=delivery.id,
+        channel=delivery.channel,
+        address=delivery.address,
+        recipient=delivery.recipient,
+        locale=delivery.locale,
+        bodies=bodies,
+        require_ack=require_ack,
+        ack_token=delivery.ack_token,
+        ack_url=f"{public_url}/ack/{delivery.ack_token}" if require_ack else None,
+        status_url=public_url,
+        idempotency_key=f"tocsin-{delivery.id}-{delivery.ack_token[:8]}",
+        labels={
+            "incident": delivery.incident_id,
+            "audience": delivery.audience,
+            "kind": statement.kind.value,
+        },
+        attempt=delivery.attempts,
+        queued_at=delivery.created_at,
+    )

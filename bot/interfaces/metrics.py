@@ -34,6 +34,7 @@ class StoreSnapshot:
     deliveries: Mapping[tuple[str, str], int] = field(default_factory=dict)
     incidents: Mapping[str, int] = field(default_factory=dict)
     queue_depth: int = 0
+    providers: dict[str, str] = field(default_factory=dict)
 
 
 class _LiveCollector(Collector):
@@ -60,6 +61,14 @@ class _LiveCollector(Collector):
         for status in IncidentStatus:
             incidents.add_metric([status.value], self.snapshot.incidents.get(status.value, 0))
         yield incidents
+        health = GaugeMetricFamily(
+            "tocsin_provider_up",
+            "1 while a provider answers, 0 while its circuit breaker is open or probing.",
+            labels=["provider"],
+        )
+        for provider, state in sorted(self.snapshot.providers.items()):
+            health.add_metric([provider], 1.0 if state == "up" else 0.0)
+        yield health
         yield GaugeMetricFamily(
             "tocsin_queue_depth",
             "Deliveries queued, sending or retrying (all incidents).",
@@ -147,7 +156,8 @@ class Metrics:
             for _, channel, state, count in await runtime.store.delivery_matrix(incident.id):
                 deliveries[(channel, state)] = deliveries.get((channel, state), 0) + count
         depth = await runtime.store.pending_count()
-        self.live.snapshot = StoreSnapshot(deliveries, incidents, depth)
+        providers = {name: state for name, state, _, _ in await runtime.store.channel_health()}
+        self.live.snapshot = StoreSnapshot(deliveries, incidents, depth, providers)
 
 
 METRICS = web.AppKey("metrics", Metrics)

@@ -16,7 +16,7 @@ from bot.sandbox.webhook_sink import WebhookSink
 from bot.store.memory import MemoryStore
 from tests import factories
 from tests.interfaces.api_support import Api, auth, base_config
-from tests.interfaces.web_support import running_web
+from tests.interfaces.web_support import log_in, running_web
 
 ORBIS = {"title": "Orbis indisponible", "systems": ["Orbis"], "severity": "critical"}
 
@@ -121,3 +121,20 @@ async def test_each_app_has_its_own_registry(monkeypatch: pytest.MonkeyPatch) ->
         assert response.status == 201
         assert (await scrape(first))[("tocsin_queue_depth", ())] == 3
         assert (await scrape(second))[("tocsin_queue_depth", ())] == 0
+
+
+async def test_provider_health_is_a_gauge_and_on_the_dashboard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with running_web(monkeypatch) as api:
+        store = api.runtime.store
+        await store.save_health("smtp:127.0.0.1:25", "down", factories.T0, "connection refused")
+        await store.save_health("slack", "up", factories.T0, None)
+        scraped = await scrape(api)
+        assert scraped[("tocsin_provider_up", (("provider", "smtp:127.0.0.1:25"),))] == 0
+        assert scraped[("tocsin_provider_up", (("provider", "slack"),))] == 1
+        await log_in(api.client, "viewer")
+        home = await (await api.client.get("/")).text()
+        row = home[home.index('data-provider="smtp:127.0.0.1:25"') :]
+        assert ">down<" in row[: row.index("</tr>")]
+        assert "connection refused" in row[: row.index("</tr>")]

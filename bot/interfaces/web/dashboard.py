@@ -115,7 +115,10 @@ async def index(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     incidents = await runtime.store.list_incidents(Page(limit=200))
     pending = {i.id: await runtime.store.pending_count(i.id) for i in incidents[:50]}
-    return session.render(request, "index.html.j2", incidents=incidents, pending=pending)
+    health = await runtime.store.channel_health()
+    return session.render(
+        request, "index.html.j2", incidents=incidents, pending=pending, health=health
+    )
 
 
 async def incident_page(request: web.Request) -> web.StreamResponse:

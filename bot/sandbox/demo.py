@@ -133,6 +133,7 @@ async def run_demo(console: Console, *, exit_when_done: bool, port: int = 8080) 
         from bot.interfaces.cli_views import sites_table
 
         console.print(await sites_table(rt, incident))
+        await print_report(rt, incident, console)
         pending = sum(n for state, n in counts.items() if state in PENDING)
         if exit_when_done:
             return 0 if pending == 0 else 1
@@ -189,6 +190,23 @@ async def story(rt: Runtime, boxes: Sandboxes, console: Console) -> str:
     await boxes.smtp.start()
     console.print("   e-mail is back: the lists resume")
     return incident
+
+
+async def print_report(rt: Runtime, incident: str, console: Console) -> None:
+    """The post-incident report's headline figures."""
+    from bot.domain.report import build_report
+
+    report = await build_report(rt.service, incident)
+    d = report["deliveries"]
+    firsts = [g["first_delivery_s"] for g in d["groups"] if g["first_delivery_s"] is not None]
+    console.print(
+        f"Post-incident report: {d['total']} deliveries, {d['failovers']} failovers "
+        f"({d['rerouted']} re-routed around the e-mail outage), {d['escalations']} "
+        f"escalations, {len(report['approvals'])} approvals, "
+        f"{sum(c['status'] == 'retracted' for c in report['claims'])} claim retracted; "
+        f"first delivery after {min(firsts, default=0):.1f} s. While the demo runs: "
+        f"{rt.settings.server.public_url}/api/v1/incidents/{incident}/report?format=html"
+    )
 
 
 async def rerouted(rt: Runtime, incident: str) -> bool:

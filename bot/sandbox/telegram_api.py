@@ -16,82 +16,48 @@ Failures are programmed per chat::
 
 ``press_ack`` plays a department head pressing "Pris en compte" on the latest message of their
 chat: it builds the callback-query update Telegram would send and POSTs it to the webhook with
-the secret header. ``message_update``/``callback_update`` build such updates for other uses.
+the secret header. ``message_update``/``callback_update`` build such updates for other uses
+(see :mod:`bot.sandbox.telegram_updates`, which also holds the failure and message types).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import inspect
-import itertools
 import json
-import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from http import HTTPStatus
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
-MAX_LENGTH = 4096
-_ALLOWED_TAGS = frozenset(
-    {
-        "b",
-        "strong",
-        "i",
-        "em",
-        "u",
-        "ins",
-        "s",
-        "strike",
-        "del",
-        "span",
-        "tg-spoiler",
-        "a",
-        "code",
-        "pre",
-        "blockquote",
-        "tg-emoji",
-    }
+from bot.sandbox.telegram_updates import (
+    MAX_LENGTH,
+    SECRET_HEADER,
+    ApiError,
+    Failure,
+    SentMessage,
+    TelegramUpdates,
+    buttons,
+    message_text,
+    visible_text,
 )
-_HTML = re.compile(
-    r"<(/?)([A-Za-z][\w-]*)((?:\s[^<>]*)?)>|&(#x[0-9a-fA-F]+|#\d+|lt|gt|amp|quot);|([<&])|([^<&]+)"
-)
+
+__all__ = [
+    "MAX_LENGTH",
+    "SECRET_HEADER",
+    "ApiCall",
+    "ApiError",
+    "Failure",
+    "SentMessage",
+    "TelegramSandbox",
+    "visible_text",
+]
+
 _JSON_PARAMS = frozenset({"reply_markup", "link_preview_options", "allowed_updates", "entities"})
-
-
-@dataclass(frozen=True)
-class Failure:
-    """An error answer the stand-in gives instead of doing the call."""
-
-    status: int
-    description: str
-    retry_after: int | None = None
-
-    @classmethod
-    def flood(cls, retry_after: int = 5) -> Failure:
-        """429 with ``parameters.retry_after``, as Telegram's flood control answers."""
-        return cls(429, f"Too Many Requests: retry after {retry_after}", retry_after)
-
-    @classmethod
-    def blocked(cls) -> Failure:
-        """403: the person blocked the bot."""
-        return cls(403, "Forbidden: bot was blocked by the user")
-
-    @classmethod
-    def chat_not_found(cls) -> Failure:
-        """400: no such chat (or the bot was never started in it)."""
-        return cls(400, "Bad Request: chat not found")
-
-    @classmethod
-    def server_error(cls, status: int = 502) -> Failure:
-        """A 5xx from Telegram's side."""
-        return cls(status, HTTPStatus(status).phrase)
 
 
 @dataclass(frozen=True)
@@ -104,60 +70,7 @@ class ApiCall:
     at: float
 
 
-@dataclass
-class SentMessage:
-    """A message the bot has in a chat, as it stands now (edits included)."""
-
-    chat_id: int | str
-    message_id: int
-    html: str
-    text: str
-    reply_markup: dict[str, Any] | None
-    date: int
-    edits: int = 0
-    history: list[str] = field(default_factory=list)  # earlier versions of ``html``
-
-
-class ApiError(Exception):
-    """An error answer (status, description) for the current call."""
-
-    def __init__(self, status: int, description: str, retry_after: int | None = None) -> None:
-        super().__init__(description)
-        self.status, self.description, self.retry_after = status, description, retry_after
-
-
-def visible_text(markup: str) -> str:
-    """Telegram HTML → the text a reader sees; ``ValueError`` as Telegram's parser refuses."""
-    stack: list[str] = []
-    out: list[str] = []
-    for match in _HTML.finditer(markup):
-        closing, name, _, entity, stray, text = match.groups()
-        if name is not None:
-            name = name.lower()
-            if name not in _ALLOWED_TAGS:
-                raise ValueError(f'Unsupported start tag "{name}" at byte offset {match.start()}')
-            if not closing:
-                stack.append(name)
-            elif not stack or stack.pop() != name:
-                raise ValueError(f"Unexpected end tag at byte offset {match.start()}")
-        elif entity is not None:
-            out.append(html.unescape(f"&{entity};"))
-        elif stray is not None:
-            raise ValueError(
-                f'Unsupported start tag or character "{stray}" at byte offset {match.start()}'
-            )
-        else:
-            out.append(text)
-    if stack:
-        raise ValueError(f'Can\'t find end tag corresponding to start tag "{stack[-1]}"')
-    return "".join(out)
-
-
-def _utf16_len(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
-
-
-class TelegramSandbox:
+class TelegramSandbox(TelegramUpdates):
     """The stand-in server; see the module docstring. ``token=None`` accepts any token."""
 
     def __init__(
@@ -168,28 +81,16 @@ class TelegramSandbox:
         bot_username: str = "tocsin_sandbox_bot",
         bot_id: int = 7000001,
     ) -> None:
+        super().__init__(bot_username=bot_username, bot_id=bot_id)
         self.token = token
-        self.bot_user = {
-            "id": bot_id,
-            "is_bot": True,
-            "first_name": "Tocsin",
-            "username": bot_username,
-            "can_join_groups": True,
-            "can_read_all_group_messages": False,
-            "supports_inline_queries": False,
-        }
         self.webhook: dict[str, Any] | None = None
-        self.names: dict[int, tuple[str, str | None]] = {}
         self._host = host
         self._port: int | None = None
         self._runner: web.AppRunner | None = None
         self._calls: list[ApiCall] = []
         self._messages: dict[tuple[str, int], SentMessage] = {}
         self._failures: dict[str, list[list[Any]]] = {}
-        self._callbacks: set[str] = set()
         self._pending: list[dict[str, Any]] = []
-        self._ids = itertools.count(101)
-        self._update_ids = itertools.count(500_000_001)
         self._changed = asyncio.Event()
 
     # --- lifecycle -------------------------------------------------------------------
@@ -236,10 +137,6 @@ class TelegramSandbox:
         else:
             self._failures.pop(str(chat_id), None)
 
-    def register(self, user_id: int, first_name: str, last_name: str | None = None) -> None:
-        """Give a person a name (their private chat has the same id)."""
-        self.names[user_id] = (first_name, last_name)
-
     @property
     def calls(self) -> list[ApiCall]:
         """Every call so far, in arrival order (a copy)."""
@@ -268,87 +165,6 @@ class TelegramSandbox:
         return self.calls_to(method)
 
     # --- updates Telegram would send ---------------------------------------------------
-    def user(
-        self, user_id: int, first_name: str | None = None, last_name: str | None = None
-    ) -> dict[str, Any]:
-        """A ``User`` object (names from :meth:`register` unless given)."""
-        known_first, known_last = self.names.get(user_id, (f"User {user_id}", None))
-        data: dict[str, Any] = {
-            "id": user_id,
-            "is_bot": False,
-            "first_name": first_name or known_first,
-            "language_code": "fr",
-        }
-        if (last_name or known_last) is not None:
-            data["last_name"] = last_name or known_last
-        return data
-
-    def chat(self, chat_id: int | str) -> dict[str, Any]:
-        """A ``Chat`` object: private for a positive id, (super)group for a negative one."""
-        number = int(chat_id)
-        if number > 0:
-            first, last = self.names.get(number, (f"User {number}", None))
-            data: dict[str, Any] = {"id": number, "type": "private", "first_name": first}
-            if last is not None:
-                data["last_name"] = last
-            return data
-        kind = "supergroup" if str(number).startswith("-100") else "group"
-        return {"id": number, "type": kind, "title": f"Group {number}"}
-
-    def message_update(self, chat_id: int, user_id: int, text: str, **user: str) -> dict[str, Any]:
-        """An update with a message from ``user_id`` in ``chat_id`` (commands get their entity)."""
-        message: dict[str, Any] = {
-            "message_id": next(self._ids),
-            "date": int(time.time()),
-            "chat": self.chat(chat_id),
-            "from": self.user(user_id, **user),
-            "text": text,
-        }
-        if text.startswith("/"):
-            command = text.split()[0]
-            message["entities"] = [
-                {"type": "bot_command", "offset": 0, "length": _utf16_len(command)}
-            ]
-        return {"update_id": next(self._update_ids), "message": message}
-
-    def callback_update(
-        self, message: SentMessage, user_id: int, data: str | None = None, **user: str
-    ) -> dict[str, Any]:
-        """An update for ``user_id`` pressing the (first) button of ``message``."""
-        if data is None:
-            data = _buttons(message)[0]
-        query_id = str(next(self._ids) * 7919)
-        self._callbacks.add(query_id)
-        return {
-            "update_id": next(self._update_ids),
-            "callback_query": {
-                "id": query_id,
-                "from": self.user(user_id, **user),
-                "data": data,
-                "chat_instance": str(abs(hash(str(message.chat_id)))),
-                "message": self._message_json(message),
-            },
-        }
-
-    async def post_update(
-        self,
-        webhook_url: str,
-        update: Mapping[str, Any],
-        secret: str | None,
-        session: aiohttp.ClientSession | None = None,
-    ) -> int:
-        """POST ``update`` to a webhook as Telegram does (secret header when given); the status."""
-        headers = {SECRET_HEADER: secret} if secret is not None else {}
-        own = session is None
-        client = session or aiohttp.ClientSession()
-        try:
-            async with client.post(webhook_url, json=dict(update), headers=headers) as response:
-                await response.read()
-                return response.status
-        finally:
-            if own:
-                await client.close()
-
     async def press_ack(
         self,
         webhook_url: str,
@@ -362,12 +178,12 @@ class TelegramSandbox:
         """Press the acknowledgement button of the latest message in ``chat_id`` (by the chat's
         owner unless ``user_id``); returns the webhook's HTTP status."""
         with_button = [
-            m for m in self.messages(chat_id) if any(d.startswith("ack:") for d in _buttons(m))
+            m for m in self.messages(chat_id) if any(d.startswith("ack:") for d in buttons(m))
         ]
         if not with_button:
             raise LookupError(f"no message with an acknowledgement button in chat {chat_id}")
         message = with_button[-1]
-        data = next(d for d in _buttons(message) if d.startswith("ack:"))
+        data = next(d for d in buttons(message) if d.startswith("ack:"))
         update = self.callback_update(message, user_id or chat_id, data, **user)
         return await self.post_update(webhook_url, update, secret, session)
 
@@ -460,7 +276,7 @@ class TelegramSandbox:
 
     def _api_sendMessage(self, params: Mapping[str, Any]) -> Any:
         chat_id = _chat_id(params)
-        source, text = _message_text(params)
+        source, text = message_text(params)
         message = SentMessage(
             chat_id, next(self._ids), source, text, params.get("reply_markup"), int(time.time())
         )
@@ -469,7 +285,7 @@ class TelegramSandbox:
 
     def _api_editMessageText(self, params: Mapping[str, Any]) -> Any:
         message = self._find(params)
-        source, text = _message_text(params)
+        source, text = message_text(params)
         return self._edit(message, source, text, params.get("reply_markup"))
 
     def _api_editMessageReplyMarkup(self, params: Mapping[str, Any]) -> Any:
@@ -497,25 +313,6 @@ class TelegramSandbox:
         message.edits += 1
         return self._message_json(message)
 
-    def _message_json(self, message: SentMessage) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "message_id": message.message_id,
-            "date": message.date,
-            "chat": self.chat(message.chat_id),
-            "from": self.bot_user,
-            "text": message.text,
-        }
-        if message.reply_markup:
-            data["reply_markup"] = message.reply_markup
-        if message.edits:
-            data["edit_date"] = int(time.time())
-        return data
-
-
-def _buttons(message: SentMessage) -> list[str]:
-    rows = (message.reply_markup or {}).get("inline_keyboard") or []
-    return [b["callback_data"] for row in rows for b in row if "callback_data" in b]
-
 
 def _chat_id(params: Mapping[str, Any]) -> int | str:
     raw = params.get("chat_id")
@@ -528,21 +325,6 @@ def _chat_id(params: Mapping[str, Any]) -> int | str:
         return int(text)
     except ValueError:
         raise ApiError(400, "Bad Request: chat not found") from None
-
-
-def _message_text(params: Mapping[str, Any]) -> tuple[str, str]:
-    source = str(params.get("text") or "")
-    text = source
-    if str(params.get("parse_mode", "")).upper() == "HTML":
-        try:
-            text = visible_text(source)
-        except ValueError as exc:
-            raise ApiError(400, f"Bad Request: can't parse entities: {exc}") from None
-    if not text.strip():
-        raise ApiError(400, "Bad Request: message text is empty")
-    if _utf16_len(text) > MAX_LENGTH:
-        raise ApiError(400, "Bad Request: message is too long")
-    return source, text
 
 
 async def _params(request: web.Request) -> dict[str, Any]:

@@ -8,13 +8,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -22,34 +19,35 @@ from pydantic import (
     model_validator,
 )
 
+from bot.config_base import ConfigError, Duration, Strict, parse_duration
+from bot.config_channels import (
+    Channels,
+    EmailChannelSettings,
+    RateLimits,
+    SlackChannelSettings,
+    SmsChannelSettings,
+    TelegramChannelSettings,
+    WebhookChannelSettings,
+)
 from bot.domain.models import ChannelName, DeliveryPolicy, Role, Severity, StatementKind
 from bot.domain.phone import normalise_phone
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(value: Any) -> float:
-    """``10m`` → 600.0; numbers are seconds."""
-    if isinstance(value, int | float):
-        return float(value)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 10m, 1h)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the file, the key path and why."""
-
-
-class Strict(BaseModel):
-    """Unknown keys are errors, so that a typo never silently disables something."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+__all__ = [
+    "Channels",
+    "ConfigError",
+    "Duration",
+    "EmailChannelSettings",
+    "RateLimits",
+    "Settings",
+    "SlackChannelSettings",
+    "SmsChannelSettings",
+    "Strict",
+    "TelegramChannelSettings",
+    "WebhookChannelSettings",
+    "load_settings",
+    "parse_duration",
+    "settings_from_dict",
+]
 
 
 class Organisation(Strict):
@@ -96,80 +94,6 @@ class DeliverySettings(Strict):
     backoff_max: Duration = 300.0
     poll_interval: Duration = 0.5
     shutdown_timeout: Duration = 10.0
-
-
-class RateLimits(Strict):
-    """Overrides of a channel's built-in limits (messages per second, burst sizes)."""
-
-    rate: float | None = Field(default=None, gt=0)
-    burst: int | None = Field(default=None, ge=1)
-    destination_rate: float | None = Field(default=None, gt=0)
-    destination_burst: int | None = Field(default=None, ge=1)
-    unlimited_destinations: bool = False
-
-
-class SlackChannelSettings(Strict):
-    bot_token_env: str = "SLACK_BOT_TOKEN"
-    signing_secret_env: str = "SLACK_SIGNING_SECRET"
-    api_url: str = "https://slack.com/api/"
-    incident_channel: str | None = None
-    press_channel: str | None = None
-    limits: RateLimits = RateLimits()
-
-
-class TelegramChannelSettings(Strict):
-    token_env: str = "TELEGRAM_BOT_TOKEN"
-    webhook_secret_env: str = "TELEGRAM_WEBHOOK_SECRET"
-    api_url: str = "https://api.telegram.org"
-    limits: RateLimits = RateLimits()
-
-
-class SmsChannelSettings(Strict):
-    provider: Literal["kannel", "twilio"] = "kannel"
-    url: str = "http://127.0.0.1:13013/cgi-bin/sendsms"
-    username_env: str = "KANNEL_USER"
-    password_env: str = "KANNEL_PASSWORD"
-    account_sid_env: str = "TWILIO_ACCOUNT_SID"
-    auth_token_env: str = "TWILIO_AUTH_TOKEN"
-    api_url: str = "https://api.twilio.com"
-    sender: str | None = None
-    max_segments: int = Field(default=2, ge=1, le=10)
-    limits: RateLimits = RateLimits()
-
-
-class EmailChannelSettings(Strict):
-    host: str = "127.0.0.1"
-    port: int = 25
-    starttls: bool = False
-    use_tls: bool = False
-    username_env: str | None = None
-    password_env: str | None = None
-    ca_file: str | None = None
-    from_: str = Field(default="tocsin@example.org", alias="from")
-    timeout: Duration = 10.0
-    limits: RateLimits = RateLimits()
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class WebhookChannelSettings(Strict):
-    timeout: Duration = 10.0
-    limits: RateLimits = RateLimits()
-
-
-class Channels(Strict):
-    slack: SlackChannelSettings | None = None
-    telegram: TelegramChannelSettings | None = None
-    sms: SmsChannelSettings | None = None
-    email: EmailChannelSettings | None = None
-    webhook: WebhookChannelSettings = WebhookChannelSettings()
-
-    def configured(self) -> set[ChannelName]:
-        names = {ChannelName.WEBHOOK}
-        for name in (ChannelName.SLACK, ChannelName.TELEGRAM, ChannelName.SMS, ChannelName.EMAIL):
-            if getattr(self, name.value) is not None:
-                names.add(name)
-        return names
 
 
 DESTINATION_KINDS: dict[str, ChannelName] = {

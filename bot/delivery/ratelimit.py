@@ -96,6 +96,10 @@ class RateLimiter:
         if bucket is not None:
             bucket.paused_until = max(bucket.paused_until, self._clock() + seconds)
 
+    def paused_for_any(self, limits: Sequence[Limit]) -> float:
+        """How long the longest pause among these buckets still runs (0 when none)."""
+        return max((self.paused_for(limit.key) for limit in limits), default=0.0)
+
     def paused_for(self, key: str) -> float:
         bucket = self._buckets.get(key)
         return max(0.0, bucket.paused_until - self._clock()) if bucket else 0.0

@@ -166,7 +166,13 @@ class Dispatcher:
                 return total
 
     async def _claim_and_start(self) -> int:
-        room = self.config.concurrency - len(self._inflight)
+        # Rows whose outcome is not yet written are still leased: they count as in flight.
+        room = (
+            self.config.concurrency
+            - len(self._inflight)
+            - len(self._outcomes)
+            - len(self._released)
+        )
         if room <= 0:
             return 0
         claimed = await self.store.claim_due(
@@ -252,9 +258,8 @@ class Dispatcher:
         if admission == Admission.BLOCKED:
             await self._blocked(delivery, provider, now)
             return
-        wait = self.limiter.reserve(
-            limits_for(channel, delivery), max_wait=self.config.inline_wait_max
-        )
+        limits = limits_for(channel, delivery)
+        wait = self.limiter.reserve(limits, max_wait=self.config.inline_wait_max)
         if wait > self.config.inline_wait_max:
             if admission == Admission.PROBE:
                 self.breakers.released(provider)
@@ -262,6 +267,13 @@ class Dispatcher:
             return
         if wait > 0:
             await asyncio.sleep(wait)  # rate limiting, not synchronisation
+            paused = self.limiter.paused_for_any(limits)
+            if paused > 0:
+                # A 429 came back while this send waited for its slot: do not add another.
+                if admission == Admission.PROBE:
+                    self.breakers.released(provider)
+                self._released.append((delivery.id, self.clock.now() + timedelta(seconds=paused)))
+                return
         attempts: list[Attempt] = []
 
         def failed_try(exc: BaseException) -> None:

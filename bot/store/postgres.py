@@ -7,6 +7,7 @@ workers wake at once (polling remains the fallback).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -71,25 +72,60 @@ RETURNING *
         self.url = url.replace("postgresql+asyncpg://", "postgresql://")
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
+        self._relisten: asyncio.Task[None] | None = None
+        self._closing = False
         self._sizes = (min_size, max_size)
 
     async def open(self) -> None:
+        self._closing = False
         self._pool = await asyncpg.create_pool(
             self.url, min_size=self._sizes[0], max_size=self._sizes[1]
         )
         try:
-            self._listener = await asyncpg.connect(self.url)
-            await self._listener.add_listener(_CHANNEL, self._on_notify)
+            await self._listen()
         except (OSError, asyncpg.PostgresError):
-            self._listener = None  # polling still works
+            self._relisten_later()  # polling works meanwhile
+
+    async def _listen(self) -> None:
+        conn = await asyncpg.connect(self.url)
+        await conn.add_listener(_CHANNEL, self._on_notify)
+        conn.add_termination_listener(self._on_listener_lost)
+        self._listener = conn
 
     def _on_notify(self, *_: object) -> None:
         self._work.set()
 
+    def _on_listener_lost(self, *_: object) -> None:
+        """The LISTEN connection died (database restart, terminated backend): listen again."""
+        self._listener = None
+        if not self._closing:
+            self._relisten_later()
+
+    def _relisten_later(self) -> None:
+        if self._relisten is None or self._relisten.done():
+            self._relisten = asyncio.create_task(self._listen_again())
+
+    async def _listen_again(self) -> None:
+        delay = 0.1
+        while not self._closing:
+            try:
+                await self._listen()
+            except (OSError, asyncpg.PostgresError):
+                await asyncio.sleep(delay)  # backoff while the database is away
+                delay = min(delay * 2, 5.0)
+                continue
+            self._work.set()  # work may have been committed while nobody listened
+            return
+
     async def close(self) -> None:
+        self._closing = True
+        if self._relisten is not None:
+            self._relisten.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relisten
         if self._listener is not None:
-            with_listener, self._listener = self._listener, None
-            await with_listener.close()
+            listener, self._listener = self._listener, None
+            await listener.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await asyncio.wait_for(pool.close(), 10)

@@ -40,7 +40,9 @@ CONCURRENCY = 50
 def sink_process() -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("sink.py"))],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -73,9 +75,12 @@ async def bench_tocsin(url: str, n: int) -> float:
         async with aiohttp.ClientSession(connector=connector) as session:
             channel = WebhookChannel(session, WebhookChannelSettings())
             channel.rate, channel.burst, channel.destination_rate = 1e9, 10**9, None
-            worker = Dispatcher(store, {ChannelName.WEBHOOK: channel}, SystemClock(),
-                                config=DispatchConfig(concurrency=CONCURRENCY, batch_size=500,
-                                                      poll_interval=0.05))
+            worker = Dispatcher(
+                store,
+                {ChannelName.WEBHOOK: channel},
+                SystemClock(),
+                config=DispatchConfig(concurrency=CONCURRENCY, batch_size=500, poll_interval=0.05),
+            )
             stop = asyncio.Event()
             started = time.perf_counter()
             task = asyncio.create_task(worker.run(stop))
@@ -86,7 +91,8 @@ async def bench_tocsin(url: str, n: int) -> float:
             await task
         counts = await store.delivery_counts(stmt.incident_id)
         attempts = await store.attempts(
-            [d.id for d in await store.deliveries(stmt.incident_id, Page(limit=n))])
+            [d.id for d in await store.deliveries(stmt.incident_id, Page(limit=n))]
+        )
         await store.close()
     done = counts.get(DeliveryState.DELIVERED.value, 0)
     recorded = sum(1 for rows in attempts.values() if rows)
@@ -103,8 +109,9 @@ async def bench_raw(url: str, n: int) -> float:
         async def lane() -> None:
             nonlocal ok
             for i in queue:
-                async with session.post(f"{url}/raw/{i % 100}",
-                                        json={"text": "Orbis indisponible", "n": i}) as r:
+                async with session.post(
+                    f"{url}/raw/{i % 100}", json={"text": "Orbis indisponible", "n": i}
+                ) as r:
                     await r.read()
                     ok += r.status == 200
 
@@ -138,15 +145,18 @@ async def main(n: int, apprise_n: int) -> None:
             total = await sink_count(session, url)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"sink received {total} requests")
-    print(f"fanout: n={n} tocsin_per_s={tocsin:.0f} raw_per_s={raw:.0f} "
-          f"apprise_per_s={apprise_rate:.0f} tocsin/raw={tocsin / raw:.2f} "
-          f"tocsin/apprise={tocsin / apprise_rate:.1f} rss_mb={rss_mb:.0f}")
+    print(
+        f"fanout: n={n} tocsin_per_s={tocsin:.0f} raw_per_s={raw:.0f} "
+        f"apprise_per_s={apprise_rate:.0f} tocsin/raw={tocsin / raw:.2f} "
+        f"tocsin/apprise={tocsin / apprise_rate:.1f} rss_mb={rss_mb:.0f}"
+    )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=10_000)
-    parser.add_argument("--apprise-n", type=int, default=None,
-                        help="messages for Apprise (default: n)")
+    parser.add_argument(
+        "--apprise-n", type=int, default=None, help="messages for Apprise (default: n)"
+    )
     args = parser.parse_args()
     asyncio.run(main(args.n, args.apprise_n or args.n))

@@ -1,31 +1,68 @@
 """A webhook sink in its own process: answers 200 to every POST and counts them.
 
-Prints its port on the first line of stdout; ``GET /count`` returns how many POSTs it took.
+Prints its port on the first line of stdout and runs until its stdin closes.
+``GET /count`` returns how many POSTs it took; ``GET /count?at_least=N&timeout=S`` waits (up to
+S seconds) until it has taken N, so that a drill waits on the fact rather than sleeping.
+
+With ``--record`` it also keeps the ``delivery_id`` of every POST's JSON body, in arrival order,
+and ``GET /deliveries`` returns them (``{"count": n, "ids": [...]}``): crash drills count what
+was lost and what was sent twice. ``--latency-ms`` delays every answer, like a distant provider.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
+import json
 import sys
 
 from aiohttp import web
 
 
-async def main() -> None:
+async def main(record: bool = False, latency_ms: float = 0.0) -> None:
     count = 0
+    ids: list[int | None] = []
+    waiters: list[tuple[int, asyncio.Future[None]]] = []
+    latency = latency_ms / 1000
+
+    def wake() -> None:
+        for entry in [w for w in waiters if count >= w[0]]:
+            waiters.remove(entry)
+            if not entry[1].done():
+                entry[1].set_result(None)
 
     async def receive(request: web.Request) -> web.Response:
         nonlocal count
-        await request.read()
+        body = await request.read()
+        if latency:
+            await asyncio.sleep(latency)  # the provider's answer time, not synchronisation
         count += 1
+        if record:
+            try:
+                ids.append(int(json.loads(body)["delivery_id"]))
+            except (ValueError, KeyError, TypeError):
+                ids.append(None)
+        if waiters:
+            wake()
         return web.json_response({"ok": True, "id": str(count)})
 
     async def counted(request: web.Request) -> web.Response:
+        at_least = int(request.query.get("at_least", "0"))
+        if count < at_least:
+            future = asyncio.get_running_loop().create_future()
+            waiters.append((at_least, future))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(future, float(request.query.get("timeout", "30")))
         return web.json_response({"count": count})
+
+    async def delivered(request: web.Request) -> web.Response:
+        return web.json_response({"count": count, "ids": ids})
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", receive)
     app.router.add_get("/count", counted)
+    app.router.add_get("/deliveries", delivered)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
@@ -36,4 +73,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--record", action="store_true", help="keep every POST's delivery_id")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay every answer")
+    args = parser.parse_args()
+    asyncio.run(main(args.record, args.latency_ms))

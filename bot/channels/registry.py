@@ -26,18 +26,19 @@ def build_channels(
             password=settings.secret(cfg.email.password_env, required=False),
             ca_file=str(settings.resolve_path(cfg.email.ca_file)) if cfg.email.ca_file else None,
         )
+    # Each SDK is imported only when its channel is configured (slack-sdk, telegram…).
     if cfg.slack is not None:
-        from bot.channels import slack
+        from bot.channels.slack import from_settings as slack_channel
 
-        channels[ChannelName.SLACK] = slack.from_settings(settings, session)
+        channels[ChannelName.SLACK] = slack_channel(settings, session)
     if cfg.telegram is not None:
-        from bot.channels import telegram
+        from bot.channels.telegram import from_settings as telegram_channel
 
-        channels[ChannelName.TELEGRAM] = telegram.from_settings(settings, session)
+        channels[ChannelName.TELEGRAM] = telegram_channel(settings, session)
     if cfg.sms is not None:
-        from bot.channels import sms
+        from bot.channels.sms import from_settings as sms_channel
 
-        channels[ChannelName.SMS] = sms.from_settings(settings, session)
+        channels[ChannelName.SMS] = sms_channel(settings, session)
     for name, channel in channels.items():
         section = getattr(cfg, name.value)
         if section is not None:

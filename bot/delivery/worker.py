@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
+import math
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -93,6 +95,7 @@ class Dispatcher:
         self._inflight: set[asyncio.Task[None]] = set()
         self._progress = asyncio.Event()
         self._next_escalation_scan = 0.0
+        self._wake_at: list[float] = []  # loop times when rows given back come due (a heap)
 
     # --- the loop ------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -134,10 +137,15 @@ class Dispatcher:
             waiters.append(
                 asyncio.ensure_future(self.store.wait_for_work(self.config.poll_interval))
             )
+        timeout = self.config.poll_interval
+        now = asyncio.get_running_loop().time()
+        while self._wake_at and self._wake_at[0] <= now:
+            heapq.heappop(self._wake_at)
+        if self._wake_at:
+            # Rows given back to the queue (rate limits, 429s) are due before the next poll.
+            timeout = min(timeout, self._wake_at[0] - now)
         try:
-            await asyncio.wait(
-                waiters, timeout=self.config.poll_interval, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waiters:
                 waiter.cancel()
@@ -207,6 +215,11 @@ class Dispatcher:
             except Exception:
                 self._released = released + self._released
                 raise
+            loop, now = asyncio.get_running_loop(), self.clock.now()
+            for at in by_time:
+                due = loop.time() + max(0.0, (at - now).total_seconds())
+                # Rounded up to 10 ms: never wake before the row is due, nor for every row.
+                heapq.heappush(self._wake_at, math.ceil(due * 100) / 100)
         if self._outcomes:
             batch, self._outcomes = self._outcomes, []
             try:

@@ -19,6 +19,9 @@ from bot.store.sqlstore import IntegrityError, SqlStore
 
 _PLACEHOLDER = re.compile(r"\?")
 _CHANNEL = "tocsin_work"
+# A query on a half-open connection (a database host gone without a RST) would otherwise
+# wait forever; with a timeout the worker's retry loop takes over.
+_COMMAND_TIMEOUT = 30.0
 
 
 def to_dollar(sql: str) -> str:
@@ -79,7 +82,10 @@ RETURNING *
     async def open(self) -> None:
         self._closing = False
         self._pool = await asyncpg.create_pool(
-            self.url, min_size=self._sizes[0], max_size=self._sizes[1]
+            self.url,
+            min_size=self._sizes[0],
+            max_size=self._sizes[1],
+            command_timeout=_COMMAND_TIMEOUT,
         )
         try:
             await self._listen()
@@ -110,7 +116,7 @@ RETURNING *
         while not self._closing:
             try:
                 await self._listen()
-            except (OSError, asyncpg.PostgresError):
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await asyncio.sleep(delay)  # backoff while the database is away
                 delay = min(delay * 2, 5.0)
                 continue

@@ -120,36 +120,64 @@ class Dispatcher:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), min(10.0, 0.2 * 2**failures))
                     continue
-                if claimed == 0 or len(self._inflight) >= self.config.concurrency:
+                if claimed == 0 or self._room() < self._low_water:
                     await self._wait(stop)
         finally:
             await self._shutdown()
 
+    def _room(self) -> int:
+        # Rows whose outcome is not yet written are still leased: they count as in flight.
+        return (
+            self.config.concurrency
+            - len(self._inflight)
+            - len(self._outcomes)
+            - len(self._released)
+        )
+
+    @property
+    def _low_water(self) -> int:
+        """Claim and record in batches: wait until this many slots are free."""
+        return max(1, min(self.config.batch_size, self.config.concurrency // 4))
+
     async def _wait(self, stop: asyncio.Event) -> None:
-        if self._outcomes or self._released:
-            return
-        self._progress.clear()
-        waiters: list[asyncio.Future[Any]] = [
-            asyncio.ensure_future(stop.wait()),
-            asyncio.ensure_future(self._progress.wait()),
-        ]
-        if len(self._inflight) < self.config.concurrency:
-            waiters.append(
-                asyncio.ensure_future(self.store.wait_for_work(self.config.poll_interval))
-            )
+        """Until there is something worth a round trip to the store: enough finished sends
+        to record and free slots to claim, new work, a row given back coming due, or stop."""
+        loop = asyncio.get_running_loop()
         timeout = self.config.poll_interval
-        now = asyncio.get_running_loop().time()
+        now = loop.time()
         while self._wake_at and self._wake_at[0] <= now:
             heapq.heappop(self._wake_at)
         if self._wake_at:
             # Rows given back to the queue (rate limits, 429s) are due before the next poll.
             timeout = min(timeout, self._wake_at[0] - now)
-        try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+        deadline = now + timeout
+        while not self._enough_to_do():
+            self._progress.clear()
+            waiters: list[asyncio.Future[Any]] = [
+                asyncio.ensure_future(stop.wait()),
+                asyncio.ensure_future(self._progress.wait()),
+            ]
+            if self._room() > 0:
+                waiters.append(asyncio.ensure_future(self.store.wait_for_work(timeout)))
+            try:
+                done, _ = await asyncio.wait(
+                    waiters,
+                    timeout=max(0.0, deadline - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+                await asyncio.gather(*waiters, return_exceptions=True)
+            if not done or stop.is_set() or waiters[1] not in done:
+                return  # stopped, new work announced, or time to poll
+
+    def _enough_to_do(self) -> bool:
+        if self._released:
+            return True
+        if self._outcomes:
+            return self._room() >= self._low_water or not self._inflight
+        return False
 
     async def _shutdown(self) -> None:
         if self._inflight:
@@ -174,13 +202,7 @@ class Dispatcher:
                 return total
 
     async def _claim_and_start(self) -> int:
-        # Rows whose outcome is not yet written are still leased: they count as in flight.
-        room = (
-            self.config.concurrency
-            - len(self._inflight)
-            - len(self._outcomes)
-            - len(self._released)
-        )
+        room = self._room()
         if room <= 0:
             return 0
         claimed = await self.store.claim_due(

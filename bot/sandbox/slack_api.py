@@ -25,6 +25,8 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.sandbox.server import LocalServer
+
 METHODS = (
     "auth.test",
     "chat.postMessage",
@@ -75,7 +77,7 @@ class SlackMessage:
     updates: int = 0
 
 
-class SlackSandbox:
+class SlackSandbox(LocalServer):
     """An aiohttp server on 127.0.0.1 and an ephemeral port; see the module docstring.
 
     ``token`` (optional) is the only bot token accepted; any bearer token is accepted when it
@@ -83,10 +85,8 @@ class SlackSandbox:
     """
 
     def __init__(self, host: str = "127.0.0.1", token: str | None = None) -> None:
-        self._host = host
+        super().__init__(host)
         self._token = token
-        self._port: int | None = None
-        self._runner: web.AppRunner | None = None
         self._calls: list[SlackCall] = []
         self._responses: list[ResponsePost] = []
         self._messages: dict[tuple[str, str], SlackMessage] = {}
@@ -101,9 +101,7 @@ class SlackSandbox:
     @property
     def url(self) -> str:
         """Base URL without a trailing slash."""
-        if self._port is None:
-            raise RuntimeError("the Slack sandbox is not started")
-        return f"http://{self._host}:{self._port}"
+        return self.base_url
 
     @property
     def api_url(self) -> str:
@@ -192,29 +190,9 @@ class SlackSandbox:
         self._by_method.clear()
 
     # --- life cycle -------------------------------------------------------------------
-    async def start(self) -> None:
-        """Listen on 127.0.0.1 and an ephemeral port."""
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/response/{key}", self._response)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        await web.TCPSite(runner, self._host, 0).start()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        """Stop listening."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> SlackSandbox:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     # --- the server -------------------------------------------------------------------
     def _wake(self) -> None:

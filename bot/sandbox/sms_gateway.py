@@ -16,6 +16,8 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from bot.sandbox.server import LocalServer
+
 log = logging.getLogger(__name__)
 
 # What Kannel's fake SMSC reports, in its order: accepted by the SMSC (with its "ACK/"
@@ -71,7 +73,7 @@ def expand_dlr_url(pattern: str, sms: GatewaySms, report: int, answer: str) -> s
     return "".join(out)
 
 
-class SmsGateway:
+class SmsGateway(LocalServer):
     """A Kannel-compatible ``sendsms`` on 127.0.0.1 and an ephemeral port.
 
     Send to :attr:`url` exactly as to a smsbox (POST ``text/plain`` with ``X-Kannel-*``
@@ -96,9 +98,7 @@ class SmsGateway:
         self._password = password
         self.inbound_url = inbound_url
         self.number = number
-        self._host = host
-        self._port: int | None = None
-        self._runner: web.AppRunner | None = None
+        super().__init__(host)
         self._session: aiohttp.ClientSession | None = None
         self._messages: list[GatewaySms] = []
         self._reports: set[asyncio.Task[None]] = set()
@@ -107,30 +107,23 @@ class SmsGateway:
     @property
     def url(self) -> str:
         """The ``sendsms`` URL to configure as ``channels.sms.url``."""
-        if self._port is None:
-            raise RuntimeError("the SMS gateway is not started")
-        return f"http://{self._host}:{self._port}/cgi-bin/sendsms"
+        return f"{self.base_url}/cgi-bin/sendsms"
 
     @property
     def messages(self) -> list[GatewaySms]:
         """Messages accepted so far, in arrival order (a copy)."""
         return list(self._messages)
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/cgi-bin/sendsms", self._sendsms)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        await web.TCPSite(runner, self._host, 0).start()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
+
+    async def start(self) -> None:
+        await super().start()
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
 
     async def stop(self) -> None:
         """Stop taking messages, let pending delivery reports finish briefly, close."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        await super().stop()
         if self._reports:
             _, pending = await asyncio.wait(self._reports, timeout=2.0)
             for task in pending:
@@ -139,13 +132,6 @@ class SmsGateway:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-
-    async def __aenter__(self) -> SmsGateway:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[GatewaySms]:
         """Wait until at least ``count`` messages were accepted; return them."""

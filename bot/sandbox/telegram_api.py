@@ -34,6 +34,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bot.sandbox.server import LocalServer
 from bot.sandbox.telegram_updates import (
     MAX_LENGTH,
     SECRET_HEADER,
@@ -70,7 +71,7 @@ class ApiCall:
     at: float
 
 
-class TelegramSandbox(TelegramUpdates):
+class TelegramSandbox(LocalServer, TelegramUpdates):
     """The stand-in server; see the module docstring. ``token=None`` accepts any token."""
 
     def __init__(
@@ -81,12 +82,10 @@ class TelegramSandbox(TelegramUpdates):
         bot_username: str = "tocsin_sandbox_bot",
         bot_id: int = 7000001,
     ) -> None:
-        super().__init__(bot_username=bot_username, bot_id=bot_id)
+        TelegramUpdates.__init__(self, bot_username=bot_username, bot_id=bot_id)
         self.token = token
         self.webhook: dict[str, Any] | None = None
-        self._host = host
-        self._port: int | None = None
-        self._runner: web.AppRunner | None = None
+        LocalServer.__init__(self, host)
         self._calls: list[ApiCall] = []
         self._messages: dict[tuple[str, int], SentMessage] = {}
         self._failures: dict[str, list[list[Any]]] = {}
@@ -95,36 +94,14 @@ class TelegramSandbox(TelegramUpdates):
 
     # --- lifecycle -------------------------------------------------------------------
     @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("the Telegram sandbox is not started")
-        return self._port
-
-    @property
     def url(self) -> str:
         """The API root, for ``channels.telegram.api_url``."""
-        return f"http://{self._host}:{self.port}"
+        return self.base_url
 
-    async def start(self) -> None:
-        app = web.Application(client_max_size=8 * 1024 * 1024)
+    client_max_size = 8 * 1024 * 1024
+
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        await web.TCPSite(runner, self._host, 0).start()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> TelegramSandbox:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     # --- programming and reading ------------------------------------------------------
     def fail(self, chat_id: int | str, failure: Failure, times: int | None = 1) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from bot.sandbox.server import LocalServer
+
 
 @dataclass(frozen=True)
 class ReceivedPost:
@@ -21,7 +23,7 @@ class ReceivedPost:
     body: Any
 
 
-class WebhookSink:
+class WebhookSink(LocalServer):
     """An aiohttp server on 127.0.0.1 and an ephemeral port that answers every JSON POST with
     ``200 {"ok": true, "id": "<n>"}`` (n counts from 1) and keeps it in :attr:`posts`.
 
@@ -30,53 +32,22 @@ class WebhookSink:
     """
 
     def __init__(self, host: str = "127.0.0.1") -> None:
-        self._host = host
-        self._port: int | None = None
-        self._runner: web.AppRunner | None = None
+        super().__init__(host)
         self._posts: list[ReceivedPost] = []
         self._changed = asyncio.Event()
 
     @property
-    def host(self) -> str:
-        return self._host
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("the webhook sink is not started")
-        return self._port
-
-    @property
     def url(self) -> str:
         """Base URL, without a trailing slash: post to ``sink.url + "/any/path"``."""
-        return f"http://{self._host}:{self.port}"
+        return self.base_url
 
     @property
     def posts(self) -> list[ReceivedPost]:
         """POSTs received so far, in arrival order (a copy)."""
         return list(self._posts)
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/{tail:.*}", self._receive)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, 0)
-        await site.start()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> WebhookSink:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[ReceivedPost]:
         """Wait until at least ``count`` POSTs have arrived; return them."""

@@ -1,0 +1,225 @@
+"""Sending one claimed delivery and deciding its outcome: delivered, retried later, failed
+and failed over, or re-routed around a provider that is down.
+
+A mixin of :class:`bot.delivery.worker.Dispatcher`, kept apart from the loop that claims
+and records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from bot.delivery.health import Admission, CircuitBreakers, OutageLog
+from bot.delivery.outbound import destination_key, limits_for, message_for
+from bot.delivery.ratelimit import RateLimiter
+from bot.delivery.retry import RetryPolicy, with_quick_retries
+from bot.delivery.routing import Router
+from bot.domain.errors import PermanentError, TransientError, UnknownOutcome
+from bot.domain.models import Attempt, ChannelName, Delivery, DeliveryState, Outcome, Statement
+from bot.ports import Channel, Clock, OutboundMessage, Receipt
+
+log = logging.getLogger("tocsin.worker")
+
+
+class DeliverySender:
+    """Sends one delivery through its channel and turns the answer into an outcome."""
+
+    channels: dict[ChannelName, Channel]
+    clock: Clock
+    public_url: str
+    retry: RetryPolicy
+    limiter: RateLimiter
+    breakers: CircuitBreakers
+    router: Router
+    outages: OutageLog
+    _outcomes: list[tuple[Delivery, Outcome]]
+    _released: list[tuple[int, datetime]]
+    inline_wait_max: float
+
+    def message_for(self, delivery: Delivery, statement: Statement) -> OutboundMessage:
+        """The outbound message of one delivery."""
+        return message_for(delivery, statement, self.public_url)
+
+    async def _process(self, delivery: Delivery) -> None:
+        now = self.clock.now()
+        channel = self.channels.get(delivery.channel)
+        statement = self.router.statements.get(delivery.statement_id)
+        if channel is None or statement is None:
+            reason = (
+                ("channel not configured: " + delivery.channel.value)
+                if channel is None
+                else "statement missing"
+            )
+            await self._fail(delivery, (Attempt(delivery.id, now, "failed", error=reason),))
+            return
+        provider = channel.provider_key(delivery.address)
+        admission = self.breakers.admit(provider)
+        if admission == Admission.BLOCKED:
+            await self._blocked(delivery, provider, now)
+            return
+        limits = limits_for(channel, delivery)
+        wait = self.limiter.reserve(limits, max_wait=self.inline_wait_max)
+        if wait > self.inline_wait_max:
+            if admission == Admission.PROBE:
+                self.breakers.released(provider)
+            self._released.append((delivery.id, now + timedelta(seconds=wait)))
+            return
+        if wait > 0:
+            await asyncio.sleep(wait)  # rate limiting, not synchronisation
+            paused = self.limiter.paused_for_any(limits)
+            if paused > 0:
+                # A 429 came back while this send waited for its slot: do not add another.
+                if admission == Admission.PROBE:
+                    self.breakers.released(provider)
+                self._released.append((delivery.id, self.clock.now() + timedelta(seconds=paused)))
+                return
+        attempts: list[Attempt] = []
+
+        def failed_try(exc: BaseException) -> None:
+            attempts.append(self._attempt(delivery, exc))
+
+        message = self.message_for(delivery, statement)
+        try:
+            receipt = await with_quick_retries(
+                self.retry, lambda: channel.send(message), failed_try
+            )
+        except (TransientError, PermanentError, UnknownOutcome) as exc:
+            attempts.append(self._attempt(delivery, exc))
+            self._judge_provider(provider, exc)
+            await self._failure(delivery, channel, exc, tuple(attempts))
+            return
+        except Exception as exc:  # a bug in an adapter must not kill the worker
+            log.exception("channel %s raised unexpectedly", delivery.channel.value)
+            attempts.append(
+                Attempt(
+                    delivery.id,
+                    self.clock.now(),
+                    "error",
+                    error=f"internal error: {type(exc).__name__}",
+                )
+            )
+            await self._retry_or_fail(delivery, tuple(attempts), None)
+            return
+        self.breakers.succeeded(provider)
+        self._success(
+            delivery,
+            receipt,
+            (
+                *attempts,
+                Attempt(
+                    delivery.id,
+                    self.clock.now(),
+                    receipt.state.value,
+                    receipt.provider_id,
+                    None,
+                    receipt.code,
+                ),
+            ),
+        )
+
+    def _judge_provider(self, provider: str, exc: BaseException) -> None:
+        """Connection failures, timeouts and 5xx count against the provider's health; an
+        answer (a refusal, a 429) proves it is up."""
+        transport = isinstance(exc, TransientError) and exc.retry_after is None
+        if transport or isinstance(exc, UnknownOutcome):
+            self.breakers.failed(provider, str(exc)[:200])
+        else:
+            self.breakers.succeeded(provider)
+
+    async def _blocked(self, delivery: Delivery, provider: str, now: datetime) -> None:
+        """The provider is down: a person moves to their next channel at once; a destination
+        waits for the provider to come back (shown as blocked, not failed)."""
+        follow_up = await self.router.next_hop(delivery, now, avoid_down=True)
+        if follow_up is None:
+            self._released.append((delivery.id, self.breakers.retry_at(provider)))
+            return
+        attempt = Attempt(
+            delivery.id,
+            now,
+            "rerouted",
+            error=f"{provider} unreachable: re-routed to {follow_up.channel.value}",
+        )
+        self._emit(
+            delivery, Outcome(delivery.id, DeliveryState.FAILED, (attempt,), follow_up=follow_up)
+        )
+        self.outages.rerouted(delivery.incident_id, provider, follow_up.channel.value)
+
+    def _attempt(self, delivery: Delivery, exc: BaseException) -> Attempt:
+        outcome = (
+            "unknown"
+            if isinstance(exc, UnknownOutcome)
+            else "failed"
+            if isinstance(exc, PermanentError)
+            else "retry"
+        )
+        code = getattr(exc, "code", None)
+        return Attempt(delivery.id, self.clock.now(), outcome, error=str(exc)[:500], code=code)
+
+    def _success(self, delivery: Delivery, receipt: Receipt, attempts: tuple[Attempt, ...]) -> None:
+        policy = delivery.policy
+        escalate_at = None
+        if (
+            policy.require_ack
+            and delivery.is_member
+            and policy.escalate_after_s is not None
+            and policy.escalate_via is not None
+            and delivery.escalation_of is None
+        ):
+            escalate_at = self.clock.now() + timedelta(seconds=policy.escalate_after_s)
+        self._emit(delivery, Outcome(delivery.id, receipt.state, attempts, escalate_at=escalate_at))
+
+    async def _failure(
+        self,
+        delivery: Delivery,
+        channel: Channel,
+        exc: BaseException,
+        attempts: tuple[Attempt, ...],
+    ) -> None:
+        if isinstance(exc, PermanentError):
+            await self._fail(delivery, attempts)
+            return
+        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+        if retry_after is not None and isinstance(exc, TransientError):
+            per_destination = exc.scope == "destination" and channel.destination_rate
+            key = (
+                destination_key(delivery)
+                if per_destination
+                else f"provider:{channel.provider_key(delivery.address)}"
+            )
+            self.limiter.pause(key, retry_after)
+        await self._retry_or_fail(delivery, attempts, retry_after)
+
+    async def _retry_or_fail(
+        self, delivery: Delivery, attempts: tuple[Attempt, ...], retry_after: float | None
+    ) -> None:
+        now = self.clock.now()
+        total = delivery.attempts + len(attempts)
+        if total >= self.retry.max_attempts:
+            last = attempts[-1]
+            gave_up = replace(
+                last, outcome="failed", error=f"gave up after {total} attempts: {last.error}"
+            )
+            await self._fail(delivery, (*attempts[:-1], gave_up))
+            return
+        self._emit(
+            delivery,
+            Outcome(
+                delivery.id,
+                DeliveryState.RETRYING,
+                attempts,
+                next_attempt_at=self.retry.next_attempt(now, total, retry_after),
+            ),
+        )
+
+    async def _fail(self, delivery: Delivery, attempts: tuple[Attempt, ...]) -> None:
+        """Fail the delivery; a person is tried on the next channel of their policy."""
+        follow_up = await self.router.next_hop(delivery, self.clock.now(), avoid_down=False)
+        self._emit(
+            delivery, Outcome(delivery.id, DeliveryState.FAILED, attempts, follow_up=follow_up)
+        )
+
+    def _emit(self, delivery: Delivery, outcome: Outcome) -> None:
+        self._outcomes.append((delivery, outcome))

@@ -32,11 +32,16 @@ from bot.domain.models import (
     Role,
     Statement,
     StatementKind,
-    StatementStatus,
     TimelineEntry,
 )
-from bot.domain.statement_context import OrganisationInfo, Renderer, incident_context
-from bot.domain.statements import PressDesk, new_statement_id
+from bot.domain.statement_context import (
+    OrganisationInfo,
+    Renderer,
+    event_context,
+    incident_context,
+    render_event,
+)
+from bot.domain.statements import PressDesk
 from bot.ports import Changes, Clock, Store
 
 __all__ = ["IncidentService", "OrganisationInfo", "Renderer", "incident_context"]
@@ -336,37 +341,16 @@ class IncidentService:
         update: Mapping[str, Any] | None = None,
     ) -> None:
         """Render every kind in every locale and plan the deliveries of the non-approval kinds."""
-        statements: list[Statement] = []
-        for locale in self.org.locales:
-            context = self.context_for(incident, event, locale, now, update)
-            for kind in StatementKind:
-                bodies = self.renderer.render(kind, event, locale, context)
-                if kind == StatementKind.SMS:
-                    # The same short text for people who must answer "OK".
-                    asking = self.renderer.render(
-                        kind, event, locale, {**context, "require_ack": True}
-                    )
-                    bodies["sms_ack"] = asking["sms"]
-                statements.append(
-                    Statement(
-                        id=new_statement_id(),
-                        incident_id=incident.id,
-                        seq=seq,
-                        event=event,
-                        kind=kind,
-                        locale=locale,
-                        version=1,
-                        status=StatementStatus.DRAFT
-                        if kind in APPROVAL_KINDS
-                        else StatementStatus.PUBLISHED,
-                        text=bodies.get("text", ""),
-                        bodies=bodies,
-                        author=actor.name,
-                        approved_by=None,
-                        created_at=now,
-                        claims=() if kind == StatementKind.SMS else incident.claims,
-                    )
-                )
+        statements = render_event(
+            self.renderer,
+            self.org,
+            incident,
+            seq=seq,
+            event=event,
+            author=actor.name,
+            now=now,
+            update=update,
+        )
         changes.statements.extend(statements)
         audiences = [self.audiences[a] for a in incident.audiences if a in self.audiences]
         changes.deliveries.extend(
@@ -391,16 +375,7 @@ class IncidentService:
         update: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The template context of one event of an incident."""
-        context = incident_context(incident, self.org)
-        context.update(
-            event=event,
-            update={**update, "at": now} if update else None,
-            correction=None,
-            claims=[
-                {"key": c, "text": self.renderer.claim_text(c, locale)} for c in incident.claims
-            ],
-        )
-        return context
+        return event_context(self.renderer, self.org, incident, event, locale, now, update)
 
     async def next_seq(self, incident_id: str) -> int:
         """The next timeline sequence number of an incident."""

@@ -5,9 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
-from bot.domain.models import Incident, StatementKind
+from bot.domain.models import (
+    APPROVAL_KINDS,
+    Incident,
+    Statement,
+    StatementKind,
+    StatementStatus,
+)
+from bot.domain.statements import new_statement_id
 
 
 class Renderer(Protocol):
@@ -54,3 +62,69 @@ def incident_context(incident: Incident, org: OrganisationInfo) -> dict[str, Any
             "declared_by": incident.declared_by,
         },
     }
+
+
+def event_context(
+    renderer: Renderer,
+    org: OrganisationInfo,
+    incident: Incident,
+    event: str,
+    locale: str,
+    now: datetime,
+    update: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The template context of one event of an incident, claims worded in ``locale``."""
+    context = incident_context(incident, org)
+    context.update(
+        event=event,
+        update={**update, "at": now} if update else None,
+        correction=None,
+        claims=[{"key": c, "text": renderer.claim_text(c, locale)} for c in incident.claims],
+    )
+    return context
+
+
+def render_event(
+    renderer: Renderer,
+    org: OrganisationInfo,
+    incident: Incident,
+    *,
+    seq: int,
+    event: str,
+    author: str,
+    now: datetime,
+    update: Mapping[str, Any] | None = None,
+) -> list[Statement]:
+    """Every kind of statement in every organisation language for one event: press and public
+    ones as drafts (they need a second person), the others published."""
+    statements: list[Statement] = []
+    for locale in org.locales:
+        context = event_context(renderer, org, incident, event, locale, now, update)
+        for kind in StatementKind:
+            bodies = renderer.render(kind, event, locale, context)
+            if kind == StatementKind.SMS:
+                # The same short text for people who must answer "OK".
+                asking = renderer.render(kind, event, locale, {**context, "require_ack": True})
+                bodies["sms_ack"] = asking["sms"]
+            statements.append(
+                Statement(
+                    id=new_statement_id(),
+                    incident_id=incident.id,
+                    seq=seq,
+                    event=event,
+                    kind=kind,
+                    locale=locale,
+                    version=1,
+                    status=StatementStatus.DRAFT
+                    if kind in APPROVAL_KINDS
+                    else StatementStatus.PUBLISHED,
+                    text=bodies.get("text", ""),
+                    bodies=bodies,
+                    author=author,
+                    approved_by=None,
+                    created_at=now,
+                    # SMS templates state no claims: SMS recipients never received one.
+                    claims=() if kind == StatementKind.SMS else incident.claims,
+                )
+            )
+    return statements

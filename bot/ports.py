@@ -52,6 +52,9 @@ class OutboundMessage:
     # non-idempotent provider reconciles a retry with what it may already have accepted.
     attempt: int = 0
     queued_at: datetime | None = None
+    # Earlier attempts that ended ``unknown`` (the request may have reached the provider): the
+    # channel reconciles with the provider before sending again where the provider allows it.
+    unknown_attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,9 @@ class Receipt:
     provider_id: str | None
     state: DeliveryState = DeliveryState.SENT
     code: str | None = None
+    # Where the message went when the provider moved the address (a Telegram group upgraded to
+    # a supergroup): the new address, for the operator and the record.
+    moved_to: str | None = None
 
 
 @runtime_checkable

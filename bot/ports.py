@@ -222,6 +222,15 @@ class Store(Protocol):
         """(provider, state, since, detail) as the workers last recorded it."""
         ...
 
+    async def note_address_moved(self, channel: str, old: str, new: str, at: datetime) -> None:
+        """Record that the provider moved ``old`` to ``new`` (a group upgraded to a
+        supergroup); noting the same move again keeps its first time."""
+        ...
+
+    async def address_moves(self) -> list[tuple[str, str, str, datetime]]:
+        """(channel, old address, new address, since) for every move noted."""
+        ...
+
     async def wait_for_work(self, timeout: float) -> None:
         """Return when new work may be due (a commit here, a NOTIFY elsewhere) or after
         ``timeout`` seconds, whichever comes first."""

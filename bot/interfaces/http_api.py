@@ -319,14 +319,20 @@ async def list_channels(request: web.Request) -> web.Response:
     recorded = {name: (state, since) for name, state, since, _ in await rt.store.channel_health()}
     started = rt.started_at
     names = {f"{c.value}" for c in rt.channels} | set(recorded)
+    # Addresses the provider moved (a Telegram group become a supergroup), under that channel:
+    # the configuration still names the old one.
+    moves: dict[str, list[dict[str, str | None]]] = {}
+    for channel, old, new, at in await rt.store.address_moves():
+        moves.setdefault(channel, []).append({"from": old, "to": new, "since": serialize.iso(at)})
     return web.json_response(
         [
             {
                 "name": name,
                 "state": recorded.get(name, ("up", started))[0],
                 "since": serialize.iso(recorded.get(name, ("up", started))[1]),
+                **({"moved": moves[name]} if name in moves else {}),
             }
-            for name in sorted(names)
+            for name in sorted(names | set(moves))
         ]
     )
 

@@ -37,6 +37,7 @@ class MemoryStore:
         self.attempt_rows: dict[int, list[Attempt]] = {}
         self.escalated: set[int] = set()
         self.health: dict[str, tuple[str, str, datetime, str | None]] = {}
+        self.moves: dict[tuple[str, str], tuple[str, datetime]] = {}
         self._next_id = 1
         self._work = asyncio.Event()
 
@@ -330,6 +331,14 @@ class MemoryStore:
 
     async def channel_health(self) -> list[tuple[str, str, datetime, str | None]]:
         return [self.health[k] for k in sorted(self.health)]
+
+    async def note_address_moved(self, channel: str, old: str, new: str, at: datetime) -> None:
+        known = self.moves.get((channel, old))
+        if known is None or known[0] != new:
+            self.moves[(channel, old)] = (new, at)
+
+    async def address_moves(self) -> list[tuple[str, str, str, datetime]]:
+        return [(c, o, *self.moves[(c, o)]) for c, o in sorted(self.moves)]
 
     async def pending_count(self, incident_id: str | None = None) -> int:
         rows = self.rows.values() if incident_id is None else self._of(incident_id)

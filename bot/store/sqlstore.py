@@ -29,12 +29,13 @@ from bot.store.sqlbase import (
     IntegrityError,
     _placeholders,
 )
+from bot.store.sqlmoves import SqlAddressMoves
 from bot.store.sqlqueue import SqlQueue
 
 __all__ = ["Connection", "IntegrityError", "SqlStore"]
 
 
-class SqlStore(SqlQueue):
+class SqlStore(SqlAddressMoves, SqlQueue):
     """The Store contract in SQL; subclasses provide the connection and the claim query."""
 
     async def commit(self, changes: Changes) -> None:

@@ -345,3 +345,22 @@ async def test_channel_health_is_kept(store: Store) -> None:
     assert await store.channel_health() == [
         ("smtp:127.0.0.1:25", "up", T0 + timedelta(seconds=5), None)
     ]
+
+
+async def test_address_moves_keep_the_first_time_and_follow_a_second_move(store: Store) -> None:
+    assert await store.address_moves() == []
+    later = T0 + timedelta(minutes=5)
+    await store.note_address_moved("telegram", "-1005", "-1001005", T0)
+    await store.note_address_moved("telegram", "-1005", "-1001005", later)  # noted again
+    await store.note_address_moved("telegram", "-1007", "-1001007", later)
+    assert await store.address_moves() == [
+        ("telegram", "-1005", "-1001005", T0),
+        ("telegram", "-1007", "-1001007", later),
+    ]
+    await store.note_address_moved("telegram", "-1007", "-1009", later + timedelta(minutes=1))
+    assert (await store.address_moves())[1] == (
+        "telegram",
+        "-1007",
+        "-1009",
+        later + timedelta(minutes=1),
+    )

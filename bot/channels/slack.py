@@ -22,6 +22,7 @@ again (a possible duplicate, visible in the record as an ``unknown`` attempt).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -107,8 +108,6 @@ def slack_client(settings: Settings, session: aiohttp.ClientSession) -> AsyncWeb
         session=session,
         retry_handlers=[],
         logger=sdk_log,
-        # The SDK types it as int; aiohttp takes any number of seconds.
-        timeout=cfg.timeout,  # type: ignore[arg-type]
     )
 
 
@@ -123,8 +122,10 @@ class SlackChannel:
     destination_rate: float | None = 1.0
     destination_burst: int = 3
 
-    def __init__(self, client: AsyncWebClient) -> None:
+    def __init__(self, client: AsyncWebClient, *, timeout: float = 10.0) -> None:
         self._client = client
+        # The SDK's own timeout applies only to sessions it opens itself, not a shared one.
+        self._timeout = timeout
         # Deliveries whose last post here had an unknown outcome (another process learns it
         # from ``OutboundMessage.unknown_attempts``).
         self._uncertain: OrderedDict[int, None] = OrderedDict()
@@ -173,13 +174,17 @@ class SlackChannel:
         """Post the message (after looking for an earlier post of unknown outcome); Slack's
         answer becomes a receipt or a channel error."""
         arguments = self.payload(message)
+        code = "ok"
         if message.unknown_attempts > 0 or message.delivery_id in self._uncertain:
             found = await self.reconcile(message)
-            if found is not None:
+            if isinstance(found, Receipt):
                 self._uncertain.pop(message.delivery_id, None)
                 return found
+            if found:  # Slack's history shows the earlier post never landed
+                code = "reconciled:not-found"
         try:
-            response = await self._client.chat_postMessage(**arguments)
+            async with asyncio.timeout(self._timeout):
+                response = await self._client.chat_postMessage(**arguments)
         except Exception as exc:
             error = slack_error(exc)
             if error is None:
@@ -191,35 +196,17 @@ class SlackChannel:
         self._uncertain.pop(message.delivery_id, None)
         channel, ts = response.get("channel"), response.get("ts")
         provider_id = f"{channel}:{ts}" if channel and ts else None
-        return Receipt(provider_id=provider_id, state=DeliveryState.DELIVERED, code="ok")
+        return Receipt(provider_id=provider_id, state=DeliveryState.DELIVERED, code=code)
 
-    async def reconcile(self, message: OutboundMessage) -> Receipt | None:
-        """The receipt of an earlier post of this delivery if the conversation holds one; None
-        when it does not (post again). A history that cannot be read now raises
+    async def reconcile(self, message: OutboundMessage) -> Receipt | bool:
+        """The receipt of an earlier post of this delivery if the conversation holds one; True
+        when it does not (post again: no duplicate). A history that cannot be read now raises
         :class:`TransientError` (look again on the next attempt, never post blindly); one that
-        cannot be read at all (a missing scope, the bot not in the channel) returns None."""
-        since = (message.queued_at or datetime.now(UTC) - _LOOKBACK) - _CLOCK_SLACK
+        cannot be read at all (a missing scope, the bot not in the channel) gives False (post
+        again, a possible duplicate)."""
         try:
-            channel = await self._conversation(message.address)
-            cursor: str | None = None
-            for _ in range(_HISTORY_PAGES):
-                page = await self._client.conversations_history(
-                    channel=channel,
-                    oldest=f"{since.timestamp():.6f}",
-                    include_all_metadata=True,
-                    limit=_HISTORY_PAGE,
-                    cursor=cursor,
-                )
-                for item in page.get("messages") or []:
-                    if _carries(item, message.delivery_id):
-                        log.info("slack post of delivery %s found: not posted again",
-                                 message.delivery_id)
-                        provider_id = f"{channel}:{item.get('ts')}"
-                        return Receipt(provider_id, DeliveryState.DELIVERED, "reconciled")
-                meta = page.get("response_metadata") or {}
-                cursor = meta.get("next_cursor") if isinstance(meta, Mapping) else None
-                if not page.get("has_more") or not cursor:
-                    break
+            async with asyncio.timeout(self._timeout * 2):
+                return await self._look_up(message)
         except Exception as exc:
             error = slack_error(exc)
             if error is None:
@@ -230,9 +217,35 @@ class SlackChannel:
                     message.address,
                     error.code,
                 )
-                return None
+                return False
             raise TransientError(f"cannot reconcile: {error.reason}", error.code) from exc
-        return None
+
+    async def _look_up(self, message: OutboundMessage) -> Receipt | bool:
+        """Read the conversation since the delivery was queued, newest first, a few pages."""
+        since = (message.queued_at or datetime.now(UTC) - _LOOKBACK) - _CLOCK_SLACK
+        channel = await self._conversation(message.address)
+        cursor: str | None = None
+        for _ in range(_HISTORY_PAGES):
+            page = await self._client.conversations_history(
+                channel=channel,
+                oldest=f"{since.timestamp():.6f}",
+                include_all_metadata=True,
+                limit=_HISTORY_PAGE,
+                cursor=cursor,
+            )
+            for item in page.get("messages") or []:
+                if _carries(item, message.delivery_id):
+                    log.info(
+                        "slack post of delivery %s found: not posted again", message.delivery_id
+                    )
+                    provider_id = f"{channel}:{item.get('ts')}"
+                    return Receipt(provider_id, DeliveryState.DELIVERED, "reconciled")
+            meta = page.get("response_metadata") or {}
+            cursor = meta.get("next_cursor") if isinstance(meta, Mapping) else None
+            if not page.get("has_more") or not cursor:
+                return True  # the whole window was read: the earlier post is not there
+        log.warning("slack history of %s too long to search: posting again", message.address)
+        return False
 
     async def _conversation(self, address: str) -> str:
         """The conversation a post to ``address`` lands in: a user's DM with the bot."""
@@ -308,4 +321,6 @@ def _header(headers: Any, name: str) -> str | None:
 
 def from_settings(settings: Settings, session: aiohttp.ClientSession) -> SlackChannel:
     """The Slack channel of this configuration, over the shared HTTP session."""
-    return SlackChannel(slack_client(settings, session))
+    cfg = settings.channels.slack
+    timeout = cfg.timeout if cfg is not None else 10.0
+    return SlackChannel(slack_client(settings, session), timeout=timeout)

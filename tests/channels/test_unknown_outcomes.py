@@ -19,11 +19,18 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.channels.slack import METADATA_EVENT, SlackChannel
 from bot.channels.telegram import TelegramChannel, build_bot, split_html
+from bot.delivery.retry import RetryPolicy
+from bot.delivery.worker import Dispatcher
+from bot.domain.clock import FakeClock
 from bot.domain.errors import TransientError, UnknownOutcome
 from bot.domain.models import ChannelName, DeliveryState
 from bot.ports import OutboundMessage, Receipt
 from bot.sandbox.slack_api import SlackSandbox
+from bot.interfaces import serialize
 from bot.sandbox.telegram_api import Failure, TelegramSandbox, visible_text
+from bot.store.memory import MemoryStore
+from tests import factories
+from tests.interfaces.api_support import auth, running_api
 
 SLACK_TOKEN = "xoxb-test-token"
 TELEGRAM_TOKEN = "123456:TEST-token-never-logged"
@@ -225,3 +232,36 @@ async def test_a_long_message_resumes_at_the_part_that_failed(
     # The next delivery of a long message starts at its own first part.
     await channel.send(replace(message, delivery_id=53))
     assert len(telegram_api.messages(1001)) == 6
+
+
+# --- through the worker and the API --------------------------------------------------------
+async def test_a_moved_group_is_recorded_by_the_worker_and_shown_with_the_channels(
+    telegram_api: TelegramSandbox, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, clock = MemoryStore(), FakeClock()
+    changes = factories.declaration(0)
+    stmt = replace(changes.statements[0], bodies={"telegram": "<b>Panne Orbis</b>"})
+    changes.statements = [stmt]
+    changes.deliveries = [factories.new_delivery(stmt, "-1005", ChannelName.TELEGRAM)]
+    await store.commit(changes)
+    telegram_api.migrate(-1005, -1001234567890)
+    worker = Dispatcher(
+        store,
+        {ChannelName.TELEGRAM: telegram_channel(telegram_api, session)},
+        clock,
+        retry=RetryPolicy(jitter=lambda: 0.0),
+    )
+
+    await worker.drain()
+
+    [delivery] = await store.deliveries("INC-2023-0830-01")
+    assert delivery.state == DeliveryState.SENT
+    assert len(telegram_api.messages(-1001234567890)) == 1
+    assert await store.address_moves() == [("telegram", "-1005", "-1001234567890", clock.now())]
+    async with running_api(monkeypatch, store=store) as api:
+        response = await api.client.get("/api/v1/channels", headers=auth("viewer"))
+        assert response.status == 200
+        [telegram] = [c for c in await response.json() if c["name"] == "telegram"]
+    assert telegram["moved"] == [
+        {"from": "-1005", "to": "-1001234567890", "since": serialize.iso(clock.now())}
+    ]

@@ -26,4 +26,6 @@ class SqlAddressMoves(SqlBase):
 
     async def address_moves(self) -> list[tuple[str, str, str, datetime]]:
         found = await self._many("SELECT * FROM address_moves ORDER BY channel, old_address")
-        return [(r["channel"], r["old_address"], r["new_address"], rows._dt(r["at"])) for r in found]
+        return [
+            (r["channel"], r["old_address"], r["new_address"], rows._dt(r["at"])) for r in found
+        ]

@@ -24,9 +24,9 @@ from bot.delivery.worker import Dispatcher
 from bot.domain.clock import FakeClock
 from bot.domain.errors import TransientError, UnknownOutcome
 from bot.domain.models import ChannelName, DeliveryState
+from bot.interfaces import serialize
 from bot.ports import OutboundMessage, Receipt
 from bot.sandbox.slack_api import SlackSandbox
-from bot.interfaces import serialize
 from bot.sandbox.telegram_api import Failure, TelegramSandbox, visible_text
 from bot.store.memory import MemoryStore
 from tests import factories

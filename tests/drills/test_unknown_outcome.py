@@ -86,9 +86,7 @@ async def test_a_slack_post_answered_too_late_is_reconciled_not_sent_twice(
         assert len(slack.messages_in("C0CRISIS")) == 1, worker.log_tail()
         assert len(slack.messages_in("C0STAFF")) == 1
         assert len(slack.calls_to("chat.postMessage")) == 2
-        assert [c.args["channel"] for c in slack.calls_to("conversations.history")] == [
-            "C0CRISIS"
-        ]
+        assert [c.args["channel"] for c in slack.calls_to("conversations.history")] == ["C0CRISIS"]
     rows = {d.address: d for d in await store.deliveries(INCIDENT)}
     attempts = await store.attempts([d.id for d in rows.values()])
     crisis = rows["C0CRISIS"]

@@ -306,9 +306,10 @@ class Store(Protocol):
 
     async def purge_idempotency_keys(self, before: datetime) -> int: ...
 
-    async def progress_due(self) -> list[str]:
-        """Incidents whose progress message may be behind: deliveries pending, or a message
-        last written while some were."""
+    async def progress_due(self, resolved_since: datetime) -> list[str]:
+        """Incidents whose progress message may be behind: deliveries pending, a message last
+        written while some were, every incident declared and not resolved before
+        ``resolved_since`` (a fan-out may have started and ended between two looks)."""
         ...
 
     async def get_progress(self, incident_id: str) -> ProgressMessage | None: ...

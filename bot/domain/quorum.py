@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from bot.domain.audiences import Audience, person_delivery, statement_kind_for
-from bot.domain.models import DeliveryState, Incident, IncidentStatus, TimelineEntry
+from bot.domain.models import DeliveryState, Incident, TimelineEntry
 from bot.domain.statements import all_deliveries
 from bot.ports import Changes, SiteQuorum
 

@@ -10,8 +10,9 @@ message's ``ts`` is stored so that a restarted ``serve`` updates the same messag
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -26,6 +27,8 @@ from bot.ports import Clock, ProgressMessage, Store
 
 log = logging.getLogger("tocsin.slack.progress")
 
+# A resolution's fan-out still gets its final counts for this long after the resolution.
+RECENTLY_RESOLVED = timedelta(hours=1)
 PENDING = frozenset(state.value for state in PENDING_STATES)
 STATE_ORDER = [state.value for state in DeliveryState]
 WORDS = {
@@ -86,12 +89,18 @@ class SlackProgress:
         self._words = WORDS.get(locale[:2], WORDS["en"])
         self._zone = ZoneInfo(timezone)
         self._paused_until = 0.0
+        self._lock = asyncio.Lock()
 
     async def tick(self) -> None:
         """Post or update the message of every incident whose counts moved since last time."""
-        if self.clock.now().timestamp() < self._paused_until:
+        async with self._lock:  # one look at a time: two would both post a first message
+            await self._tick()
+
+    async def _tick(self) -> None:
+        now = self.clock.now()
+        if now.timestamp() < self._paused_until:
             return  # Slack asked us to wait (429)
-        for incident_id in await self.store.progress_due():
+        for incident_id in await self.store.progress_due(now - RECENTLY_RESOLVED):
             saved = await self.store.get_progress(incident_id)
             if saved is not None and not saved.ts:
                 continue  # the bot cannot post there: said once, not at every tick

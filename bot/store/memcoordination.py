@@ -99,9 +99,15 @@ class MemoryCoordination:
             del keys[k]
         return len(old)
 
-    async def progress_due(self) -> list[str]:
+    async def progress_due(self, resolved_since: datetime) -> list[str]:
         due = {d.incident_id for d in self.rows.values() if d.state in PENDING_STATES}
         due |= {i for i, m in self._coordination.progress.items() if m.pending > 0}
+        due |= {
+            i.id
+            for i in self.incidents.values()
+            if i.status != IncidentStatus.DRAFT
+            and (i.resolved_at is None or i.resolved_at >= resolved_since)
+        }
         return sorted(due)
 
     async def get_progress(self, incident_id: str) -> ProgressMessage | None:

@@ -141,13 +141,16 @@ class SqlCoordination(SqlBase):
             )
 
     # --- the progress message ----------------------------------------------------------
-    async def progress_due(self) -> list[str]:
+    async def progress_due(self, resolved_since: datetime) -> list[str]:
         # due_at is set exactly while a delivery is pending: the partial index finds them.
         found = await self._many(
             "SELECT DISTINCT incident_id FROM deliveries WHERE due_at IS NOT NULL "
             f"AND state IN ({_placeholders(len(_PENDING))}) "
-            "UNION SELECT incident_id FROM progress_messages WHERE pending > 0",
+            "UNION SELECT incident_id FROM progress_messages WHERE pending > 0 "
+            "UNION SELECT id AS incident_id FROM incidents WHERE status <> 'draft' "
+            "AND (resolved_at IS NULL OR resolved_at >= ?)",
             *_PENDING,
+            resolved_since.timestamp(),
         )
         return sorted(r["incident_id"] for r in found)
 

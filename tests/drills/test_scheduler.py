@@ -324,8 +324,10 @@ def _progress(slack: SlackSandbox) -> list[Any]:
 
 
 async def test_slack_progress_counts_every_process_and_survives_a_restart(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    for name, value in TOKEN_ENV.items():
+        monkeypatch.setenv(name, value)  # the worker process needs the Slack token too
     async with (
         sqlite_store(tmp_path / "tocsin.db") as store,
         SlackSandbox(token=TOKEN_ENV["SLACK_BOT_TOKEN"]) as slack,
@@ -360,13 +362,7 @@ async def test_slack_progress_counts_every_process_and_survives_a_restart(
             )
             serve = ServeProcess(config, tmp_path / "serve.log", port)
             with processes(serve, worker):
-                worker_env = os.environ.copy()
-                os.environ.update(TOKEN_ENV)  # the worker process inherits the Slack token
-                try:
-                    worker.start()
-                finally:
-                    os.environ.clear()
-                    os.environ.update(worker_env)
+                worker.start()
                 await serve.start().ready()
                 incident = await declare(serve.url)
 

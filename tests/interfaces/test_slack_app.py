@@ -153,9 +153,7 @@ async def tocsin(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Tocsin]:
     monkeypatch.setenv("SLACK_SIGNING_SECRET", SECRET)
     async with SlackSandbox(token=TOKEN) as slack:
         store = MemoryStore()
-        app = build_app(
-            settings_from_dict(config(slack.api_url)), store=store, with_scheduler=True
-        )
+        app = build_app(settings_from_dict(config(slack.api_url)), store=store, with_scheduler=True)
         async with TestClient(TestServer(app)) as client:
             inbound = app[SLACK]
             assert inbound.progress is not None

@@ -83,7 +83,8 @@ RETURNING *
         self._relisten: asyncio.Task[None] | None = None
         self._closing = False
         self._sizes = (min_size, max_size)
-        self._leads: dict[str, asyncpg.Connection] = {}
+        self._leads: dict[str, asyncpg.Connection] = {}  # one session per leader name
+        self._held: set[str] = set()
 
     async def open(self) -> None:
         self._closing = False
@@ -134,18 +135,14 @@ RETURNING *
         ends with that connection (a dead process, a dropped link, a restarted database), and
         another process's next try takes it."""
         conn = self._leads.get(name)
-        if conn is not None:
-            try:
-                await conn.fetchval("SELECT 1", timeout=_LEAD_TIMEOUT)
+        try:
+            if conn is None or conn.is_closed():
+                self._held.discard(name)
+                conn = await asyncpg.connect(self.url, timeout=_LEAD_TIMEOUT)
+                self._leads[name] = conn
+            if name in self._held:
+                await conn.fetchval("SELECT 1", timeout=_LEAD_TIMEOUT)  # still our session?
                 return True
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                del self._leads[name]
-                conn.terminate()  # the lock went with the session
-        try:
-            conn = await asyncpg.connect(self.url, timeout=_LEAD_TIMEOUT)
-        except (OSError, TimeoutError, asyncpg.PostgresError):
-            return False
-        try:
             got = await conn.fetchval(
                 "SELECT pg_try_advisory_lock($1::int, $2::int)",
                 _LEAD_CLASS,
@@ -153,14 +150,18 @@ RETURNING *
                 timeout=_LEAD_TIMEOUT,
             )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            got = False
+            # The session (and the lock with it) is gone: stand by, try afresh next time.
+            self._held.discard(name)
+            lost = self._leads.pop(name, None)
+            if lost is not None:
+                lost.terminate()
+            return False
         if got:
-            self._leads[name] = conn
-            return True
-        await _quietly_close(conn)
-        return False
+            self._held.add(name)
+        return bool(got)
 
     async def resign(self, name: str, holder: str) -> None:
+        self._held.discard(name)
         conn = self._leads.pop(name, None)
         if conn is not None:
             await _quietly_close(conn)  # closing the session releases its lock

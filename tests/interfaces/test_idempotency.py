@@ -116,3 +116,12 @@ async def test_an_unusable_key_is_refused(api: Api) -> None:
     assert status == 422
     assert "Idempotency-Key" in body["detail"]
     assert await api.store.list_incidents() == []
+
+
+async def test_the_openapi_document_names_the_header(api: Api) -> None:
+    document = await (await api.client.get("/api/openapi.json")).json()
+    for path in ("/api/v1/incidents", "/api/v1/incidents/{id}/updates"):
+        names = [p["name"] for p in document["paths"][path]["post"].get("parameters", [])]
+        assert "Idempotency-Key" in names, path
+    resolve = document["paths"]["/api/v1/incidents/{id}/resolve"]["post"]
+    assert "Idempotency-Key" not in [p["name"] for p in resolve.get("parameters", [])]

@@ -323,93 +323,94 @@ def _progress(slack: SlackSandbox) -> list[Any]:
     ]
 
 
+WARDS = [f"C0WARD{i}" for i in range(10)]
+
+
+def slack_config(api_url: str) -> dict[str, Any]:
+    """Ten wards' Slack channels; the progress message goes to C0CRISIS."""
+    return {
+        "delivery": {"backoff_base": "20ms", "backoff_max": "100ms", "max_attempts": 1000},
+        "channels": {
+            "slack": {
+                "api_url": api_url,
+                "incident_channel": "C0CRISIS",
+                "limits": {"unlimited_destinations": True, "rate": 1000, "burst": 1000},
+            }
+        },
+        "audiences": {
+            "wards": {
+                "statement": "internal",
+                "destinations": [{"slack_channel": ward} for ward in WARDS],
+            }
+        },
+        "default_audiences": ["wards"],
+    }
+
+
+def _final(slack: SlackSandbox, total: int) -> bool:
+    calls = _progress(slack)
+    text = calls[-1].args["blocks"][0]["text"]["text"] if calls else ""
+    return f"Total {total} · Diffusion terminée" in text
+
+
 async def test_slack_progress_counts_every_process_and_survives_a_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name, value in TOKEN_ENV.items():
         monkeypatch.setenv(name, value)  # the worker process needs the Slack token too
+    token = TOKEN_ENV["SLACK_BOT_TOKEN"]
     async with (
         sqlite_store(tmp_path / "tocsin.db") as store,
-        SlackSandbox(token=TOKEN_ENV["SLACK_BOT_TOKEN"]) as slack,
+        SlackSandbox(token=token) as seen_by_serve,
+        SlackSandbox(token=token) as seen_by_worker,
     ):
-        with Sink(latency_ms=20) as sink:
-            port = free_port()
-            db = f"sqlite:///{tmp_path}/tocsin.db"
-            extra = {
-                "channels": {
-                    "slack": {"api_url": slack.api_url, "incident_channel": "C0CRISIS"},
-                    "webhook": {
-                        "timeout": 5,
-                        "limits": {"unlimited_destinations": True, "rate": 1000, "burst": 1000},
-                    },
-                },
-                "audiences": {
-                    "crisis-cell": {
-                        "statement": "internal",
-                        "destinations": [{"slack_channel": "C0CRISIS"}],
-                    },
-                    "intranet": {
-                        "statement": "internal",
-                        "destinations": [{"webhook": f"{sink.url}/hook/{i}"} for i in range(30)],
-                    },
-                },
-                "default_audiences": ["crisis-cell", "intranet"],
-            }
-            config = serve_config(tmp_path, db, port, "serve.yaml", extra)
-            worker = WorkerProcess(
-                write_config(tmp_path, db, name="worker.yaml", extra=extra),
-                tmp_path / "worker.log",
-            )
-            serve = ServeProcess(config, tmp_path / "serve.log", port)
-            with processes(serve, worker):
-                worker.start()
+        # Every ward post from serve's own dispatcher fails (transient): the fan-out can only
+        # be delivered by the separate worker process, which talks to another stand-in.
+        for ward in WARDS:
+            seen_by_serve.fail(ward, "internal_error")
+        port = free_port()
+        db = f"sqlite:///{tmp_path}/tocsin.db"
+        config = serve_config(tmp_path, db, port, "serve.yaml", slack_config(seen_by_serve.api_url))
+        worker = WorkerProcess(
+            write_config(
+                tmp_path, db, name="worker.yaml", extra=slack_config(seen_by_worker.api_url)
+            ),
+            tmp_path / "worker.log",
+        )
+        serve = ServeProcess(config, tmp_path / "serve.log", port)
+        with processes(serve, worker):
+            worker.start()
+            await serve.start().ready()
+            incident = await declare(serve.url)
+
+            await seen_by_serve.wait_until(lambda: _final(seen_by_serve, 10), timeout=30)
+            assert sorted(m.channel for m in seen_by_worker.messages) == sorted(WARDS)
+            assert await store.pending_count(incident) == 0
+            posts = [c for c in _progress(seen_by_serve) if c.method == "chat.postMessage"]
+            assert len(posts) == 1
+            [message] = [m for m in seen_by_serve.messages if m.channel == "C0CRISIS"]
+            assert "• *wards*: delivered 10" in message.blocks[0]["text"]["text"]
+
+            # A restarted serve goes on with the same message.
+            assert serve.stop() == 0
+            serve = ServeProcess(config, tmp_path / "serve2.log", port)
+            with processes(serve):
                 await serve.start().ready()
-                incident = await declare(serve.url)
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.post(
+                        f"{serve.url}/api/v1/incidents/{incident}/updates",
+                        json={"status": "identified", "message": "Base de données."},
+                        headers=AUTH,
+                    ) as answer,
+                ):
+                    assert answer.status == 201
 
-                def final() -> bool:
-                    calls = _progress(slack)
-                    text = calls[-1].args["blocks"][0]["text"]["text"] if calls else ""
-                    return "Total 31 · Diffusion terminée" in text
-
-                await slack.wait_until(final, timeout=30)
-                assert await store.pending_count(incident) == 0
-                posts = [c for c in _progress(slack) if c.method == "chat.postMessage"]
-                assert len(posts) == 1
-                [message] = [
-                    m
-                    for m in slack.messages
-                    if m.channel == "C0CRISIS"
-                    and m.blocks
-                    and m.blocks[0]["text"]["text"].startswith("*Diffusion")
-                ]
-                assert "• *intranet*: delivered 30" in message.blocks[0]["text"]["text"]
-
-                # A restarted serve goes on with the same message.
+                await seen_by_serve.wait_until(lambda: _final(seen_by_serve, 20), timeout=30)
+                calls = _progress(seen_by_serve)
+                assert [c.method for c in calls].count("chat.postMessage") == 1
+                assert {c.args["ts"] for c in calls if c.method == "chat.update"} == {message.ts}
+                assert len(seen_by_worker.messages) == 20
                 assert serve.stop() == 0
-                serve = ServeProcess(config, tmp_path / "serve2.log", port)
-                with processes(serve):
-                    await serve.start().ready()
-                    async with (
-                        aiohttp.ClientSession() as session,
-                        session.post(
-                            f"{serve.url}/api/v1/incidents/{incident}/updates",
-                            json={"status": "identified", "message": "Base de données."},
-                            headers=AUTH,
-                        ) as answer,
-                    ):
-                        assert answer.status == 201
-
-                    def final_again() -> bool:
-                        calls = _progress(slack)
-                        text = calls[-1].args["blocks"][0]["text"]["text"] if calls else ""
-                        return "Total 62 · Diffusion terminée" in text
-
-                    await slack.wait_until(final_again, timeout=30)
-                    calls = _progress(slack)
-                    assert [c.method for c in calls].count("chat.postMessage") == 1
-                    assert {c.args["ts"] for c in calls if c.method == "chat.update"} == {
-                        message.ts
-                    }
-                    assert serve.stop() == 0
-                assert worker.stop() == 0
-                assert serve.errors() == [] and worker.errors() == []
+            assert worker.stop() == 0
+            assert worker.errors() == []

@@ -83,8 +83,8 @@ async def escalate_sites(
     """Escalate every site short of its quorum past the policy delay; returns (incident,
     site) pairs escalated now.
 
-    One query per quorum audience finds the sites short of it (the store counts the
-    acknowledgements); only the incidents that need an escalation are loaded.
+    One query per quorum audience counts, in the store, the confirmations per site of the
+    open incidents past the delay; no delivery is loaded, only those incidents' own rows.
     """
     now = now or service.clock.now()
     done: list[tuple[str, str]] = []

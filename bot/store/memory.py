@@ -22,11 +22,12 @@ from bot.domain.models import (
     TimelineEntry,
 )
 from bot.ports import FIRST_PAGE, Changes, Page
+from bot.store.memcoordination import MemoryCoordination
 
 _ACKABLE = (DeliveryState.SENT, DeliveryState.DELIVERED)
 
 
-class MemoryStore:
+class MemoryStore(MemoryCoordination):
     """Dictionaries and lists; every method is atomic because none awaits mid-change."""
 
     def __init__(self) -> None:
@@ -87,6 +88,8 @@ class MemoryStore:
             self._work.set()
 
     async def commit(self, changes: Changes) -> None:
+        if changes.idempotency is not None:
+            self._check_key(changes.idempotency)
         incident = changes.incident
         if incident is not None and changes.new_incident and incident.id in self.incidents:
             raise Conflict(f"incident {incident.id} exists")
@@ -96,6 +99,8 @@ class MemoryStore:
         tokens = {d.ack_token for d in self.rows.values()}
         if any(d.ack_token in tokens for d in changes.deliveries):
             raise Conflict("duplicate acknowledgement token")
+        if changes.idempotency is not None:
+            self._record_key(changes.idempotency)
         if incident is not None:
             self.incidents[incident.id] = incident
         for entry in changes.timeline:
@@ -103,14 +108,6 @@ class MemoryStore:
         for statement in [*changes.statements, *changes.statement_updates]:
             self.statement_rows[statement.id] = statement
         self._insert(changes.deliveries)
-
-    async def next_incident_number(self, prefix: str) -> int:
-        numbers = [
-            int(i.removeprefix(prefix))
-            for i in self.incidents
-            if i.startswith(prefix) and i.removeprefix(prefix).isdigit()
-        ]
-        return max(numbers, default=0) + 1
 
     @staticmethod
     def _due_at(d: Delivery) -> datetime | None:

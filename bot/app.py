@@ -44,6 +44,11 @@ def audiences_from(settings: Settings) -> dict[str, Audience]:
                 Person(m.name, m.contacts(), m.site, m.locale, m.deputy) for m in cfg.members
             ),
             policy=cfg.policy.to_domain(cfg.statement),
+            urgent=(
+                cfg.priority == "urgent"
+                if cfg.priority is not None
+                else (True if name == settings.reminders.audience else None)
+            ),
         )
     return audiences
 

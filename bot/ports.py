@@ -220,3 +220,17 @@ class Store(Protocol):
         """Return when new work may be due (a commit here, a NOTIFY elsewhere) or after
         ``timeout`` seconds, whichever comes first."""
         ...
+
+    async def take_tokens(
+        self, key: str, rate: float, burst: float, want: int, now: float
+    ) -> tuple[int, float]:
+        """Take up to ``want`` tokens from the deployment-wide bucket ``key`` (``rate`` per
+        second, holding at most ``burst``; created full on first use) at epoch ``now``.
+        Returns ``(granted, wait_s)``: all that was asked for, else one, else none; when none,
+        the seconds until a token can be granted (the bucket refills, or a pause ends)."""
+        ...
+
+    async def pause_bucket(self, key: str, until: float) -> None:
+        """A provider answered 429: bucket ``key`` grants nothing before epoch ``until`` (for
+        every worker) and refills from empty after it."""
+        ...

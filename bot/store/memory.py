@@ -22,6 +22,7 @@ from bot.domain.models import (
     TimelineEntry,
 )
 from bot.ports import FIRST_PAGE, Changes, Page
+from bot.store.sqlbuckets import grant_size, wait_after
 
 _ACKABLE = (DeliveryState.SENT, DeliveryState.DELIVERED)
 
@@ -37,6 +38,7 @@ class MemoryStore:
         self.attempt_rows: dict[int, list[Attempt]] = {}
         self.escalated: set[int] = set()
         self.health: dict[str, tuple[str, str, datetime, str | None]] = {}
+        self.buckets: dict[str, tuple[float, float, float]] = {}  # tokens, updated, paused
         self._next_id = 1
         self._work = asyncio.Event()
 
@@ -79,6 +81,7 @@ class MemoryStore:
                 root_id=d.root_id,
                 created_at=now,
                 updated_at=now,
+                lane=d.lane,
             )
             self.attempt_rows[self._next_id] = []
             self._next_id += 1
@@ -123,12 +126,12 @@ class MemoryStore:
         self, worker: str, now: datetime, lease_seconds: float, limit: int
     ) -> list[Delivery]:
         due = [
-            (at, d.id)
+            (d.lane, at, d.id)
             for d in self.rows.values()
             if (at := self._due_at(d)) is not None and at <= now
         ]
         claimed = []
-        for _, delivery_id in sorted(due)[:limit]:
+        for _, _, delivery_id in sorted(due)[:limit]:
             d = replace(
                 self.rows[delivery_id],
                 state=DeliveryState.SENDING,
@@ -334,3 +337,17 @@ class MemoryStore:
     async def pending_count(self, incident_id: str | None = None) -> int:
         rows = self.rows.values() if incident_id is None else self._of(incident_id)
         return sum(1 for d in rows if d.state in PENDING_STATES)
+
+    async def take_tokens(
+        self, key: str, rate: float, burst: float, want: int, now: float
+    ) -> tuple[int, float]:
+        want = grant_size(want, burst)
+        tokens, updated, paused = self.buckets.get(key, (float(burst), now, 0.0))
+        level = min(float(burst), tokens + (now - updated) * rate) if now > updated else tokens
+        granted = 0 if paused > now else want if level >= want else 1 if level >= 1 else 0
+        self.buckets[key] = (level - granted, max(updated, now), paused)
+        return granted, wait_after(granted, level - granted, paused, rate, now)
+
+    async def pause_bucket(self, key: str, until: float) -> None:
+        _, updated, paused = self.buckets.get(key, (0.0, until, until))
+        self.buckets[key] = (0.0, max(updated, until), max(paused, until))

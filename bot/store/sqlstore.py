@@ -29,12 +29,13 @@ from bot.store.sqlbase import (
     IntegrityError,
     _placeholders,
 )
+from bot.store.sqlbuckets import SqlBuckets
 from bot.store.sqlqueue import SqlQueue
 
 __all__ = ["Connection", "IntegrityError", "SqlStore"]
 
 
-class SqlStore(SqlQueue):
+class SqlStore(SqlQueue, SqlBuckets):
     """The Store contract in SQL; subclasses provide the connection and the claim query."""
 
     async def commit(self, changes: Changes) -> None:

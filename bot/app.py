@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from bot.config import Settings
+from bot.delivery.ratelimit import RateLimiter
 from bot.delivery.retry import RetryPolicy
 from bot.delivery.scheduler import Scheduler
 from bot.delivery.worker import DispatchConfig, Dispatcher
@@ -187,6 +188,8 @@ def build_dispatcher(runtime: Runtime) -> Dispatcher:
             backoff_base=cfg.backoff_base,
             backoff_max=cfg.backoff_max,
         ),
+        # Every worker of the deployment shares each provider's and destination's budget.
+        limiter=RateLimiter(clock=lambda: runtime.clock.now().timestamp(), shared=runtime.store),
     )
     system = Actor("tocsin", Role.ADMIN)
 

@@ -17,7 +17,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -58,9 +58,11 @@ def fan_out(url: str, n: int, incident_id: str = "INC-2023-0830-01", spread: int
 
 @dataclass(frozen=True)
 class SinkLog:
-    """What the sink saw: every POST's delivery id, in arrival order."""
+    """What the sink saw: every POST's delivery id, in arrival order (and arrival times)."""
 
     ids: list[int]
+    at: list[float] = field(default_factory=list)
+    refused_at: list[float] = field(default_factory=list)
 
     @property
     def distinct(self) -> set[int]:
@@ -75,8 +77,12 @@ class SinkLog:
 class Sink:
     """``bench/sink.py --record`` in its own process; use as a context manager."""
 
-    def __init__(self, *, latency_ms: float = 0.0) -> None:
+    def __init__(
+        self, *, latency_ms: float = 0.0, limit_rate: float = 0.0, limit_burst: int = 1
+    ) -> None:
         self._args = ["--record"] + (["--latency-ms", str(latency_ms)] if latency_ms else [])
+        if limit_rate:
+            self._args += ["--limit-rate", str(limit_rate), "--limit-burst", str(limit_burst)]
         self._proc: subprocess.Popen[str] | None = None
         self.url = ""
 
@@ -138,7 +144,11 @@ class Sink:
             session.get(f"{self.url}/deliveries") as response,
         ):
             data = await response.json()
-        return SinkLog([int(i) for i in data["ids"] if i is not None])
+        return SinkLog(
+            [int(i) for i in data["ids"] if i is not None],
+            [at for i, at in zip(data["ids"], data["at"], strict=True) if i is not None],
+            data["refused_at"],
+        )
 
 
 def write_config(

@@ -4,8 +4,8 @@ queue send to a provider limited to 30 requests a second.
 The provider is the recording sink in its own process, answering 429 with ``Retry-After: 1``
 beyond 30/s; the webhook channel is configured with the same limit (``channels.webhook.
 limits``: rate 30, burst 3). Each worker alone would send 30/s; together they must stay
-within 30 + 3 in any one-second window, and a 429 must never cost a delivery: all of them
-are delivered, none failed.
+within 30 + 3 in any one-second window with hardly a 429 (a few at most, from timing
+jitter), and a 429 must never cost a delivery: all of them are delivered, none failed.
 """
 
 from __future__ import annotations
@@ -108,6 +108,9 @@ async def test_four_workers_together_keep_the_provider_rate(tmp_path: Path) -> N
     assert counts == {"delivered": DELIVERIES}
     assert "failed" not in outcomes
     assert busiest <= RATE + BURST, f"{busiest} requests in one second"
+    # A refused request is one beyond the provider's rate: only timing jitter at the edge of
+    # a window may cause one (each worker alone at 30/s drew about 150 here).
+    assert len(seen.refused_at) <= BURST, f"{len(seen.refused_at)} requests refused with 429"
     assert all(d.attempts == 1 for d in rows)
     for worker in workers:
         assert worker.errors() == [], worker.log_tail()

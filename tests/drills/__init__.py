@@ -17,14 +17,16 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
 import yaml
 
-from bot.domain.models import ChannelName
+from bot.domain.audiences import NORMAL_LANE, Audience, StatementIndex, Target, plan_deliveries
+from bot.domain.models import ChannelName, DeliveryPolicy, StatementKind
 from bot.ports import Changes
 from tests import factories
 
@@ -267,3 +269,30 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def heads_broadcast(
+    url: str, n: int, incident_id: str = "INC-2023-0830-01", *, lanes: bool = True
+) -> Changes:
+    """A department-head broadcast of an incident already declared: ``n`` webhooks
+    (``/head/<i>``) planned as the product plans them (an audience asking for an
+    acknowledgement is urgent); ``lanes=False`` puts them in the normal lane (first in, first
+    out), as before lanes existed."""
+    stmt = factories.statement(incident_id, StatementKind.DEPARTMENT_HEADS, seq=2)
+    audience = Audience(
+        "department-heads",
+        StatementKind.DEPARTMENT_HEADS,
+        targets=tuple(Target(ChannelName.WEBHOOK, f"{url}/head/{i}") for i in range(n)),
+        policy=DeliveryPolicy(require_ack=True, kind=StatementKind.DEPARTMENT_HEADS),
+    )
+    planned = plan_deliveries(
+        incident_id=incident_id,
+        seq=2,
+        audiences=[audience],
+        statements=StatementIndex([stmt], "fr"),
+        default_locale="fr",
+        now=datetime.now(UTC),
+    )
+    if not lanes:
+        planned = [replace(d, lane=NORMAL_LANE) for d in planned]
+    return Changes(statements=[stmt], deliveries=planned)

@@ -10,7 +10,8 @@ any message beyond their published limits, checked with the same token-bucket ar
   sms       10 msg/s for the account (burst 10), 1 msg/s per number (burst 5); 100 numbers.
 
 One declaration fans out to all three at once through the real worker (defaults: 50 in
-flight, 0.5 s poll, SQLite queue), each channel configured with the provider's limits through
+flight, 0.5 s poll, SQLite queue, rate limits shared through the store as in ``tocsin
+worker``), each channel configured with the provider's limits through
 ``RateLimits``/``apply_limits`` — the webhook adapter stands in for each provider's HTTP API.
 The theoretical bound is the time the limits alone impose: for every bucket, the moment its
 last message may pass, (messages − burst) ÷ rate. Figures: completion ÷ bound, and the share
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bot.channels.registry import apply_limits
 from bot.channels.webhook import WebhookChannel
 from bot.config import RateLimits, WebhookChannelSettings
+from bot.delivery.ratelimit import RateLimiter
 from bot.delivery.worker import Dispatcher
 from bot.domain.clock import SystemClock
 from bot.domain.models import ChannelName
@@ -183,7 +185,9 @@ async def main(tolerance_ms: float) -> None:
                     adapter = WebhookChannel(session, WebhookChannelSettings())
                     apply_limits(adapter, provider.limits)
                     channels[provider.channel] = adapter
-                worker = Dispatcher(store, channels, SystemClock())
+                # As ``tocsin worker`` runs it: the buckets are the deployment's, in the store.
+                limiter = RateLimiter(clock=time.time, shared=store)
+                worker = Dispatcher(store, channels, SystemClock(), limiter=limiter)
                 stop = asyncio.Event()
                 started = time.monotonic()
                 running = asyncio.create_task(worker.run(stop))

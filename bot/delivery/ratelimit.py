@@ -5,9 +5,10 @@ gives the delivery back to the queue due at that moment (long), so one slow dest
 never holds the worker's concurrency.
 
 Alone, a limiter keeps its buckets in memory (GCRA reservations). Given the deployment's
-shared budget (the store), it holds the rate for every worker together: each bucket's
-tokens live in the database and a worker takes them in small chunks (a tenth of a second of
-the rate), using each at once; a 429 pauses the bucket for every worker.
+shared budget (the store), it also holds the rate for every worker together: past its own
+reservation, a send needs a token of the bucket in the database, which a worker takes in
+small chunks (a tenth of a second of the rate) and uses at once; a 429 pauses the bucket
+for every worker.
 """
 
 from __future__ import annotations
@@ -167,6 +168,12 @@ class RateLimiter:
     async def _acquire_shared(
         self, shared: SharedBudget, limits: Sequence[Limit], max_wait: float
     ) -> float:
+        # This worker's own pace first (in memory, no round trip), then the deployment's.
+        wait = self.reserve(limits, max_wait=max_wait)
+        if wait > max_wait:
+            return wait
+        if wait > 0:
+            await asyncio.sleep(wait)  # rate limiting, not synchronisation
         paused = self.paused_for_any(limits)
         if paused > 0:
             return paused

@@ -17,7 +17,7 @@ The theoretical bound is the time the limits alone impose: for every bucket, the
 last message may pass, (messages − burst) ÷ rate. Figures: completion ÷ bound, and the share
 of requests refused with 429.
 
-    python bench/ratelimited.py [--tolerance-ms 10]
+    python bench/ratelimited.py [--tolerance-ms 10] [--workers 1]
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def providers(tolerance_s: float) -> list[Provider]:
     ]
 
 
-async def main(tolerance_ms: float) -> None:
+async def main(tolerance_ms: float, n_workers: int) -> None:
     plan = providers(tolerance_ms / 1000)
     standins = [HttpStandin(default=p) for p in plan]
     for standin in standins:
@@ -185,16 +185,24 @@ async def main(tolerance_ms: float) -> None:
                     adapter = WebhookChannel(session, WebhookChannelSettings())
                     apply_limits(adapter, provider.limits)
                     channels[provider.channel] = adapter
-                # As ``tocsin worker`` runs it: the buckets are the deployment's, in the store.
-                limiter = RateLimiter(clock=time.time, shared=store)
-                worker = Dispatcher(store, channels, SystemClock(), limiter=limiter)
+                # As ``tocsin worker`` runs it: the buckets are the deployment's, in the store;
+                # with ``--workers`` several workers share them.
+                workers = [
+                    Dispatcher(
+                        store,
+                        channels,
+                        SystemClock(),
+                        limiter=RateLimiter(clock=time.time, shared=store),
+                    )
+                    for _ in range(n_workers)
+                ]
                 stop = asyncio.Event()
                 started = time.monotonic()
-                running = asyncio.create_task(worker.run(stop))
+                running = [asyncio.create_task(worker.run(stop)) for worker in workers]
                 while await store.pending_count(INCIDENT) > 0:
                     await store.wait_for_work(0.05)  # progress check, not synchronisation
                 stop.set()
-                await running
+                await asyncio.gather(*running)
             counts = await store.delivery_counts(INCIDENT)
             await store.close()
     finally:
@@ -215,7 +223,7 @@ async def main(tolerance_ms: float) -> None:
     print(
         f"ratelimited: n={total} bound_s={bound:.2f} took_s={took:.2f} "
         f"ratio={took / bound:.3f} share_429={refused / requests:.4f} "
-        f"refused={refused} requests={requests} tolerance_ms={tolerance_ms:g}"
+        f"refused={refused} requests={requests} tolerance_ms={tolerance_ms:g} workers={n_workers}"
     )
 
 
@@ -227,5 +235,8 @@ if __name__ == "__main__":
         default=10.0,
         help="how early a provider forgives a message (network jitter)",
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="workers sharing the limits (one process)"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.tolerance_ms))
+    asyncio.run(main(args.tolerance_ms, args.workers))

@@ -107,6 +107,7 @@ class RateLimiter:
         self._stashes: dict[str, Stash] = {}
         self._max_keys = max_keys
         self._shared = shared
+        self._shared_down = False
         self.waited_seconds = 0.0
 
     def _bucket(self, limit: Limit) -> TokenBucket:
@@ -152,10 +153,7 @@ class RateLimiter:
         the message may go now, else the seconds after which to try again: the caller gives
         the delivery back to the queue, due then."""
         if self._shared is not None and limits:
-            try:
-                return await self._acquire_shared(self._shared, limits, max_wait)
-            except Exception:  # the database is away: hold the rate in this process at least
-                log.warning("shared rate limits unavailable; limiting this process only")
+            return await self._acquire_shared(self._shared, limits, max_wait)
         wait = self.reserve(limits, max_wait=max_wait)
         if wait > max_wait:
             return wait
@@ -179,7 +177,14 @@ class RateLimiter:
             return paused
         taken: list[Stash] = []
         for limit in limits:
-            wait = await self._token(shared, limit, max_wait)
+            try:
+                wait = await self._token(shared, limit, max_wait)
+            except Exception:  # the database is away: this worker's own pace holds meanwhile
+                if not self._shared_down:
+                    log.warning("shared rate limits unavailable; limiting this process only")
+                self._shared_down = True
+                continue
+            self._shared_down = False
             if wait > 0:
                 for stash in taken:  # not used: the next send of this worker may
                     stash.tokens += 1

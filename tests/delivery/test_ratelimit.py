@@ -91,3 +91,25 @@ async def test_a_429_storm_never_fails_a_delivery() -> None:
         ("delivered", None)
     ]
     assert attempts[1].at - attempts[0].at >= timedelta(seconds=1)
+
+
+class Unreachable:
+    """A shared budget whose database is away."""
+
+    async def take_tokens(
+        self, key: str, rate: float, burst: float, want: int, now: float
+    ) -> tuple[int, float]:
+        raise ConnectionResetError("database gone")
+
+    async def pause_bucket(self, key: str, until: float) -> None:
+        raise ConnectionResetError("database gone")
+
+
+async def test_without_its_database_a_worker_keeps_the_limits_on_its_own() -> None:
+    clock = Epoch()
+    limiter = RateLimiter(clock=clock, shared=Unreachable())
+    waits = [await limiter.acquire(PROVIDER, max_wait=0.0) for _ in range(8)]
+    assert waits.count(0.0) == 5
+    await limiter.pause("provider:sms", 30)
+    clock.now += 1.0
+    assert await limiter.acquire(PROVIDER, max_wait=0.0) > 28

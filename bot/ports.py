@@ -226,8 +226,8 @@ class Store(Protocol):
     ) -> tuple[int, float]:
         """Take up to ``want`` tokens from the deployment-wide bucket ``key`` (``rate`` per
         second, holding at most ``burst``; created full on first use) at epoch ``now``.
-        Returns ``(granted, wait_s)``: all that was asked for, else one, else none; when none,
-        the seconds until a token can be granted (the bucket refills, or a pause ends)."""
+        Returns ``(granted, wait_s)``: all that was asked for, else the whole tokens left;
+        when none, the seconds until a token can be granted (it refills, or a pause ends)."""
         ...
 
     async def pause_bucket(self, key: str, until: float) -> None:

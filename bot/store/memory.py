@@ -22,7 +22,7 @@ from bot.domain.models import (
     TimelineEntry,
 )
 from bot.ports import FIRST_PAGE, Changes, Page
-from bot.store.sqlbuckets import grant_size, wait_after
+from bot.store.sqlbuckets import grant_size, granted_of, wait_after
 
 _ACKABLE = (DeliveryState.SENT, DeliveryState.DELIVERED)
 
@@ -344,7 +344,7 @@ class MemoryStore:
         want = grant_size(want, burst)
         tokens, updated, paused = self.buckets.get(key, (float(burst), now, 0.0))
         level = min(float(burst), tokens + (now - updated) * rate) if now > updated else tokens
-        granted = 0 if paused > now else want if level >= want else 1 if level >= 1 else 0
+        granted = granted_of(level, want, paused > now)
         self.buckets[key] = (level - granted, max(updated, now), paused)
         return granted, wait_after(granted, level - granted, paused, rate, now)
 

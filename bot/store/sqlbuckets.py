@@ -19,19 +19,30 @@ _LEVEL = (
     "(? - rate_buckets.updated_at) * ? > ? THEN ? ELSE rate_buckets.tokens + "
     "(? - rate_buckets.updated_at) * ? END) ELSE rate_buckets.tokens END)"
 )
-# What is granted: all that was asked for, else one token, else none (and none while paused).
-_GRANT = f"(CASE WHEN rate_buckets.paused_until > ? THEN 0 WHEN {_LEVEL} >= ? THEN ? WHEN {_LEVEL} >= 1 THEN 1 ELSE 0 END)"  # noqa: E501
+# The whole tokens of a level (never negative): the one expression the dialects spell apart.
+_WHOLE = {"sqlite": "CAST({x} AS INTEGER)", "postgres": "FLOOR({x})"}
+# What is granted: all that was asked for, else the whole tokens there are (none while paused).
+_GRANT = (
+    "(CASE WHEN rate_buckets.paused_until > ? THEN 0 WHEN {level} >= ? THEN ? ELSE {whole} END)"
+)
 _LATER = "CASE WHEN rate_buckets.{col} > ? THEN rate_buckets.{col} ELSE ? END"
 
-_TAKE = f"""
+_TAKE = """
 INSERT INTO rate_buckets (key, tokens, updated_at, paused_until, last_taken)
 VALUES (?, ?, ?, 0, ?)
 ON CONFLICT (key) DO UPDATE SET
-    last_taken = {_GRANT},
-    tokens = {_LEVEL} - {_GRANT},
-    updated_at = {_LATER.format(col="updated_at")}
+    last_taken = {grant},
+    tokens = {level} - {grant},
+    updated_at = {later}
 RETURNING tokens, paused_until, last_taken
 """
+
+
+def take_sql(dialect: str) -> str:
+    """The take upsert in ``dialect``."""
+    grant = _GRANT.format(level=_LEVEL, whole=_WHOLE[dialect].format(x=_LEVEL))
+    return _TAKE.format(grant=grant, level=_LEVEL, later=_LATER.format(col="updated_at"))
+
 
 _PAUSE = f"""
 INSERT INTO rate_buckets (key, tokens, updated_at, paused_until, last_taken)
@@ -50,6 +61,11 @@ def _level_args(rate: float, burst: float, now: float) -> tuple[float, ...]:
 def _grant_args(rate: float, burst: float, want: int, now: float) -> tuple[Any, ...]:
     level = _level_args(rate, burst, now)
     return (now, *level, want, want, *level)
+
+
+def granted_of(level: float, want: int, paused: bool) -> int:
+    """The grant rule of the upsert, for stores without SQL."""
+    return 0 if paused else want if level >= want else max(0, int(level))
 
 
 def grant_size(want: int, burst: float) -> int:
@@ -86,7 +102,7 @@ class SqlBuckets(SqlBase):
             now,
         )
         async with self.transaction() as conn:
-            [row] = await conn.fetch(_TAKE, *args)
+            [row] = await conn.fetch(take_sql(self.dialect), *args)
         granted = int(row["last_taken"])
         return granted, wait_after(granted, row["tokens"], row["paused_until"], rate, now)
 

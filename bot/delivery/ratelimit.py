@@ -215,7 +215,7 @@ class RateLimiter:
                     )
                     if granted > 0:
                         stash.tokens = granted - 1
-                        stash.until = now + max(granted, 1) / limit.rate
+                        stash.until = now + want / limit.rate  # a chunk's time
                         return 0.0
                     stash.empty_until = now + wait
             if wait > max_wait or attempt == _INLINE_TRIES - 1:

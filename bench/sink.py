@@ -8,9 +8,9 @@ With ``--record`` it also keeps the ``delivery_id`` of every POST's JSON body, i
 and ``GET /deliveries`` returns them (``{"count": n, "ids": [...]}``): crash drills count what
 was lost and what was sent twice, with each one's arrival time (epoch seconds, ``at``).
 ``--latency-ms`` delays every answer, like a distant provider. ``--limit-rate R`` (with
-``--limit-burst B``) makes it a rate-limited provider: a POST beyond R a second (GCRA, bursts
-of B) is answered 429 with ``Retry-After: 1`` and only its arrival time is kept
-(``refused_at``).
+``--limit-burst B``, ``--limit-tolerance-ms T`` for network jitter) makes it a rate-limited
+provider: a POST beyond R a second (GCRA, bursts of B) is answered 429 with ``Retry-After: 1``
+and only its arrival time is kept (``refused_at``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ from aiohttp import web
 
 
 async def main(
-    record: bool = False, latency_ms: float = 0.0, limit_rate: float = 0.0, limit_burst: int = 1
+    record: bool = False,
+    latency_ms: float = 0.0,
+    limit_rate: float = 0.0,
+    limit_burst: int = 1,
+    tolerance_ms: float = 0.0,
 ) -> None:
     count = 0
     ids: list[int | None] = []
@@ -47,7 +51,7 @@ async def main(
         body = await request.read()
         if limit_rate:
             now, interval = time.time(), 1.0 / limit_rate
-            if now < tat - (limit_burst - 1) * interval:
+            if now < tat - (limit_burst - 1) * interval - tolerance_ms / 1000:
                 refused.append(now)
                 return web.json_response(
                     {"ok": False, "error": "rate_limited"}, status=429, headers={"Retry-After": "1"}
@@ -97,5 +101,16 @@ if __name__ == "__main__":
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay every answer")
     parser.add_argument("--limit-rate", type=float, default=0.0, help="429 beyond this rate")
     parser.add_argument("--limit-burst", type=int, default=1, help="burst within the limit")
+    parser.add_argument(
+        "--limit-tolerance-ms", type=float, default=0.0, help="forgive network jitter"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.record, args.latency_ms, args.limit_rate, args.limit_burst))
+    asyncio.run(
+        main(
+            args.record,
+            args.latency_ms,
+            args.limit_rate,
+            args.limit_burst,
+            args.limit_tolerance_ms,
+        )
+    )

@@ -25,6 +25,9 @@ log = logging.getLogger("tocsin.worker")
 # A worker asks the shared bucket for this much of the rate at a time, and uses it within
 # that time or leaves it: N workers stay within the rate plus the burst.
 CHUNK_SECONDS = 0.1
+# A provider counts arrivals by its own clock: a send exactly on the limit arrives over it
+# after any network jitter. Shared buckets refill this much under the published rate.
+SHARED_RATE_MARGIN = 0.98
 # After a shared wait, sleep this much longer: a token due at t is there at t, not before.
 _MARGIN = 0.002
 # Waits for a shared token inside one send before the delivery goes back to the queue.
@@ -211,7 +214,7 @@ class RateLimiter:
                     if stash.take(now):
                         return 0.0
                     granted, wait = await shared.take_tokens(
-                        limit.key, limit.rate, limit.burst, want, now
+                        limit.key, limit.rate * SHARED_RATE_MARGIN, limit.burst, want, now
                     )
                     if granted > 0:
                         stash.tokens = granted - 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from bot.delivery.ratelimit import Limit, RateLimiter
+from bot.delivery.ratelimit import SHARED_RATE_MARGIN, Limit, RateLimiter
 from bot.delivery.retry import RetryPolicy
 from bot.delivery.worker import Dispatcher
 from bot.domain.clock import FakeClock
@@ -42,8 +42,8 @@ async def test_workers_sharing_a_store_share_the_burst_and_the_rate() -> None:
     assert granted.count(0.0) == 5  # the burst, for the four of them together
 
     granted = []
-    for _ in range(2):  # one second in two halves: ten more, whoever asks
-        clock.now += 0.5
+    for _ in range(2):  # one second (of the shared rate) in two halves: ten more, whoever asks
+        clock.now += 0.5 / SHARED_RATE_MARGIN + 1e-4
         granted += [await w.acquire(PROVIDER, max_wait=0.0) for _ in range(3) for w in workers]
     assert granted.count(0.0) == 10
 

@@ -80,11 +80,17 @@ class Sink:
     """``bench/sink.py --record`` in its own process; use as a context manager."""
 
     def __init__(
-        self, *, latency_ms: float = 0.0, limit_rate: float = 0.0, limit_burst: int = 1
+        self,
+        *,
+        latency_ms: float = 0.0,
+        limit_rate: float = 0.0,
+        limit_burst: int = 1,
+        limit_tolerance_ms: float = 0.0,
     ) -> None:
         self._args = ["--record"] + (["--latency-ms", str(latency_ms)] if latency_ms else [])
         if limit_rate:
             self._args += ["--limit-rate", str(limit_rate), "--limit-burst", str(limit_burst)]
+            self._args += ["--limit-tolerance-ms", str(limit_tolerance_ms)]
         self._proc: subprocess.Popen[str] | None = None
         self.url = ""
 

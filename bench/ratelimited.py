@@ -10,13 +10,14 @@ any message beyond their published limits, checked with the same token-bucket ar
   sms       10 msg/s for the account (burst 10), 1 msg/s per number (burst 5); 100 numbers.
 
 One declaration fans out to all three at once through the real worker (defaults: 50 in
-flight, 0.5 s poll, SQLite queue), each channel configured with the provider's limits through
+flight, 0.5 s poll, SQLite queue, rate limits shared through the store as in ``tocsin
+worker``), each channel configured with the provider's limits through
 ``RateLimits``/``apply_limits`` — the webhook adapter stands in for each provider's HTTP API.
 The theoretical bound is the time the limits alone impose: for every bucket, the moment its
 last message may pass, (messages − burst) ÷ rate. Figures: completion ÷ bound, and the share
 of requests refused with 429.
 
-    python bench/ratelimited.py [--tolerance-ms 10]
+    python bench/ratelimited.py [--tolerance-ms 10] [--workers 1]
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bot.channels.registry import apply_limits
 from bot.channels.webhook import WebhookChannel
 from bot.config import RateLimits, WebhookChannelSettings
+from bot.delivery.ratelimit import RateLimiter
 from bot.delivery.worker import Dispatcher
 from bot.domain.clock import SystemClock
 from bot.domain.models import ChannelName
@@ -153,7 +155,7 @@ def providers(tolerance_s: float) -> list[Provider]:
     ]
 
 
-async def main(tolerance_ms: float) -> None:
+async def main(tolerance_ms: float, n_workers: int) -> None:
     plan = providers(tolerance_ms / 1000)
     standins = [HttpStandin(default=p) for p in plan]
     for standin in standins:
@@ -183,14 +185,24 @@ async def main(tolerance_ms: float) -> None:
                     adapter = WebhookChannel(session, WebhookChannelSettings())
                     apply_limits(adapter, provider.limits)
                     channels[provider.channel] = adapter
-                worker = Dispatcher(store, channels, SystemClock())
+                # As ``tocsin worker`` runs it: the buckets are the deployment's, in the store;
+                # with ``--workers`` several workers share them.
+                workers = [
+                    Dispatcher(
+                        store,
+                        channels,
+                        SystemClock(),
+                        limiter=RateLimiter(clock=time.time, shared=store),
+                    )
+                    for _ in range(n_workers)
+                ]
                 stop = asyncio.Event()
                 started = time.monotonic()
-                running = asyncio.create_task(worker.run(stop))
+                running = [asyncio.create_task(worker.run(stop)) for worker in workers]
                 while await store.pending_count(INCIDENT) > 0:
                     await store.wait_for_work(0.05)  # progress check, not synchronisation
                 stop.set()
-                await running
+                await asyncio.gather(*running)
             counts = await store.delivery_counts(INCIDENT)
             await store.close()
     finally:
@@ -211,7 +223,7 @@ async def main(tolerance_ms: float) -> None:
     print(
         f"ratelimited: n={total} bound_s={bound:.2f} took_s={took:.2f} "
         f"ratio={took / bound:.3f} share_429={refused / requests:.4f} "
-        f"refused={refused} requests={requests} tolerance_ms={tolerance_ms:g}"
+        f"refused={refused} requests={requests} tolerance_ms={tolerance_ms:g} workers={n_workers}"
     )
 
 
@@ -223,5 +235,8 @@ if __name__ == "__main__":
         default=10.0,
         help="how early a provider forgives a message (network jitter)",
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="workers sharing the limits (one process)"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.tolerance_ms))
+    asyncio.run(main(args.tolerance_ms, args.workers))

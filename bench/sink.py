@@ -6,7 +6,11 @@ S seconds) until it has taken N, so that a drill waits on the fact rather than s
 
 With ``--record`` it also keeps the ``delivery_id`` of every POST's JSON body, in arrival order,
 and ``GET /deliveries`` returns them (``{"count": n, "ids": [...]}``): crash drills count what
-was lost and what was sent twice. ``--latency-ms`` delays every answer, like a distant provider.
+was lost and what was sent twice, with each one's arrival time (epoch seconds, ``at``).
+``--latency-ms`` delays every answer, like a distant provider. ``--limit-rate R`` (with
+``--limit-burst B``, ``--limit-tolerance-ms T`` for network jitter) makes it a rate-limited
+provider: a POST beyond R a second (GCRA, bursts of B) is answered 429 with ``Retry-After: 1``
+and only its arrival time is kept (``refused_at``).
 """
 
 from __future__ import annotations
@@ -16,13 +20,23 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 
 from aiohttp import web
 
 
-async def main(record: bool = False, latency_ms: float = 0.0) -> None:
+async def main(
+    record: bool = False,
+    latency_ms: float = 0.0,
+    limit_rate: float = 0.0,
+    limit_burst: int = 1,
+    tolerance_ms: float = 0.0,
+) -> None:
     count = 0
     ids: list[int | None] = []
+    arrived: list[float] = []
+    refused: list[float] = []
+    tat = 0.0  # GCRA: theoretical arrival time of the next request within the limit
     waiters: list[tuple[int, asyncio.Future[None]]] = []
     latency = latency_ms / 1000
 
@@ -33,12 +47,21 @@ async def main(record: bool = False, latency_ms: float = 0.0) -> None:
                 entry[1].set_result(None)
 
     async def receive(request: web.Request) -> web.Response:
-        nonlocal count
+        nonlocal count, tat
         body = await request.read()
+        if limit_rate:
+            now, interval = time.time(), 1.0 / limit_rate
+            if now < tat - (limit_burst - 1) * interval - tolerance_ms / 1000:
+                refused.append(now)
+                return web.json_response(
+                    {"ok": False, "error": "rate_limited"}, status=429, headers={"Retry-After": "1"}
+                )
+            tat = max(tat, now) + interval
         if latency:
             await asyncio.sleep(latency)  # the provider's answer time, not synchronisation
         count += 1
         if record:
+            arrived.append(time.time())
             try:
                 ids.append(int(json.loads(body)["delivery_id"]))
             except (ValueError, KeyError, TypeError):
@@ -57,7 +80,7 @@ async def main(record: bool = False, latency_ms: float = 0.0) -> None:
         return web.json_response({"count": count})
 
     async def delivered(request: web.Request) -> web.Response:
-        return web.json_response({"count": count, "ids": ids})
+        return web.json_response({"count": count, "ids": ids, "at": arrived, "refused_at": refused})
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", receive)
@@ -76,5 +99,18 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--record", action="store_true", help="keep every POST's delivery_id")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay every answer")
+    parser.add_argument("--limit-rate", type=float, default=0.0, help="429 beyond this rate")
+    parser.add_argument("--limit-burst", type=int, default=1, help="burst within the limit")
+    parser.add_argument(
+        "--limit-tolerance-ms", type=float, default=0.0, help="forgive network jitter"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.record, args.latency_ms))
+    asyncio.run(
+        main(
+            args.record,
+            args.latency_ms,
+            args.limit_rate,
+            args.limit_burst,
+            args.limit_tolerance_ms,
+        )
+    )

@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from bot.config import Settings
+from bot.delivery.ratelimit import RateLimiter
 from bot.delivery.retry import RetryPolicy
 from bot.delivery.scheduler import Scheduler, add_incident_checks
 from bot.delivery.worker import DispatchConfig, Dispatcher
@@ -44,6 +45,11 @@ def audiences_from(settings: Settings) -> dict[str, Audience]:
                 Person(m.name, m.contacts(), m.site, m.locale, m.deputy) for m in cfg.members
             ),
             policy=cfg.policy.to_domain(cfg.statement),
+            urgent=(
+                cfg.priority == "urgent"
+                if cfg.priority is not None
+                else (True if name == settings.reminders.audience else None)
+            ),
         )
     return audiences
 
@@ -188,6 +194,8 @@ def build_dispatcher(runtime: Runtime) -> Dispatcher:
             backoff_base=cfg.backoff_base,
             backoff_max=cfg.backoff_max,
         ),
+        # Every worker of the deployment shares each provider's and destination's budget.
+        limiter=RateLimiter(clock=lambda: runtime.clock.now().timestamp(), shared=runtime.store),
     )
     system = Actor("tocsin", Role.ADMIN)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -199,6 +199,10 @@ class AudienceSettings(Strict):
     destinations: tuple[Destination, ...] = ()
     members: tuple[Member, ...] = ()
     policy: Policy = Policy()
+    # Queue lane: urgent deliveries are claimed before normal ones due at the same moment.
+    # Unset: urgent when the policy requires acknowledgement or the audience gets the
+    # update-cadence reminders (the crisis cell); normal otherwise.
+    priority: Literal["urgent", "normal"] | None = None
 
     @model_validator(mode="after")
     def _policy_fits(self) -> AudienceSettings:

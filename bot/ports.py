@@ -330,3 +330,16 @@ class Store(Protocol):
     async def get_progress(self, incident_id: str) -> ProgressMessage | None: ...
 
     async def save_progress(self, message: ProgressMessage) -> None: ...
+    async def take_tokens(
+        self, key: str, rate: float, burst: float, want: int, now: float
+    ) -> tuple[int, float]:
+        """Take up to ``want`` tokens from the deployment-wide bucket ``key`` (``rate`` per
+        second, holding at most ``burst``; created full on first use) at epoch ``now``.
+        Returns ``(granted, wait_s)``: all that was asked for, else the whole tokens left;
+        when none, the seconds until a token can be granted (it refills, or a pause ends)."""
+        ...
+
+    async def pause_bucket(self, key: str, until: float) -> None:
+        """A provider answered 429: bucket ``key`` grants nothing before epoch ``until`` (for
+        every worker) and refills from empty after it."""
+        ...

@@ -7,7 +7,6 @@ and records.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -61,22 +60,14 @@ class DeliverySender:
         if admission == Admission.BLOCKED:
             await self._blocked(delivery, provider, now)
             return
-        limits = limits_for(channel, delivery)
-        wait = self.limiter.reserve(limits, max_wait=self.inline_wait_max)
-        if wait > self.inline_wait_max:
+        wait = await self.limiter.acquire(
+            limits_for(channel, delivery), max_wait=self.inline_wait_max
+        )
+        if wait > 0:  # no slot soon (rate, a 429's pause): back to the queue, due at its slot
             if admission == Admission.PROBE:
                 self.breakers.released(provider)
-            self._released.append((delivery.id, now + timedelta(seconds=wait)))
+            self._released.append((delivery.id, self.clock.now() + timedelta(seconds=wait)))
             return
-        if wait > 0:
-            await asyncio.sleep(wait)  # rate limiting, not synchronisation
-            paused = self.limiter.paused_for_any(limits)
-            if paused > 0:
-                # A 429 came back while this send waited for its slot: do not add another.
-                if admission == Admission.PROBE:
-                    self.breakers.released(provider)
-                self._released.append((delivery.id, self.clock.now() + timedelta(seconds=paused)))
-                return
         attempts: list[Attempt] = []
 
         def failed_try(exc: BaseException) -> None:
@@ -158,6 +149,8 @@ class DeliverySender:
             if isinstance(exc, UnknownOutcome)
             else "failed"
             if isinstance(exc, PermanentError)
+            else "throttled"
+            if isinstance(exc, TransientError) and exc.retry_after is not None
             else "retry"
         )
         code = getattr(exc, "code", None)
@@ -194,7 +187,22 @@ class DeliverySender:
                 if per_destination
                 else f"provider:{channel.provider_key(delivery.address)}"
             )
-            self.limiter.pause(key, retry_after)
+            await self.limiter.pause(key, retry_after)
+            if all(a.outcome == "throttled" for a in attempts):
+                # The provider's pace, not a failure: it never uses up max_attempts.
+                self._emit(
+                    delivery,
+                    Outcome(
+                        delivery.id,
+                        DeliveryState.RETRYING,
+                        attempts,
+                        next_attempt_at=self.retry.next_attempt(
+                            self.clock.now(), delivery.attempts, retry_after
+                        ),
+                        count_attempt=False,
+                    ),
+                )
+                return
         await self._retry_or_fail(delivery, attempts, retry_after)
 
     async def _retry_or_fail(

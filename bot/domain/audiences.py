@@ -40,13 +40,30 @@ class Person:
 
 @dataclass(frozen=True)
 class Audience:
-    """A named group of recipients and destinations with a delivery policy."""
+    """A named group of recipients and destinations with a delivery policy.
+
+    ``urgent`` is the audience's configured priority (None: decided by its policy)."""
 
     name: str
     kind: StatementKind
     targets: tuple[Target, ...] = ()
     members: tuple[Person, ...] = ()
     policy: DeliveryPolicy = field(default_factory=DeliveryPolicy)
+    urgent: bool | None = None
+
+
+URGENT_LANE = 0
+NORMAL_LANE = 1
+
+
+def lane_of(audience: Audience) -> int:
+    """The queue lane of an audience's deliveries: urgent ones are claimed before normal ones
+    due at the same moment, so a large public fan-out never holds back the people who must
+    act. An audience is urgent when configured so, else when its policy asks for an
+    acknowledgement; public, press, subscriber and staff lists are normal."""
+    if audience.urgent is not None:
+        return URGENT_LANE if audience.urgent else NORMAL_LANE
+    return URGENT_LANE if audience.policy.require_ack else NORMAL_LANE
 
 
 def new_ack_token() -> str:
@@ -130,6 +147,7 @@ def plan_deliveries(
                     policy=audience.policy,
                     ack_token=new_ack_token(),
                     next_attempt_at=now,
+                    lane=lane_of(audience),
                 )
             )
         for person in audience.members:
@@ -170,6 +188,7 @@ def person_delivery(
         policy=audience.policy,
         ack_token=new_ack_token(),
         next_attempt_at=now,
+        lane=lane_of(audience),
     )
 
 
@@ -219,4 +238,5 @@ def new_follow_up(
         failover_of=None if escalation else delivery.id,
         escalation_of=delivery.id if escalation else None,
         root_id=delivery.root_id or delivery.id,
+        lane=delivery.lane,
     )

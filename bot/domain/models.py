@@ -224,6 +224,7 @@ class Delivery:
     acknowledged_at: datetime | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    lane: int = 1  # 0 urgent (claimed first), 1 normal: see audiences.lane_of
 
     @property
     def is_member(self) -> bool:
@@ -251,6 +252,7 @@ class NewDelivery:
     failover_of: int | None = None
     escalation_of: int | None = None
     root_id: int | None = None
+    lane: int = 1
 
 
 @dataclass(frozen=True)

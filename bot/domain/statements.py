@@ -247,6 +247,7 @@ class PressDesk:
                     ),
                     ack_token=new_ack_token(),
                     next_attempt_at=self.service.clock.now(),
+                    lane=delivery.lane,
                 )
             )
         return planned

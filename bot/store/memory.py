@@ -23,6 +23,7 @@ from bot.domain.models import (
 )
 from bot.ports import FIRST_PAGE, Changes, Page
 from bot.store.memcoordination import MemoryCoordination
+from bot.store.sqlbuckets import grant_size, granted_of, wait_after
 
 _ACKABLE = (DeliveryState.SENT, DeliveryState.DELIVERED)
 
@@ -39,6 +40,7 @@ class MemoryStore(MemoryCoordination):
         self.escalated: set[int] = set()
         self.health: dict[str, tuple[str, str, datetime, str | None]] = {}
         self.moves: dict[tuple[str, str], tuple[str, datetime]] = {}
+        self.buckets: dict[str, tuple[float, float, float]] = {}  # tokens, updated, paused
         self._next_id = 1
         self._work = asyncio.Event()
 
@@ -81,6 +83,7 @@ class MemoryStore(MemoryCoordination):
                 root_id=d.root_id,
                 created_at=now,
                 updated_at=now,
+                lane=d.lane,
             )
             self.attempt_rows[self._next_id] = []
             self._next_id += 1
@@ -121,12 +124,12 @@ class MemoryStore(MemoryCoordination):
         self, worker: str, now: datetime, lease_seconds: float, limit: int
     ) -> list[Delivery]:
         due = [
-            (at, d.id)
+            (d.lane, at, d.id)
             for d in self.rows.values()
             if (at := self._due_at(d)) is not None and at <= now
         ]
         claimed = []
-        for _, delivery_id in sorted(due)[:limit]:
+        for _, _, delivery_id in sorted(due)[:limit]:
             d = replace(
                 self.rows[delivery_id],
                 state=DeliveryState.SENDING,
@@ -340,3 +343,17 @@ class MemoryStore(MemoryCoordination):
     async def pending_count(self, incident_id: str | None = None) -> int:
         rows = self.rows.values() if incident_id is None else self._of(incident_id)
         return sum(1 for d in rows if d.state in PENDING_STATES)
+
+    async def take_tokens(
+        self, key: str, rate: float, burst: float, want: int, now: float
+    ) -> tuple[int, float]:
+        want = grant_size(want, burst)
+        tokens, updated, paused = self.buckets.get(key, (float(burst), now, 0.0))
+        level = min(float(burst), tokens + (now - updated) * rate) if now > updated else tokens
+        granted = granted_of(level, want, paused > now)
+        self.buckets[key] = (level - granted, max(updated, now), paused)
+        return granted, wait_after(granted, level - granted, paused, rate, now)
+
+    async def pause_bucket(self, key: str, until: float) -> None:
+        _, updated, paused = self.buckets.get(key, (0.0, until, until))
+        self.buckets[key] = (0.0, max(updated, until), max(paused, until))

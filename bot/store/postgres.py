@@ -69,7 +69,7 @@ UPDATE deliveries SET state = 'sending', lease_owner = ?, lease_until = ?, due_a
     updated_at = ?
 WHERE id IN (
     SELECT id FROM deliveries WHERE due_at IS NOT NULL AND due_at <= ?
-    ORDER BY due_at, id LIMIT ?
+    ORDER BY lane, due_at, id LIMIT ?
     FOR UPDATE SKIP LOCKED
 )
 RETURNING *

@@ -29,6 +29,7 @@ from bot.store.sqlbase import (
     IntegrityError,
     _placeholders,
 )
+from bot.store.sqlbuckets import SqlBuckets
 from bot.store.sqlcoordination import SqlCoordination
 from bot.store.sqlmoves import SqlAddressMoves
 from bot.store.sqlqueue import SqlQueue
@@ -36,7 +37,7 @@ from bot.store.sqlqueue import SqlQueue
 __all__ = ["Connection", "IntegrityError", "SqlStore"]
 
 
-class SqlStore(SqlAddressMoves, SqlCoordination, SqlQueue):
+class SqlStore(SqlAddressMoves, SqlCoordination, SqlBuckets, SqlQueue):
     """The Store contract in SQL; subclasses provide the connection and the claim query."""
 
     async def commit(self, changes: Changes) -> None:

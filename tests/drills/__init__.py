@@ -17,14 +17,16 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
 import yaml
 
-from bot.domain.models import ChannelName
+from bot.domain.audiences import NORMAL_LANE, Audience, StatementIndex, Target, plan_deliveries
+from bot.domain.models import ChannelName, DeliveryPolicy, StatementKind
 from bot.ports import Changes
 from tests import factories
 
@@ -58,9 +60,11 @@ def fan_out(url: str, n: int, incident_id: str = "INC-2023-0830-01", spread: int
 
 @dataclass(frozen=True)
 class SinkLog:
-    """What the sink saw: every POST's delivery id, in arrival order."""
+    """What the sink saw: every POST's delivery id, in arrival order (and arrival times)."""
 
     ids: list[int]
+    at: list[float] = field(default_factory=list)
+    refused_at: list[float] = field(default_factory=list)
 
     @property
     def distinct(self) -> set[int]:
@@ -75,8 +79,18 @@ class SinkLog:
 class Sink:
     """``bench/sink.py --record`` in its own process; use as a context manager."""
 
-    def __init__(self, *, latency_ms: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        latency_ms: float = 0.0,
+        limit_rate: float = 0.0,
+        limit_burst: int = 1,
+        limit_tolerance_ms: float = 0.0,
+    ) -> None:
         self._args = ["--record"] + (["--latency-ms", str(latency_ms)] if latency_ms else [])
+        if limit_rate:
+            self._args += ["--limit-rate", str(limit_rate), "--limit-burst", str(limit_burst)]
+            self._args += ["--limit-tolerance-ms", str(limit_tolerance_ms)]
         self._proc: subprocess.Popen[str] | None = None
         self.url = ""
 
@@ -138,7 +152,11 @@ class Sink:
             session.get(f"{self.url}/deliveries") as response,
         ):
             data = await response.json()
-        return SinkLog([int(i) for i in data["ids"] if i is not None])
+        return SinkLog(
+            [int(i) for i in data["ids"] if i is not None],
+            [at for i, at in zip(data["ids"], data["at"], strict=True) if i is not None],
+            data["refused_at"],
+        )
 
 
 def write_config(
@@ -257,3 +275,30 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def heads_broadcast(
+    url: str, n: int, incident_id: str = "INC-2023-0830-01", *, lanes: bool = True
+) -> Changes:
+    """A department-head broadcast of an incident already declared: ``n`` webhooks
+    (``/head/<i>``) planned as the product plans them (an audience asking for an
+    acknowledgement is urgent); ``lanes=False`` puts them in the normal lane (first in, first
+    out), as before lanes existed."""
+    stmt = factories.statement(incident_id, StatementKind.DEPARTMENT_HEADS, seq=2)
+    audience = Audience(
+        "department-heads",
+        StatementKind.DEPARTMENT_HEADS,
+        targets=tuple(Target(ChannelName.WEBHOOK, f"{url}/head/{i}") for i in range(n)),
+        policy=DeliveryPolicy(require_ack=True, kind=StatementKind.DEPARTMENT_HEADS),
+    )
+    planned = plan_deliveries(
+        incident_id=incident_id,
+        seq=2,
+        audiences=[audience],
+        statements=StatementIndex([stmt], "fr"),
+        default_locale="fr",
+        now=datetime.now(UTC),
+    )
+    if not lanes:
+        planned = [replace(d, lane=NORMAL_LANE) for d in planned]
+    return Changes(statements=[stmt], deliveries=planned)

@@ -551,3 +551,91 @@ async def test_one_leader_at_a_time(two_processes: tuple[Store, Store, str]) -> 
     else:
         assert not await first.try_lead("scheduler", "a", T0 + timedelta(seconds=20), 10)
         assert await first.try_lead("scheduler", "a", T0 + timedelta(seconds=24), 10)
+
+
+async def test_urgent_deliveries_are_claimed_before_earlier_normal_ones(store: Store) -> None:
+    changes = f.declaration(0)
+    stmt = changes.statements[0]
+    public = [
+        f.new_delivery(stmt, f"http://public/{i}", ChannelName.WEBHOOK, next_attempt_at=T0)
+        for i in range(5)
+    ]
+    heads = [
+        f.new_delivery(
+            stmt,
+            f"head{i}@example.org",
+            audience="department-heads",
+            next_attempt_at=T0 + timedelta(seconds=10),
+            lane=0,
+        )
+        for i in range(3)
+    ]
+    not_yet = f.new_delivery(stmt, "later@example.org", next_attempt_at=T0 + timedelta(hours=1))
+    changes.deliveries = [*public, *heads, replace(not_yet, lane=0)]
+    await store.commit(changes)
+
+    first = await store.claim_due("w1", T0 + timedelta(seconds=20), 60, 4)
+    rest = await store.claim_due("w1", T0 + timedelta(seconds=20), 60, 10)
+
+    assert sorted(d.address for d in first if d.lane == 0) == [
+        "head0@example.org",
+        "head1@example.org",
+        "head2@example.org",
+    ]
+    assert [d.address for d in first if d.lane == 1] == ["http://public/0"]
+    assert sorted(d.address for d in rest) == [f"http://public/{i}" for i in range(1, 5)]
+
+
+async def test_a_follow_up_keeps_its_lane(store: Store) -> None:
+    changes = f.declaration(0)
+    stmt = changes.statements[0]
+    changes.deliveries = [f.new_delivery(stmt, "head@example.org", lane=0)]
+    await store.commit(changes)
+    [claimed] = await store.claim_due("w1", T0, 60, 10)
+    assert claimed.lane == 0
+    follow_up = f.new_delivery(stmt, "+33612345678", ChannelName.SMS, lane=claimed.lane)
+    await store.record(
+        [
+            Outcome(
+                claimed.id,
+                DeliveryState.FAILED,
+                (Attempt(claimed.id, T0, "failed", error="550"),),
+                follow_up=follow_up,
+            )
+        ]
+    )
+    [again] = await store.claim_due("w1", T0, 60, 10)
+    assert (again.address, again.lane) == ("+33612345678", 0)
+
+
+async def test_tokens_are_shared_up_to_the_burst_then_refill_at_the_rate(store: Store) -> None:
+    now = T0.timestamp()
+    assert await store.take_tokens("provider:webhook", 10.0, 5, 3, now) == (3, 0.0)
+    assert await store.take_tokens("provider:webhook", 10.0, 5, 3, now) == (2, 0.0)  # all left
+    granted, wait = await store.take_tokens("provider:webhook", 10.0, 5, 3, now)
+    assert (granted, round(wait, 6)) == (0, 0.1)
+    # Another key is another bucket; it starts full.
+    assert await store.take_tokens("dest:webhook:http://one", 1.0, 2, 5, now) == (2, 0.0)
+    # Refill: 0.35 s at 10/s is 3.5 tokens.
+    assert await store.take_tokens("provider:webhook", 10.0, 5, 3, now + 0.35) == (3, 0.0)
+    granted, wait = await store.take_tokens("provider:webhook", 10.0, 5, 3, now + 0.35)
+    assert (granted, round(wait, 6)) == (0, 0.05)
+    # Never more than the burst, however long the bucket was idle.
+    assert await store.take_tokens("provider:webhook", 10.0, 5, 9, now + 3600) == (5, 0.0)
+
+
+async def test_a_paused_bucket_grants_nothing_until_the_pause_ends(store: Store) -> None:
+    now = T0.timestamp()
+    assert await store.take_tokens("provider:slack", 10.0, 5, 1, now) == (1, 0.0)
+    await store.pause_bucket("provider:slack", now + 30)
+    await store.pause_bucket("provider:slack", now + 5)  # an earlier end never shortens it
+    granted, wait = await store.take_tokens("provider:slack", 10.0, 5, 1, now + 10)
+    assert (granted, round(wait, 6)) == (0, 20.0)
+    # After the pause the bucket refills from empty.
+    granted, wait = await store.take_tokens("provider:slack", 10.0, 5, 1, now + 30)
+    assert (granted, round(wait, 6)) == (0, 0.1)
+    assert await store.take_tokens("provider:slack", 10.0, 5, 1, now + 30.11) == (1, 0.0)
+    # A pause of a key never used before holds too.
+    await store.pause_bucket("dest:slack:C0CRISIS", now + 2)
+    granted, wait = await store.take_tokens("dest:slack:C0CRISIS", 1.0, 3, 1, now)
+    assert (granted, round(wait, 6)) == (0, 2.0)

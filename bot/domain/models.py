@@ -224,6 +224,9 @@ class Delivery:
     acknowledged_at: datetime | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    # Attempts whose result the provider left unknown (a timeout after the request left): a
+    # channel reconciles with the provider before sending again.
+    unknown_attempts: int = 0
 
     @property
     def is_member(self) -> bool:
@@ -276,3 +279,6 @@ class Outcome:
     escalate_at: datetime | None = None
     count_attempt: bool = True
     follow_up: NewDelivery | None = None
+    # The lease under which the attempt ran: the store applies the outcome only while that
+    # lease still holds the row (fencing); an outcome without one is never applied.
+    lease_owner: str | None = None

@@ -237,6 +237,7 @@ NEW_DELIVERY_COLUMNS = (
     "root_id",
     "created_at",
     "updated_at",
+    "require_ack",
 )
 
 
@@ -263,6 +264,7 @@ def new_delivery_row(d: NewDelivery, now: float) -> tuple[Any, ...]:
         d.root_id,
         now,
         now,
+        int(d.policy.require_ack),
     )
 
 
@@ -296,6 +298,7 @@ def delivery_from(r: Mapping[str, Any]) -> Delivery:
         acknowledged_at=dt(r["acknowledged_at"]),
         created_at=dt(r["created_at"]),
         updated_at=dt(r["updated_at"]),
+        unknown_attempts=r["unknown_attempts"],
     )
 
 

@@ -222,9 +222,7 @@ class Store(Protocol):
 
     async def due_escalations(self, now: datetime, limit: int) -> list[Delivery]: ...
 
-    async def mark_escalated(
-        self, delivery_id: int, follow_up: NewDelivery, at: datetime
-    ) -> bool:
+    async def mark_escalated(self, delivery_id: int, follow_up: NewDelivery, at: datetime) -> bool:
         """Flag a delivery as escalated (at ``at``) and queue ``follow_up``, once; False if
         already done or acknowledged meanwhile."""
         ...

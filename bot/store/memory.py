@@ -254,9 +254,7 @@ class MemoryStore:
         ]
         return sorted(due, key=lambda d: (d.escalate_at or now, d.id))[:limit]
 
-    async def mark_escalated(
-        self, delivery_id: int, follow_up: NewDelivery, at: datetime
-    ) -> bool:
+    async def mark_escalated(self, delivery_id: int, follow_up: NewDelivery, at: datetime) -> bool:
         d = self.rows[delivery_id]
         if delivery_id in self.escalated or d.state not in _ACKABLE:
             return False

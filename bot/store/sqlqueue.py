@@ -245,9 +245,7 @@ class SqlQueue(SqlBase):
             )
         return [rows.delivery_from(r) for r in found]
 
-    async def mark_escalated(
-        self, delivery_id: int, follow_up: NewDelivery, at: datetime
-    ) -> bool:
+    async def mark_escalated(self, delivery_id: int, follow_up: NewDelivery, at: datetime) -> bool:
         now = at.timestamp()
         async with self.transaction() as conn:
             changed = await conn.execute(

@@ -720,7 +720,7 @@ async def test_progress_is_throttled_and_closing_sends_the_last_counts() -> None
         progress = SlackProgress(client, store, "C0CRISIS", interval=60, locale="en")
 
         def done(delivery: Delivery) -> Outcome:
-            return Outcome(delivery.id, DeliveryState.DELIVERED, ())
+            return Outcome(delivery.id, DeliveryState.DELIVERED, (), lease_owner="w")
 
         await store.record([done(first)])
         progress.observe(first, done(first))

@@ -251,7 +251,9 @@ class Dispatcher(DeliverySender):
             await self._process(delivery)
         except LeaseLost:
             # Another worker may hold the row now: nothing is sent or recorded from here.
-            log.warning("delivery %d not sent: its lease lapsed", delivery.id)
+            log.warning(
+                "delivery %d: lease lapsed before its outcome, left to the next holder", delivery.id
+            )
         finally:
             self.router.done(delivery.statement_id)
             if delivery.id not in self._settling:

@@ -16,7 +16,7 @@ from bot.delivery.retry import RetryPolicy
 from bot.delivery.worker import DispatchConfig, Dispatcher
 from bot.domain.clock import FakeClock, SystemClock
 from bot.domain.errors import TransientError, UnknownOutcome
-from bot.domain.models import ChannelName, Delivery, DeliveryState
+from bot.domain.models import ChannelName, Delivery, DeliveryState, Outcome
 from bot.ports import Changes, Clock, OutboundMessage, Receipt, Store
 from bot.store.memory import MemoryStore
 from tests import factories as f
@@ -246,4 +246,44 @@ async def test_lapsed_lease_stops_the_send_and_the_next_holder_decides(
     assert len(stuck.calls) == 2 and len(healthy.calls) == 2
     rows = await store.deliveries(INCIDENT)
     assert {(d.state, d.attempts) for d in rows} == {(DeliveryState.DELIVERED, 1)}
-    assert "its lease lapsed" in caplog.text
+    assert "lease lapsed before its outcome" in caplog.text
+
+
+class _SlowFirstCommit(MemoryStore):
+    """Holds the first ``record`` until told, as a database stalled mid-commit would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commit_started = asyncio.Event()
+        self.commit_gate = asyncio.Event()
+
+    async def record(self, outcomes: Sequence[Outcome]) -> list[int]:
+        if not self.commit_started.is_set():
+            self.commit_started.set()
+            await self.commit_gate.wait()
+        return await super().record(outcomes)
+
+
+async def test_outcome_of_a_taken_over_row_is_dropped_not_written() -> None:
+    """Worker A's outcome waits on a stalled commit past its lease; worker B takes the row
+    over and records its own. A's outcome then changes nothing: no state, no attempt row, no
+    observer told."""
+    store = _SlowFirstCommit()
+    await store.commit(hooks(1))
+    clock_a, clock_b = FakeClock(), FakeClock()
+    clock_b.advance(61)  # B's claim comes after A's lease (60 s) expired
+    a_channel, b_channel = CountingChannel(), CountingChannel()
+    a, b = worker(store, a_channel, clock_a, "w1"), worker(store, b_channel, clock_b, "w2")
+    observed: list[str] = []
+    a.observers.append(lambda d, o: observed.append(f"a:{o.state.value}"))
+    b.observers.append(lambda d, o: observed.append(f"b:{o.state.value}"))
+    stalled = asyncio.create_task(a.drain())
+    await store.commit_started.wait()
+    assert await b.drain() == 1
+    store.commit_gate.set()
+    await stalled
+    assert len(a_channel.calls) == len(b_channel.calls) == 1
+    [row] = await store.deliveries(INCIDENT)
+    assert (row.state, row.attempts, row.lease_owner) == (DeliveryState.DELIVERED, 1, None)
+    assert len((await store.attempts([row.id]))[row.id]) == 1
+    assert observed == ["b:delivered"]

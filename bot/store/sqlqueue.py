@@ -41,10 +41,13 @@ WHERE id = ? AND lease_owner = ?
 """
 # A renewed lease keeps the row from being due; the state is left as it is (a delivery
 # acknowledged or reported delivered while its send runs stays so, and is not made due).
+# Rows are locked in id order, as outcomes lock them, so that the two never deadlock.
 _RENEW = """
 UPDATE deliveries SET lease_until = ?,
     due_at = CASE WHEN state = 'sending' THEN ? ELSE due_at END
-WHERE lease_owner = ? AND id IN ({ids})
+WHERE id IN (
+    SELECT id FROM deliveries WHERE lease_owner = ? AND id IN ({ids}) ORDER BY id{lock}
+)
 RETURNING id
 """
 _CHUNK = 500
@@ -146,7 +149,11 @@ class SqlQueue(SqlBase):
             for start in range(0, len(delivery_ids), _CHUNK):
                 chunk = list(delivery_ids[start : start + _CHUNK])
                 found = await conn.fetch(
-                    _RENEW.format(ids=_placeholders(len(chunk))), until, until, owner, *chunk
+                    _RENEW.format(ids=_placeholders(len(chunk)), lock=self.lock_rows),
+                    until,
+                    until,
+                    owner,
+                    *chunk,
                 )
                 kept.extend(r["id"] for r in found)
         return sorted(kept)

@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 
 import pytest
 
+from bot.delivery.leases import Leases
 from bot.delivery.retry import RetryPolicy
 from bot.delivery.worker import DispatchConfig, Dispatcher
 from bot.domain.clock import FakeClock, SystemClock
@@ -287,3 +289,65 @@ async def test_outcome_of_a_taken_over_row_is_dropped_not_written() -> None:
     assert (row.state, row.attempts, row.lease_owner) == (DeliveryState.DELIVERED, 1, None)
     assert len((await store.attempts([row.id]))[row.id]) == 1
     assert observed == ["b:delivered"]
+
+
+async def test_a_row_claimed_again_by_its_holder_moves_to_the_new_lease() -> None:
+    """A worker whose own lease lapsed while the outcome waited may claim the row again: it
+    is the same holder, so the row moves to the new token and is not sent a second time."""
+    leases = Leases("w", 60)
+    since = asyncio.get_running_loop().time()
+    assert leases.granted("w:1", [1, 2], since) == set()
+    assert leases.granted("w:2", [2, 3], since) == {2}
+    assert [leases.owner(i) for i in (1, 2, 3)] == ["w:1", "w:2", "w:2"]
+    assert leases.by_token() == [("w:1", [1]), ("w:2", [2, 3])]
+    leases.forget(1)
+    assert leases.by_token() == [("w:2", [2, 3])]
+    leases.close()
+
+
+class _ClaimsHeldRowAgain(MemoryStore):
+    """Hands the worker, on its next claim, the row it is still sending (as if that row's
+    lease had expired): the worst case the worker's own bookkeeping must absorb."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first: list[int] = []
+        self.handed_again = asyncio.Event()
+
+    async def claim_due(
+        self, worker: str, now: datetime, lease_seconds: float, limit: int
+    ) -> list[Delivery]:
+        claimed = await super().claim_due(worker, now, lease_seconds, limit)
+        if claimed and not self.first:
+            self.first = [d.id for d in claimed]
+        elif self.first and not self.handed_again.is_set():
+            self.handed_again.set()
+            for i in self.first:
+                self.rows[i] = replace(self.rows[i], lease_owner=worker)
+            claimed = [self.rows[i] for i in self.first]
+        return claimed
+
+
+async def test_worker_never_sends_a_row_it_holds_twice() -> None:
+    store = _ClaimsHeldRowAgain()
+    await store.commit(hooks(1))
+    channel = CountingChannel()
+    channel.gate = asyncio.Event()
+    sender = worker(store, channel, SystemClock(), "w1", poll_interval=0.01)
+    stop = asyncio.Event()
+    running = asyncio.create_task(sender.run(stop))
+    try:
+        await store.handed_again.wait()
+        channel.gate.set()
+
+        async def all_done() -> bool:
+            return await store.pending_count(INCIDENT) == 0
+
+        await wait_until(all_done, "the delivery to finish", 5, every=0.01)
+    finally:
+        stop.set()
+        channel.gate.set()
+        await running
+    assert len(channel.calls) == 1
+    [row] = await store.deliveries(INCIDENT)
+    assert (row.state, row.attempts) == (DeliveryState.DELIVERED, 1)  # under the new lease

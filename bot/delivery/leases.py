@@ -116,10 +116,11 @@ class Leases:
         except asyncio.CancelledError:
             if task not in self._lapsed:
                 raise
-            self._lapsed.discard(task)
             task.uncancel()
             raise LeaseLost(delivery_id) from None
         finally:
+            # A send that swallowed the cancellation ends normally: its outcome is fenced.
+            self._lapsed.discard(task)
             self._sending.pop(delivery_id, None)
 
     def _extend(self, token: str, since: float) -> None:

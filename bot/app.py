@@ -18,7 +18,7 @@ from aiohttp import web
 
 from bot.config import Settings
 from bot.delivery.retry import RetryPolicy
-from bot.delivery.scheduler import Scheduler
+from bot.delivery.scheduler import Scheduler, add_incident_checks
 from bot.delivery.worker import DispatchConfig, Dispatcher
 from bot.domain.audiences import Audience, Person, Target
 from bot.domain.clock import SystemClock
@@ -94,6 +94,7 @@ class Runtime:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     worker_task: asyncio.Task[None] | None = None
+    scheduler: Scheduler | None = None
     scheduler_task: asyncio.Task[None] | None = None
 
 
@@ -143,10 +144,15 @@ async def open_runtime(
             runtime.worker_task = asyncio.create_task(runtime.dispatcher.run(runtime.stop))
         if with_scheduler:
             reminders = settings.reminders
-            scheduler = Scheduler(
-                runtime.service, reminders.cadence, reminders.audience, reminders.check_every
+            runtime.scheduler = Scheduler(store, clock)
+            add_incident_checks(
+                runtime.scheduler,
+                runtime.service,
+                reminders.cadence,
+                reminders.audience,
+                reminders.check_every,
             )
-            runtime.scheduler_task = asyncio.create_task(scheduler.run(runtime.stop))
+            runtime.scheduler_task = asyncio.create_task(runtime.scheduler.run(runtime.stop))
         yield runtime
     finally:
         runtime.stop.set()
@@ -201,9 +207,11 @@ def build_app(
     clock: Clock | None = None,
     store: Store | None = None,
     with_worker: bool = True,
+    with_scheduler: bool = False,
     channel_factory: ChannelFactory | None = None,
 ) -> web.Application:
-    """The aiohttp application: API, webhooks, dashboard, status page, and the worker."""
+    """The aiohttp application: API, webhooks, dashboard, status page, the worker, and (in
+    ``tocsin serve``) the scheduler of periodic work, run by one ``serve`` per deployment."""
     from bot.interfaces import alerts, http_api, metrics, status_page
     from bot.interfaces import web as dashboard
 
@@ -215,6 +223,7 @@ def build_app(
             clock=clock,
             store=store,
             with_worker=with_worker,
+            with_scheduler=with_scheduler,
             channel_factory=channel_factory,
         ) as runtime:
             app[RUNTIME] = runtime

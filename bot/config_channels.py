@@ -26,6 +26,9 @@ class SlackChannelSettings(Strict):
     api_url: str = "https://slack.com/api/"
     incident_channel: str | None = None
     press_channel: str | None = None
+    # Seconds to wait for Slack's answer; past it the post's outcome is unknown and the next
+    # attempt first looks for the message in the conversation's history.
+    timeout: Duration = 10.0
     limits: RateLimits = RateLimits()
 
 
@@ -33,6 +36,8 @@ class TelegramChannelSettings(Strict):
     token_env: str = "TELEGRAM_BOT_TOKEN"
     webhook_secret_env: str = "TELEGRAM_WEBHOOK_SECRET"
     api_url: str = "https://api.telegram.org"
+    # Seconds to wait for the Bot API's answer to one request.
+    timeout: Duration = 10.0
     limits: RateLimits = RateLimits()
 
 

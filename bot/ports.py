@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 from bot.domain.models import (
@@ -54,8 +54,8 @@ class OutboundMessage:
     # non-idempotent provider reconciles a retry with what it may already have accepted.
     attempt: int = 0
     queued_at: datetime | None = None
-    # Earlier attempts whose result is unknown (the request may have been accepted): a channel
-    # that can reconcile looks for the message at the provider before sending it again.
+    # Earlier attempts that ended ``unknown`` (the request may have reached the provider): the
+    # channel reconciles with the provider before sending again where the provider allows it.
     unknown_attempts: int = 0
 
 
@@ -66,6 +66,9 @@ class Receipt:
     provider_id: str | None
     state: DeliveryState = DeliveryState.SENT
     code: str | None = None
+    # Where the message went when the provider moved the address (a Telegram group upgraded to
+    # a supergroup): the new address, for the operator and the record.
+    moved_to: str | None = None
 
 
 @runtime_checkable
@@ -92,6 +95,57 @@ class Channel(Protocol):
         ...
 
 
+IDEMPOTENCY_TTL = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """A client's ``Idempotency-Key`` for one request: stored with the change it made.
+
+    ``request_hash`` fingerprints the request (method, path, body): the same key with another
+    request is refused. ``incident_id`` is filled in by the service that commits the change.
+    """
+
+    principal: str
+    key: str
+    request_hash: str
+    created_at: datetime
+    incident_id: str = ""
+
+
+@dataclass(frozen=True)
+class IdempotentAnswer:
+    """What a request with an ``Idempotency-Key`` made, and the answer given (once saved)."""
+
+    request_hash: str
+    incident_id: str
+    created_at: datetime
+    status: int | None = None
+    body: str | None = None
+
+
+@dataclass(frozen=True)
+class SiteQuorum:
+    """One site of an open incident: how many of an audience's people (deputies aside)
+    acknowledged, and whether the site was already escalated to its deputies."""
+
+    incident_id: str
+    site: str
+    confirmed: int
+    escalated: bool
+
+
+@dataclass(frozen=True)
+class ProgressMessage:
+    """The incident channel's progress message of one incident (``ts`` empty: given up)."""
+
+    incident_id: str
+    channel: str
+    ts: str
+    last_text: str
+    pending: int
+
+
 @dataclass
 class Changes:
     """One atomic write: what a domain service decided, committed in a single transaction."""
@@ -102,6 +156,8 @@ class Changes:
     statements: list[Statement] = field(default_factory=list)
     statement_updates: list[Statement] = field(default_factory=list)
     deliveries: list[NewDelivery] = field(default_factory=list)
+    # Written first: a second request with the same key raises ``DuplicateRequest``.
+    idempotency: IdempotencyKey | None = None
 
     @property
     def decided_at(self) -> datetime:
@@ -142,7 +198,9 @@ class Store(Protocol):
         """Write ``changes`` atomically (a unique-key clash raises ``Conflict``)."""
         ...
 
-    async def next_incident_number(self, prefix: str) -> int: ...
+    async def next_incident_number(self, prefix: str) -> int:
+        """Allocate the next number of a day's incident ids (never the same one twice)."""
+        ...
 
     async def get_incident(self, incident_id: str) -> Incident | None: ...
 
@@ -241,7 +299,56 @@ class Store(Protocol):
         """(provider, state, since, detail) as the workers last recorded it."""
         ...
 
+    async def note_address_moved(self, channel: str, old: str, new: str, at: datetime) -> None:
+        """Record that the provider moved ``old`` to ``new`` (a group upgraded to a
+        supergroup); noting the same move again keeps its first time."""
+        ...
+
+    async def address_moves(self) -> list[tuple[str, str, str, datetime]]:
+        """(channel, old address, new address, since) for every move noted."""
+        ...
+
     async def wait_for_work(self, timeout: float) -> None:
         """Return when new work may be due (a commit here, a NOTIFY elsewhere) or after
         ``timeout`` seconds, whichever comes first."""
         ...
+
+    # --- coordination between processes (bot/store/sqlcoordination.py) -----------------
+    async def try_lead(self, name: str, holder: str, now: datetime, ttl: float) -> bool:
+        """True while ``holder`` leads ``name`` (one leader per deployment); call again at
+        least every ``ttl`` seconds to keep leading."""
+        ...
+
+    async def resign(self, name: str, holder: str) -> None:
+        """Give up leading ``name`` at once (an orderly shutdown)."""
+        ...
+
+    async def site_quorum(
+        self, audience: str, deputies: Sequence[str], declared_before: datetime
+    ) -> list[SiteQuorum]:
+        """Per open incident declared before ``declared_before`` that reached ``audience``,
+        per site of its deliveries to people other than ``deputies``: the number of those
+        people who acknowledged, and whether the site was escalated."""
+        ...
+
+    async def idempotent_answer(
+        self, principal: str, key: str, since: datetime
+    ) -> IdempotentAnswer | None:
+        """The request made with ``key`` by ``principal`` since ``since``, if any."""
+        ...
+
+    async def save_idempotent_answer(
+        self, principal: str, key: str, status: int, body: str
+    ) -> None: ...
+
+    async def purge_idempotency_keys(self, before: datetime) -> int: ...
+
+    async def progress_due(self, resolved_since: datetime) -> list[str]:
+        """Incidents whose progress message may be behind: deliveries pending, a message last
+        written while some were, every incident declared and not resolved before
+        ``resolved_since`` (a fan-out may have started and ended between two looks)."""
+        ...
+
+    async def get_progress(self, incident_id: str) -> ProgressMessage | None: ...
+
+    async def save_progress(self, message: ProgressMessage) -> None: ...

@@ -9,14 +9,30 @@ group. The worker's buckets come from the class attributes (30/s overall, 1/s pe
 asks. Whatever the worker does, ``send`` itself never lets a group (negative chat id) receive
 more than 20 messages in any 60 s: past that it raises ``TransientError(scope="destination")``
 with the wait, without calling Telegram, so only that group waits.
+
+What the Bot API cannot tell. ``sendMessage`` has no idempotency key and no way to look a
+message up, so a request that left without an answer (a read timeout, a connection dropped
+after sending) is an :class:`UnknownOutcome`: the next attempt sends again, and the record
+keeps the ``unknown`` attempt (the post-incident report counts it as a possible duplicate).
+
+A group upgraded to a supergroup answers ``migrate_to_chat_id``: the message is sent there at
+once, in the same attempt, the receipt names the new chat (``moved_to``, which the worker
+records for ``GET /api/v1/channels``), later sends from this process go straight to it, and
+the move is logged once (chat ids are not personal data).
+
+A statement longer than 4,096 characters goes as several messages. When part *k* fails, the
+channel remembers (in this process, by delivery id) the parts already delivered, the error
+names them, and the retry resumes at part *k*: parts before it are not sent twice. A worker
+that restarts in between has lost that memory and sends every part again.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import warnings
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -35,9 +51,11 @@ from telegram.error import Forbidden as TelegramForbidden
 
 from bot.channels.telegram_request import AiohttpRequest, bot_urls, last_status, redact
 from bot.config import ConfigError, Settings
-from bot.domain.errors import ChannelError, PermanentError, TransientError
+from bot.domain.errors import ChannelError, PermanentError, TransientError, UnknownOutcome
 from bot.domain.models import ChannelName, DeliveryState
 from bot.ports import OutboundMessage, Receipt
+
+log = logging.getLogger(__name__)
 
 ACK_PREFIX = "ack:"
 ACK_LABELS = {"fr": "Pris en compte", "en": "Acknowledge"}
@@ -45,6 +63,7 @@ MAX_LENGTH = 4096  # characters (UTF-16 code units) of one message
 _MAX_CALLBACK_DATA = 64  # bytes, Telegram's limit
 # Crisis messages stay compact: no preview card for the status-page link.
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+_REMEMBERED = 10_000  # deliveries whose split message is part-way out
 
 _TAG = re.compile(r"<(/?)([A-Za-z][\w-]*)[^>]*>")
 _TOKENS = re.compile(r"<[^>]*>|&#?\w+;|\s+|[^<&\s]+|[<&]")
@@ -156,6 +175,8 @@ class TelegramChannel:
         self._bot = bot
         self._monotonic = monotonic
         self._group_sends: dict[str, deque[float]] = {}
+        self._moved: dict[str, str] = {}  # old chat id → the supergroup it became
+        self._parts_sent: OrderedDict[int, int] = OrderedDict()  # delivery id → parts out
 
     def __repr__(self) -> str:
         return "TelegramChannel(bot=•••)"
@@ -170,29 +191,76 @@ class TelegramChannel:
             return self.group_per_minute / 60.0, 1
         return self.destination_rate or 1.0, self.destination_burst
 
+    @property
+    def moves(self) -> dict[str, str]:
+        """Chats this process learned were moved (old id → new id)."""
+        return dict(self._moved)
+
     async def send(self, message: OutboundMessage) -> Receipt:
         """Send the ``telegram`` body (HTML, split past 4,096 characters); the button, when an
-        acknowledgement is required, goes on the last part, whose id becomes the provider id."""
+        acknowledgement is required, goes on the last part, whose id becomes the provider id.
+        See the module docstring for moved groups, unknown outcomes and resumed parts."""
         text = message.bodies.get("telegram")
         if not text or not text.strip():
             raise PermanentError("the statement has no Telegram rendering")
-        chat_id = _chat_id(message.address)
+        address = self._moved.get(message.address, message.address)
         parts = split_html(text, self.max_length)
-        self._take_group_slots(message.address, len(parts))
+        start = min(self._parts_sent.get(message.delivery_id, 0), len(parts) - 1)
+        self._take_group_slots(address, len(parts) - start)
         markup = ack_keyboard(message.ack_token, message.locale) if message.require_ack else None
+        index, hops = start, 0
         last_status.set(None)
         try:
-            for index, part in enumerate(parts):
-                sent = await self._bot.send_message(
-                    chat_id,
-                    part,
-                    parse_mode=ParseMode.HTML,
-                    reply_markup=markup if index == len(parts) - 1 else None,
-                    link_preview_options=NO_PREVIEW,
-                )
+            while index < len(parts):
+                try:
+                    sent = await self._bot.send_message(
+                        _chat_id(address),
+                        parts[index],
+                        parse_mode=ParseMode.HTML,
+                        reply_markup=markup if index == len(parts) - 1 else None,
+                        link_preview_options=NO_PREVIEW,
+                    )
+                except ChatMigrated as exc:
+                    if hops >= 2 or address == str(exc.new_chat_id):
+                        raise  # moved again and again, or to itself: not a real upgrade
+                    hops += 1
+                    address = self._move(address, str(exc.new_chat_id))
+                    continue  # the same part, to the supergroup, in this attempt
+                index += 1
         except TelegramError as exc:
-            raise channel_error(exc, last_status.get()) from None
-        return Receipt(f"{sent.chat_id}:{sent.message_id}", DeliveryState.SENT, "200")
+            error = channel_error(exc, last_status.get())
+            if index > 0:
+                self._remember_parts(message.delivery_id, index)
+            if len(parts) > 1:
+                error.reason = f"{error.reason} (part {index + 1} of {len(parts)}; {index} sent)"
+                error.args = (error.reason,)
+            raise error from None
+        self._parts_sent.pop(message.delivery_id, None)
+        moved_to = address if address != message.address else None
+        return Receipt(
+            f"{sent.chat_id}:{sent.message_id}", DeliveryState.SENT, "200", moved_to=moved_to
+        )
+
+    def _move(self, old: str, new: str) -> str:
+        """Note that ``old`` became ``new``; later sends here go straight to ``new``."""
+        if self._moved.get(old) != new:
+            log.warning(
+                "telegram chat %s was upgraded to supergroup %s: sending there; "
+                "update the configuration to the new id",
+                old,
+                new,
+            )
+        self._moved[old] = new
+        for source, target in list(self._moved.items()):  # a chain of moves ends at the last
+            if target == old:
+                self._moved[source] = new
+        return new
+
+    def _remember_parts(self, delivery_id: int, count: int) -> None:
+        self._parts_sent[delivery_id] = count
+        self._parts_sent.move_to_end(delivery_id)
+        while len(self._parts_sent) > _REMEMBERED:
+            self._parts_sent.popitem(last=False)
 
     def _take_group_slots(self, address: str, count: int) -> None:
         if not is_group(address):
@@ -238,10 +306,8 @@ def channel_error(exc: TelegramError, status: int | None = None) -> ChannelError
         seconds = raw.total_seconds() if isinstance(raw, timedelta) else float(raw)
         # A 429 is about this chat: only its bucket pauses, other chats keep flowing.
         return TransientError(reason, code or "429", retry_after=seconds, scope="destination")
-    if isinstance(exc, ChatMigrated):
-        return PermanentError(
-            f"the group became chat {exc.new_chat_id}: update the configuration", code or "400"
-        )
+    if isinstance(exc, ChatMigrated):  # only when the new chat moved again (a loop)
+        return PermanentError(f"the group became chat {exc.new_chat_id}", code or "400")
     if isinstance(exc, TelegramForbidden):  # blocked by the user, kicked from the group…
         return PermanentError(reason, code or "403")
     if isinstance(exc, BadRequest):  # chat not found, can't parse entities…
@@ -249,7 +315,8 @@ def channel_error(exc: TelegramError, status: int | None = None) -> ChannelError
     if isinstance(exc, InvalidToken):
         return PermanentError("the bot token was refused", code or "401")
     if isinstance(exc, TimedOut):
-        return TransientError("timed out", code)
+        # The request left (see telegram_request): the message may be in the chat already.
+        return UnknownOutcome("no answer from Telegram after sending: the message may be sent")
     return TransientError(reason, code)  # 5xx, connection failures, odd answers
 
 
@@ -274,4 +341,5 @@ def from_settings(settings: Settings, session: aiohttp.ClientSession) -> Telegra
         raise ConfigError("channels.telegram is not configured")
     token = settings.secret(cfg.token_env)
     assert token is not None  # required=True raises instead
-    return TelegramChannel(build_bot(token.get_secret_value(), cfg.api_url, session))
+    bot = build_bot(token.get_secret_value(), cfg.api_url, session, read_timeout=cfg.timeout)
+    return TelegramChannel(bot)

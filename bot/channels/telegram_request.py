@@ -90,8 +90,17 @@ class AiohttpRequest(BaseRequest):
             ) as response:
                 last_status.set(response.status)
                 return response.status, await response.read()
+        except aiohttp.ConnectionTimeoutError as exc:
+            # No connection, so no request: Telegram has nothing (a plain network error).
+            raise NetworkError("connect timed out") from exc
         except TimeoutError as exc:
+            # The request went out and no answer came: Telegram may have acted on it.
             raise TimedOut("timed out") from exc
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                raise NetworkError(f"aiohttp.{type(exc).__name__}: {redact(str(exc))}") from None
+            # Dropped after the request was written: as unknown as a read timeout.
+            raise TimedOut(f"connection lost before the answer ({type(exc).__name__})") from None
         except aiohttp.ClientError as exc:
             # Never the exception's own text unredacted: aiohttp quotes the URL, token included.
             raise NetworkError(f"aiohttp.{type(exc).__name__}: {redact(str(exc))}") from None

@@ -53,6 +53,12 @@ class WebhookChannel:
             return "webhook:invalid"
         return f"webhook:{url.host}:{url.port}"
 
+    @staticmethod
+    def idempotency_key(message: OutboundMessage) -> str:
+        """The same key on every attempt of a delivery, from its id alone (never from the
+        acknowledgement token, which is a secret the receiver has no need of)."""
+        return f"tocsin-delivery-{message.delivery_id}"
+
     def payload(self, message: OutboundMessage) -> dict[str, Any]:
         """The JSON body posted for ``message``."""
         text = message.bodies.get("text")
@@ -65,14 +71,17 @@ class WebhookChannel:
             "text": text,
             "subject": message.bodies.get("subject"),
             "delivery_id": message.delivery_id,
-            "idempotency_key": message.idempotency_key,
+            "idempotency_key": self.idempotency_key(message),
             "ack_url": message.ack_url,
         }
 
     async def send(self, message: OutboundMessage) -> Receipt:
         """POST the payload; map the answer with :mod:`bot.channels.http_errors`."""
         body = self.payload(message)
-        headers = {"Idempotency-Key": message.idempotency_key} if message.idempotency_key else {}
+        headers = {"Idempotency-Key": self.idempotency_key(message)}
+        # A timeout here stays transient (see http_errors): the resend carries the same
+        # Idempotency-Key, so a receiver that honours it drops the copy; there is nothing to
+        # look up first.
         with translated_errors():
             async with self._session.post(
                 message.address,

@@ -20,7 +20,7 @@ from bot.delivery.retry import RetryPolicy, with_quick_retries
 from bot.delivery.routing import Router
 from bot.domain.errors import PermanentError, TransientError, UnknownOutcome
 from bot.domain.models import Attempt, ChannelName, Delivery, DeliveryState, Outcome, Statement
-from bot.ports import Channel, Clock, OutboundMessage, Receipt
+from bot.ports import Channel, Clock, OutboundMessage, Receipt, Store
 
 log = logging.getLogger("tocsin.worker")
 
@@ -29,6 +29,7 @@ class DeliverySender:
     """Sends one delivery through its channel and turns the answer into an outcome."""
 
     channels: dict[ChannelName, Channel]
+    store: Store
     clock: Clock
     public_url: str
     retry: RetryPolicy
@@ -143,6 +144,10 @@ class DeliverySender:
                 ),
             ),
         )
+        if receipt.moved_to is not None:  # the provider moved the address: shown to operators
+            await self.store.note_address_moved(
+                delivery.channel.value, delivery.address, receipt.moved_to, self.clock.now()
+            )
         return True
 
     def _judge_provider(self, provider: str, exc: BaseException) -> None:

@@ -29,6 +29,10 @@ class Conflict(TocsinError):
     """The change clashes with the current state (HTTP 409)."""
 
 
+class DuplicateRequest(Conflict):
+    """A request with an ``Idempotency-Key`` already used: nothing was changed again."""
+
+
 class ChannelError(TocsinError):
     """A channel could not send; ``code`` is the provider's answer when there is one."""
 

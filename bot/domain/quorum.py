@@ -12,9 +12,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from bot.domain.audiences import Audience, person_delivery, statement_kind_for
-from bot.domain.models import DeliveryState, Incident, IncidentStatus, TimelineEntry
+from bot.domain.models import DeliveryState, Incident, TimelineEntry
 from bot.domain.statements import all_deliveries
-from bot.ports import Changes
+from bot.ports import Changes, SiteQuorum
 
 if TYPE_CHECKING:
     from bot.domain.services import IncidentService
@@ -81,23 +81,36 @@ async def escalate_sites(
     service: IncidentService, now: datetime | None = None
 ) -> list[tuple[str, str]]:
     """Escalate every site short of its quorum past the policy delay; returns (incident,
-    site) pairs escalated now."""
+    site) pairs escalated now.
+
+    One query per quorum audience counts, in the store, the confirmations per site of the
+    open incidents past the delay; no delivery is loaded, only those incidents' own rows.
+    """
     now = now or service.clock.now()
     done: list[tuple[str, str]] = []
-    for incident in await service.store.list_incidents():
-        if incident.status in (IncidentStatus.DRAFT, IncidentStatus.RESOLVED):
+    for audience in service.audiences.values():
+        policy = audience.policy
+        if not (policy.require_ack and policy.confirm_per_site) or policy.escalate_after_s is None:
             continue
-        for audience in _quorum_audiences(service, incident):
-            policy = audience.policy
-            if not policy.confirm_per_site or policy.escalate_after_s is None:
+        deputies = sorted({p.name for p in audience.members if p.deputy})
+        found = await service.store.site_quorum(
+            audience.name, deputies, now - timedelta(seconds=policy.escalate_after_s)
+        )
+        by_incident: dict[str, dict[str, SiteQuorum]] = {}
+        for quorum in found:
+            by_incident.setdefault(quorum.incident_id, {})[quorum.site] = quorum
+        for incident_id, sites in by_incident.items():
+            incident = await service.store.get_incident(incident_id)
+            if incident is None or audience.name not in incident.audiences:
                 continue
-            if now < incident.created_at + timedelta(seconds=policy.escalate_after_s):
-                continue
-            for view in await site_views(service, incident.id):
-                if view.escalated or view.confirmed >= policy.confirm_per_site:
+            names = [*incident.sites, *(p.site for p in audience.members if p.site), *sites]
+            for site in dict.fromkeys(names):
+                quorum = sites.get(site, SiteQuorum(incident_id, site, 0, False))
+                if quorum.escalated or quorum.confirmed >= policy.confirm_per_site:
                     continue
+                view = SiteView(site, quorum.confirmed, (), policy.confirm_per_site, False)
                 if await _escalate_site(service, incident, audience, view, now):
-                    done.append((incident.id, view.site))
+                    done.append((incident_id, site))
     return done
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from bot.domain.models import Delivery, DeliveryState, StatementStatus
+from bot.domain.models import Attempt, Delivery, DeliveryState, StatementStatus
 from bot.domain.quorum import site_views
 from bot.domain.statements import all_deliveries
 
@@ -16,6 +16,21 @@ if TYPE_CHECKING:
     from bot.domain.services import IncidentService
 
 REACHED = frozenset({DeliveryState.SENT, DeliveryState.DELIVERED, DeliveryState.ACKNOWLEDGED})
+_SUCCESS_OUTCOMES = frozenset({"sent", "delivered", "acknowledged"})
+
+
+def possible_duplicate(attempts: list[Attempt]) -> bool:
+    """True when an attempt of unknown outcome (the provider may have taken the message) was
+    followed by a success the provider did not reconcile with it: the recipient may have the
+    message twice. A success whose code starts with ``reconciled`` is the channel's word that
+    it looked the earlier send up first (Slack's message metadata), so it is not counted."""
+    unknown = False
+    for attempt in attempts:
+        if attempt.outcome == "unknown":
+            unknown = True
+        elif unknown and attempt.outcome in _SUCCESS_OUTCOMES:
+            return not (attempt.code or "").startswith("reconciled")
+    return False
 
 
 @dataclass
@@ -151,6 +166,9 @@ async def build_report(service: IncidentService, incident_id: str) -> dict[str, 
                 1 for d in deliveries for a in attempts[d.id] if a.outcome == "rerouted"
             ),
             "escalations": sum(1 for d in deliveries if d.escalation_of is not None),
+            # Sent again after an outcome the provider could not tell (Telegram, Kannel): the
+            # only duplicates a recipient may see besides a worker crash.
+            "possible_duplicates": sum(1 for d in deliveries if possible_duplicate(attempts[d.id])),
         },
         "sites": [
             {

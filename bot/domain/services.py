@@ -20,7 +20,7 @@ from bot.domain.audiences import (
 )
 from bot.domain.claims import ClaimsRegistry, ClaimView
 from bot.domain.declarations import IncidentDraft, parse_status
-from bot.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
+from bot.domain.errors import Conflict, DuplicateRequest, Forbidden, InvalidInput, NotFound
 from bot.domain.models import (
     APPROVAL_KINDS,
     Actor,
@@ -42,7 +42,7 @@ from bot.domain.statement_context import (
     render_event,
 )
 from bot.domain.statements import PressDesk
-from bot.ports import Changes, Clock, Store
+from bot.ports import Changes, Clock, IdempotencyKey, Store
 
 __all__ = ["IncidentService", "OrganisationInfo", "Renderer", "incident_context"]
 
@@ -111,11 +111,13 @@ class IncidentService:
         as_draft: bool = False,
         source: str = "manual",
         source_key: str | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> Incident:
         """Declare an outage: render every statement and queue every delivery, atomically.
 
         ``as_draft`` opens a draft that a person must confirm (monitoring alerts): nothing is
-        sent until :meth:`confirm`.
+        sent until :meth:`confirm`. With ``idempotency``, the key is stored in the same
+        transaction; a second use raises :class:`DuplicateRequest` and changes nothing.
         """
         self.require(actor, Role.RESPONDER)
         self._check_draft(draft)
@@ -155,11 +157,18 @@ class IncidentService:
                     "source": source,
                 },
             )
-            changes = Changes(incident=incident, new_incident=True, timeline=[entry])
+            changes = Changes(
+                incident=incident,
+                new_incident=True,
+                timeline=[entry],
+                idempotency=_for(idempotency, incident.id),
+            )
             if not as_draft:
                 self._fan_out(changes, incident, 1, "declared", actor, now)
             try:
                 await self.store.commit(changes)
+            except DuplicateRequest:
+                raise
             except Conflict:
                 continue  # another declaration took the same number: take the next one
             return incident
@@ -239,9 +248,15 @@ class IncidentService:
         raise Conflict("could not append to the timeline")
 
     async def update(
-        self, actor: Actor, incident_id: str, status: str | None, message: str | None
+        self,
+        actor: Actor,
+        incident_id: str,
+        status: str | None,
+        message: str | None,
+        idempotency: IdempotencyKey | None = None,
     ) -> Incident:
-        """A status change and/or a message: new statements to the incident's audiences."""
+        """A status change and/or a message: new statements to the incident's audiences
+        (``idempotency`` as in :meth:`declare`)."""
         self.require(actor, Role.RESPONDER)
         if status is None and not (message and message.strip()):
             raise InvalidInput(
@@ -251,7 +266,7 @@ class IncidentService:
         if message is not None and len(message) > 2000:
             raise InvalidInput("message too long", detail={"message": "at most 2000 characters"})
         if new_status == IncidentStatus.RESOLVED:
-            return await self.resolve(actor, incident_id, message)
+            return await self.resolve(actor, incident_id, message, idempotency)
         incident = await self.get(incident_id)
         self._require_open(incident)
         now = self.clock.now()
@@ -261,12 +276,19 @@ class IncidentService:
         changes = Changes(
             incident=incident,
             timeline=[TimelineEntry(incident_id, seq, now, actor.name, "updated", detail)],
+            idempotency=_for(idempotency, incident_id),
         )
         self._fan_out(changes, incident, seq, "update", actor, now, update=detail)
         await self.store.commit(changes)
         return incident
 
-    async def resolve(self, actor: Actor, incident_id: str, message: str | None = None) -> Incident:
+    async def resolve(
+        self,
+        actor: Actor,
+        incident_id: str,
+        message: str | None = None,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Incident:
         """Close the incident and send the resolution statements."""
         self.require(actor, Role.RESPONDER)
         incident = await self.get(incident_id)
@@ -280,6 +302,7 @@ class IncidentService:
         changes = Changes(
             incident=incident,
             timeline=[TimelineEntry(incident_id, seq, now, actor.name, "resolved", detail)],
+            idempotency=_for(idempotency, incident_id),
         )
         self._fan_out(changes, incident, seq, "resolved", actor, now, update=detail)
         await self.store.commit(changes)
@@ -394,3 +417,8 @@ class IncidentService:
             raise Conflict(f"{incident.id} is already resolved")
         if incident.status == IncidentStatus.DRAFT:
             raise Conflict(f"{incident.id} is a draft: confirm it first")
+
+
+def _for(idempotency: IdempotencyKey | None, incident_id: str) -> IdempotencyKey | None:
+    """The request's key, naming the incident it changed."""
+    return replace(idempotency, incident_id=incident_id) if idempotency else None

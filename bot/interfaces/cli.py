@@ -79,7 +79,8 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    """HTTP server (API, webhooks, dashboard, status page) plus the dispatcher."""
+    """HTTP server (API, webhooks, dashboard, status page), the dispatcher, and the periodic
+    work (reminders, site quorum, Slack progress: one leading ``serve`` per deployment)."""
     from aiohttp import web
 
     from bot.app import build_app
@@ -90,7 +91,7 @@ def serve(
     if telegram_polling:
         os.environ["TOCSIN_TELEGRAM_POLLING"] = "1"
     web.run_app(
-        build_app(settings),
+        build_app(settings, with_scheduler=True),
         host=host or settings.server.host,
         port=port or settings.server.port,
         print=None,

@@ -22,7 +22,8 @@ from bot.domain.rendering import TemplateError
 from bot.domain.report import build_report
 from bot.domain.statements import PressDesk
 from bot.interfaces import openapi, report_format, serialize
-from bot.ports import Page
+from bot.interfaces.idempotency import idempotent
+from bot.ports import IdempotencyKey, Page
 
 log = logging.getLogger("tocsin.http")
 
@@ -112,10 +113,16 @@ def page(request: web.Request) -> Page:
 # --- incidents ---------------------------------------------------------------------------
 async def declare(request: web.Request) -> web.Response:
     actor = authorise(request, Role.RESPONDER)
-    draft = IncidentDraft.from_mapping(await json_body(request))
-    incident = await runtime(request).service.declare(actor, draft)
-    timeline = await runtime(request).store.timeline(incident.id)
-    return web.json_response(serialize.incident_json(incident, timeline), status=201)
+    body = await json_body(request)
+    rt = runtime(request)
+
+    async def act(key: IdempotencyKey | None) -> tuple[int, Any]:
+        draft = IncidentDraft.from_mapping(body)
+        incident = await rt.service.declare(actor, draft, idempotency=key)
+        timeline = await rt.store.timeline(incident.id)
+        return 201, serialize.incident_json(incident, timeline)
+
+    return await idempotent(request, rt, actor, body, act)
 
 
 async def list_incidents(request: web.Request) -> web.Response:
@@ -146,13 +153,19 @@ async def update_incident(request: web.Request) -> web.Response:
     unknown = sorted(set(body) - {"status", "message"})
     if unknown:
         raise InvalidInput("unknown field(s)", detail=dict.fromkeys(unknown, "unknown field"))
-    incident = await runtime(request).service.update(
-        actor,
-        request.match_info["id"],
-        _optional_text(body, "status"),
-        _optional_text(body, "message"),
-    )
-    return web.json_response(serialize.incident_json(incident), status=201)
+    rt = runtime(request)
+
+    async def act(key: IdempotencyKey | None) -> tuple[int, Any]:
+        incident = await rt.service.update(
+            actor,
+            request.match_info["id"],
+            _optional_text(body, "status"),
+            _optional_text(body, "message"),
+            idempotency=key,
+        )
+        return 201, serialize.incident_json(incident)
+
+    return await idempotent(request, rt, actor, body, act)
 
 
 async def resolve_incident(request: web.Request) -> web.Response:
@@ -319,14 +332,20 @@ async def list_channels(request: web.Request) -> web.Response:
     recorded = {name: (state, since) for name, state, since, _ in await rt.store.channel_health()}
     started = rt.started_at
     names = {f"{c.value}" for c in rt.channels} | set(recorded)
+    # Addresses the provider moved (a Telegram group become a supergroup), under that channel:
+    # the configuration still names the old one.
+    moves: dict[str, list[dict[str, str | None]]] = {}
+    for channel, old, new, at in await rt.store.address_moves():
+        moves.setdefault(channel, []).append({"from": old, "to": new, "since": serialize.iso(at)})
     return web.json_response(
         [
             {
                 "name": name,
                 "state": recorded.get(name, ("up", started))[0],
                 "since": serialize.iso(recorded.get(name, ("up", started))[1]),
+                **({"moved": moves[name]} if name in moves else {}),
             }
-            for name in sorted(names)
+            for name in sorted(names | set(moves))
         ]
     )
 

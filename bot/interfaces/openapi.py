@@ -8,6 +8,19 @@ from bot import __version__
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _STR_LIST = {"type": "array", "items": {"type": "string"}}
+# Requests a client may retry safely with the same Idempotency-Key.
+IDEMPOTENT = {("post", "/api/v1/incidents"), ("post", "/api/v1/incidents/{id}/updates")}
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "A unique key per request (1 to 255 printable characters). Within 24 h, the same key "
+        "with the same request answers the first answer again (header `Idempotent-Replayed: "
+        "true`) and sends nothing twice; the same key with another request answers 422."
+    ),
+    "schema": {"type": "string", "maxLength": 255},
+}
 
 # (method, path, role or None, summary, request schema or None, success status, response schema)
 ROUTES: list[tuple[str, str, str | None, str, dict[str, Any] | None, int, dict[str, Any]]] = [
@@ -217,6 +230,8 @@ def document() -> dict[str, Any]:
             op["parameters"] = [
                 {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
             ]
+        if (method, path) in IDEMPOTENT:
+            op.setdefault("parameters", []).append(_IDEMPOTENCY_KEY)
         if body is not None:
             op["requestBody"] = {
                 "required": method != "post" or "resolve" not in path,

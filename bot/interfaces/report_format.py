@@ -53,7 +53,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"Total {d['total']}; failovers {d['failovers']}; re-routed {d['rerouted']}; "
-        f"escalations {d['escalations']}.",
+        f"escalations {d['escalations']}; possible duplicates {d['possible_duplicates']}.",
         "",
         "## Sites",
         "",
@@ -123,7 +123,8 @@ def to_html(report: dict[str, Any]) -> str:
         + "".join(f"<th>{c}</th>" for c in COLUMNS)
         + f"</tr></thead><tbody>{rows}</tbody>"
         f"</table><p>Total {d['total']}; failovers {d['failovers']}; re-routed "
-        f"{d['rerouted']}; escalations {d['escalations']}.</p><h2>Sites</h2><ul>{sites}</ul>"
+        f"{d['rerouted']}; escalations {d['escalations']}; possible duplicates "
+        f"{d['possible_duplicates']}.</p><h2>Sites</h2><ul>{sites}</ul>"
         f"<h2>Timeline</h2><ol>{timeline}</ol><h2>Claims</h2><ul>{claims}</ul>"
         f"<h2>Statements</h2>{statements}</body></html>"
     )

@@ -169,9 +169,7 @@ class SlackInbound:
             await asyncio.wait(set(self._tasks))
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Stop following progress; let running work finish (up to ``timeout``), then cancel."""
-        if self.progress is not None:
-            await self.progress.close(timeout)
+        """Let running work finish (up to ``timeout``), then cancel."""
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             for task in pending:
@@ -269,7 +267,8 @@ def add_routes(app: web.Application) -> None:
 
 
 def setup(app: web.Application, runtime: Runtime) -> None:
-    """Build the bolt app over the runtime's shared session; follow fan-outs in Slack."""
+    """Build the bolt app over the runtime's shared session; follow fan-outs in Slack (the
+    scheduler's leader keeps the progress messages)."""
     cfg = runtime.settings.channels.slack
     if cfg is None:
         return
@@ -280,13 +279,14 @@ def setup(app: web.Application, runtime: Runtime) -> None:
     client = slack_client(runtime.settings, runtime.session)
     inbound = SlackInbound(runtime, client, secret.get_secret_value())
     channel = incident_channel(runtime.settings)
-    if runtime.dispatcher is not None and channel is not None:
+    if runtime.scheduler is not None and channel is not None:
         inbound.progress = SlackProgress(
             client,
             runtime.store,
             channel,
+            runtime.clock,
             locale=runtime.settings.organisation.locale,
             timezone=runtime.settings.organisation.timezone,
         )
-        runtime.dispatcher.observers.append(inbound.progress.observe)
+        runtime.scheduler.add("slack progress", inbound.progress.interval, inbound.progress.tick)
     app[SLACK] = inbound

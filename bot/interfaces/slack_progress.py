@@ -1,17 +1,18 @@
 """The live progress message: one Slack message per incident in the incident channel.
 
-Posted when the incident's fan-out starts (its first delivery outcome), then changed in place
-with ``chat.update`` — counts by state for each audience — at most once every ``interval``
-seconds, with a final update once nothing is queued, sending or retrying. It watches the
-dispatcher through its ``observers`` hook, which is called after outcomes are committed.
+Posted when the incident's fan-out starts, then changed in place with ``chat.update`` — counts
+by state for each audience — when the counts changed, with a final update once nothing is
+queued, sending or retrying. The counts are read from the store, so deliveries sent by any
+process (``tocsin worker`` on other machines) show; :meth:`SlackProgress.tick` is run by the
+scheduler's leader (one ``serve`` per deployment) every ``interval`` seconds, and the
+message's ``ts`` is stored so that a restarted ``serve`` updates the same message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -21,11 +22,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.channels import slack_blocks as kit
 from bot.channels.http_errors import parse_retry_after
 from bot.config import Settings
-from bot.domain.models import PENDING_STATES, Delivery, DeliveryState, Outcome
-from bot.ports import Store
+from bot.domain.models import PENDING_STATES, DeliveryState
+from bot.ports import Clock, ProgressMessage, Store
 
 log = logging.getLogger("tocsin.slack.progress")
 
+# A resolution's fan-out still gets its final counts for this long after the resolution.
+RECENTLY_RESOLVED = timedelta(hours=1)
 PENDING = frozenset(state.value for state in PENDING_STATES)
 STATE_ORDER = [state.value for state in DeliveryState]
 WORDS = {
@@ -60,21 +63,11 @@ def incident_channel(settings: Settings) -> str | None:
     return None
 
 
-@dataclass
-class _Follow:
-    """What is known about one incident's progress message."""
-
-    dirty: asyncio.Event = field(default_factory=asyncio.Event)
-    ts: str | None = None
-    task: asyncio.Task[None] | None = None
-    given_up: bool = False
-
-
 class SlackProgress:
-    """Keeps one progress message per incident up to date; ``observe`` is the dispatcher hook.
+    """Keeps one progress message per incident up to date from the store's counts.
 
-    ``interval`` is the least time between two updates of one message (Slack rate-limits
-    ``chat.update``; tests set it to 0).
+    ``interval`` is the period the scheduler runs :meth:`tick` at (Slack allows about one
+    ``chat.update`` per second and channel).
     """
 
     def __init__(
@@ -82,79 +75,53 @@ class SlackProgress:
         client: AsyncWebClient,
         store: Store,
         channel: str,
+        clock: Clock,
         *,
-        interval: float = 5.0,
+        interval: float = 1.0,
         locale: str = "fr",
         timezone: str = "UTC",
     ) -> None:
         self.client = client
         self.store = store
         self.channel = channel
+        self.clock = clock
         self.interval = interval
         self._words = WORDS.get(locale[:2], WORDS["en"])
         self._zone = ZoneInfo(timezone)
-        self._follows: dict[str, _Follow] = {}
-        self._closed = False
-        self._closing = asyncio.Event()
+        self._paused_until = 0.0
+        self._lock = asyncio.Lock()
 
-    def observe(self, delivery: Delivery, outcome: Outcome) -> None:
-        """Note that ``delivery``'s incident moved on; its message follows soon."""
-        if self._closed:
-            return
-        follow = self._follows.setdefault(delivery.incident_id, _Follow())
-        if follow.given_up:
-            return
-        follow.dirty.set()
-        if follow.task is None or follow.task.done():
-            follow.task = asyncio.create_task(self._follow(delivery.incident_id, follow))
+    async def tick(self) -> None:
+        """Post or update the message of every incident whose counts moved since last time."""
+        async with self._lock:  # one look at a time: two would both post a first message
+            await self._tick()
 
-    def message_ts(self, incident_id: str) -> str | None:
-        """The ``ts`` of the incident's progress message, once posted."""
-        follow = self._follows.get(incident_id)
-        return follow.ts if follow else None
-
-    async def close(self, timeout: float = 5.0) -> None:
-        """Stop following: each message gets one last update if it is behind (within
-        ``timeout`` seconds, after which what is left is cancelled)."""
-        self._closed = True
-        self._closing.set()
-        tasks = [f.task for f in self._follows.values() if f.task and not f.task.done()]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-
-    async def _follow(self, incident_id: str, follow: _Follow) -> None:
-        while True:
-            follow.dirty.clear()
-            delay = self.interval
+    async def _tick(self) -> None:
+        now = self.clock.now()
+        if now.timestamp() < self._paused_until:
+            return  # Slack asked us to wait (429)
+        for incident_id in await self.store.progress_due(now - RECENTLY_RESOLVED):
+            saved = await self.store.get_progress(incident_id)
+            if saved is not None and not saved.ts:
+                continue  # the bot cannot post there: said once, not at every tick
             try:
-                pending = await self._publish(incident_id, follow)
+                await self._publish(incident_id, saved)
             except SlackApiError as exc:
                 wait = self._retry_delay(exc)
                 if wait is None:
-                    # channel_not_found, not_in_channel…: say it once, not at every delivery.
+                    # channel_not_found, not_in_channel…: say it once, not at every tick.
                     log.warning(
                         "progress message in %s disabled: %s", self.channel, _error_code(exc)
                     )
-                    follow.given_up = True
-                    return
-                follow.dirty.set()
-                pending, delay = 1, max(delay, wait)
+                    await self.store.save_progress(
+                        ProgressMessage(incident_id, self.channel, "", "", 0)
+                    )
+                    continue
+                self._paused_until = self.clock.now().timestamp() + wait
+                return
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 log.warning("progress update failed: %s", type(exc).__name__)
-                follow.dirty.set()
-                pending, delay = 1, max(delay, 1.0)
-            if self._closed or (pending == 0 and not follow.dirty.is_set()):
-                return  # the final update is out
-            # At most one update per interval (Slack rate-limits chat.update); closing cuts
-            # the wait short so the last counts still go out.
-            await _first_of(self._closing, timeout=delay)
-            if not follow.dirty.is_set():
-                await _first_of(follow.dirty, self._closing)
-            if self._closed and not follow.dirty.is_set():
-                return
+                return  # the next tick tries again
 
     @staticmethod
     def _retry_delay(exc: SlackApiError) -> float | None:
@@ -167,23 +134,36 @@ class SlackProgress:
             return 2.0
         return None
 
-    async def _publish(self, incident_id: str, follow: _Follow) -> int:
+    async def _publish(self, incident_id: str, saved: ProgressMessage | None) -> None:
         matrix = await self.store.delivery_matrix(incident_id)
+        if not matrix:
+            return
         incident = await self.store.get_incident(incident_id)
         title = incident.title if incident else ""
-        text, blocks, pending = self.render(incident_id, title, matrix)
-        if follow.ts is None:
+        now = self.clock.now()
+        counts, pending = self.counts(incident_id, title, matrix)
+        if saved is not None and saved.last_text == counts and saved.pending == pending:
+            return  # nothing moved
+        text, blocks, pending = self.render(incident_id, title, matrix, now)
+        if saved is None:
             answer = await self.client.chat_postMessage(
                 channel=self.channel, text=text, blocks=blocks, parse="none"
             )
-            follow.ts = str(answer.get("ts"))
             # Updates go to the channel id Slack answered with (a user id becomes a DM).
-            self.channel = str(answer.get("channel") or self.channel)
+            channel, ts = str(answer.get("channel") or self.channel), str(answer.get("ts"))
         else:
+            channel, ts = saved.channel, saved.ts
             await self.client.chat_update(
-                channel=self.channel, ts=follow.ts, text=text, blocks=blocks, parse="none"
+                channel=channel, ts=ts, text=text, blocks=blocks, parse="none"
             )
-        return pending
+        await self.store.save_progress(ProgressMessage(incident_id, channel, ts, counts, pending))
+
+    def counts(
+        self, incident_id: str, title: str, matrix: list[tuple[str, str, str, int]]
+    ) -> tuple[str, int]:
+        """The message without its time: what a new update must differ by; and the pending."""
+        text, _blocks, pending = self.render(incident_id, title, matrix, with_time=False)
+        return text, pending
 
     def render(
         self,
@@ -191,8 +171,11 @@ class SlackProgress:
         title: str,
         matrix: list[tuple[str, str, str, int]],
         now: datetime | None = None,
+        *,
+        with_time: bool = True,
     ) -> tuple[str, list[dict[str, object]], int]:
-        """The message's fallback text, blocks and the number of deliveries still pending."""
+        """The message's fallback text, blocks and the number of deliveries still pending
+        (``with_time=False``: the message's text without its time, as the fallback)."""
         by_audience: dict[str, dict[str, int]] = {}
         for audience, _channel, state, count in matrix:
             states = by_audience.setdefault(audience, {})
@@ -206,8 +189,11 @@ class SlackProgress:
         for audience, states in sorted(by_audience.items()):
             counts = " · ".join(f"{s} {states[s]}" for s in STATE_ORDER if states.get(s))
             lines.append(f"• *{kit.escape(audience)}*: {counts}")
-        at = (now or datetime.now(UTC)).astimezone(self._zone)
         status = words["done"] if pending == 0 else f"{pending} {words['pending']}"
+        if not with_time:
+            lines.append(f"{words['total']} {total} · {status}")
+            return "\n".join(lines), [], pending
+        at = (now or self.clock.now()).astimezone(self._zone)
         lines.append(f"{words['total']} {total} · {status} · {words['at']} {at:%H:%M:%S}")
         text = "\n".join(lines)
         summary = f"{words['title']} {incident_id}: {total - pending}/{total}"
@@ -217,14 +203,3 @@ class SlackProgress:
 def _error_code(exc: SlackApiError) -> str | None:
     data = exc.response.data
     return str(data.get("error")) if isinstance(data, dict) else None
-
-
-async def _first_of(*events: asyncio.Event, timeout: float | None = None) -> None:
-    """Return when one of ``events`` is set, or after ``timeout`` seconds."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)

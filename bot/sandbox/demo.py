@@ -116,7 +116,7 @@ async def run_demo(console: Console, *, exit_when_done: bool, port: int = 8080) 
         configure_logging(path=data_dir / "tocsin.log")  # the console is for the story
         port = _free_port(port)
         settings = settings_from_dict(demo_settings(boxes, port, data_dir), source="demo")
-        app = build_app(settings)
+        app = build_app(settings, with_scheduler=True)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)

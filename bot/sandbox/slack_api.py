@@ -1,12 +1,14 @@
 """A local stand-in of the Slack Web API, for ``tocsin demo`` and the tests.
 
 It answers the methods Tocsin uses (``auth.test``, ``chat.postMessage``, ``chat.update``,
-``views.open``, ``chat.postEphemeral``, ``usergroups.users.list``) the way Slack does
+``views.open``, ``chat.postEphemeral``, ``usergroups.users.list``, ``conversations.open``,
+``conversations.history``) the way Slack does
 (``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``), keeps every call, keeps the
 current text and blocks of every message it took (so an update can be checked), and takes
 ``response_url`` posts under ``/response/<key>``. Failures are programmable per channel (an
 error code, a 429 with ``Retry-After``, a 5xx) so that rate limiting and error mapping can be
-exercised for real::
+exercised for real. :meth:`SlackSandbox.hold_after_post` takes a post and then keeps the
+answer back past the client's timeout, the outcome a client cannot know::
 
     async with SlackSandbox() as slack:
         slack.rate_limit("C0STAFF", retry_after=30)
@@ -17,8 +19,10 @@ exercised for real::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +38,8 @@ METHODS = (
     "views.open",
     "chat.postEphemeral",
     "usergroups.users.list",
+    "conversations.open",
+    "conversations.history",
 )
 TEAM_ID = "T0SANDBOX"
 BOT_USER_ID = "U0TOCSIN"
@@ -75,6 +81,7 @@ class SlackMessage:
     text: str
     blocks: list[Any] = field(default_factory=list)
     updates: int = 0
+    metadata: Mapping[str, Any] | None = None
 
 
 class SlackSandbox(LocalServer):
@@ -92,6 +99,9 @@ class SlackSandbox(LocalServer):
         self._messages: dict[tuple[str, str], SlackMessage] = {}
         self._by_channel: dict[str, Failure] = {}
         self._by_method: dict[str, Failure] = {}
+        # channel → (seconds to hold the answer of a post it took, how many posts)
+        self._holds: dict[str, list[float]] = {}
+        self._released = asyncio.Event()
         self._ts = itertools.count(1)
         self._changed = asyncio.Event()
         # User groups and their members, for ``usergroups.users.list``: set them in a test.
@@ -184,10 +194,26 @@ class SlackSandbox(LocalServer):
         send)."""
         self._by_method[method] = Failure(error, status, None, times)
 
+    def hold_after_post(self, channel: str, seconds: float, times: int = 1) -> None:
+        """Take the next ``times`` posts to ``channel`` (they are in the channel at once) but
+        answer each only after ``seconds`` (or at :meth:`stop`): past the client's timeout,
+        the poster cannot know the message was posted."""
+        self._holds[channel] = [seconds, times]
+
+    def messages_in(self, channel: str) -> list[SlackMessage]:
+        """The messages of one conversation (a user's posts are in ``D`` + their id)."""
+        return [m for m in self._messages.values() if m.channel == channel]
+
     def clear_failures(self) -> None:
         """Answer normally again."""
         self._by_channel.clear()
         self._by_method.clear()
+        self._holds.clear()
+
+    async def stop(self) -> None:
+        """Release held answers, then stop listening."""
+        self._released.set()
+        await super().stop()
 
     # --- life cycle -------------------------------------------------------------------
     def add_routes(self, app: web.Application) -> None:
@@ -216,9 +242,17 @@ class SlackSandbox(LocalServer):
         given = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
         self._calls.append(SlackCall(method, args, bool(given)))
         try:
-            return self._handle(method, args, given)
+            response = self._handle(method, args, given)
         finally:
             self._wake()  # after the call took effect, so waiters see its result
+        hold = self._holds.get(str(args.get("channel") or ""))
+        if method == "chat.postMessage" and hold is not None and response.status == 200:
+            hold[1] -= 1
+            if hold[1] <= 0:
+                del self._holds[str(args["channel"])]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._released.wait(), hold[0])
+        return response
 
     def _handle(self, method: str, args: Mapping[str, Any], given: str) -> web.Response:
         failure = self._take(self._by_method, method)
@@ -265,6 +299,13 @@ class SlackSandbox(LocalServer):
             if group not in self.groups:
                 return {"ok": False, "error": "no_such_subteam"}
             return {"ok": True, "users": list(self.groups[group])}
+        if method == "conversations.open":
+            user = str(args.get("users") or "")
+            if not user.startswith(("U", "W")):
+                return {"ok": False, "error": "user_not_found"}
+            return {"ok": True, "channel": {"id": "D" + user[1:]}}
+        if method == "conversations.history":
+            return self._history(args)
         if method == "views.open":
             if not args.get("trigger_id"):
                 return {"ok": False, "error": "invalid_trigger_id"}
@@ -285,18 +326,60 @@ class SlackSandbox(LocalServer):
                 return {"ok": False, "error": "message_not_found"}
             message.text, message.blocks, message.updates = text, blocks, message.updates + 1
             return {"ok": True, "channel": channel, "ts": message.ts, "text": text}
-        ts = f"1693400000.{next(self._ts):06d}"
+        # Slack's ts is the posting time (seconds.microseconds), unique in the channel.
+        ts = f"{int(time.time())}.{next(self._ts):06d}"
         if method == "chat.postEphemeral":
             return {"ok": True, "message_ts": ts}
         # A post to a user id lands in the DM with the bot, as on Slack.
         where = "D" + channel[1:] if channel.startswith(("U", "W")) else channel
-        self._messages[(where, ts)] = SlackMessage(where, ts, text, blocks)
+        metadata = _json_value(args.get("metadata"))
+        self._messages[(where, ts)] = SlackMessage(
+            where, ts, text, blocks, metadata=metadata if isinstance(metadata, Mapping) else None
+        )
         return {
             "ok": True,
             "channel": where,
             "ts": ts,
             "message": {"text": text, "blocks": blocks, "ts": ts},
         }
+
+    def _history(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        """Newest first, after ``oldest``, ``limit`` a page, metadata only when asked for."""
+        channel = str(args.get("channel") or "")
+        if not channel.startswith(("C", "G", "D")):
+            return {"ok": False, "error": "channel_not_found"}
+        oldest = float(str(args.get("oldest") or 0))
+        limit = int(str(args.get("limit") or 100))
+        start = int(str(args.get("cursor") or 0))
+        with_metadata = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
+        found = sorted(
+            (m for m in self._messages.values() if m.channel == channel and float(m.ts) > oldest),
+            key=lambda m: float(m.ts),
+            reverse=True,
+        )
+        page = found[start : start + limit]
+        messages = []
+        for m in page:
+            item: dict[str, Any] = {"type": "message", "ts": m.ts, "text": m.text}
+            if with_metadata and m.metadata is not None:
+                item["metadata"] = dict(m.metadata)
+            messages.append(item)
+        more = start + limit < len(found)
+        return {
+            "ok": True,
+            "messages": messages,
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+        }
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, str):  # form-encoded calls carry objects as JSON strings
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value
 
 
 def _error(failure: Failure) -> web.Response:

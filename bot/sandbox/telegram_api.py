@@ -11,6 +11,9 @@ Failures are programmed per chat::
     async with TelegramSandbox(token="123:abc") as api:
         api.fail(1002, Failure.flood(retry_after=7))       # next send to 1002 → 429
         api.fail(1003, Failure.blocked(), times=None)      # every send to 1003 → 403
+        api.fail_later(1004, Failure.server_error(), after=1)  # the 2nd send to 1004 → 502
+        api.migrate(-1005, -1001234567890)                 # the group became a supergroup
+        api.hold_after_send(1006, seconds=5)               # sent, answered too late
         ... settings: channels.telegram.api_url = api.url ...
         await api.press_ack(server_url + "/telegram/webhook", secret, chat_id=1001)
 
@@ -89,6 +92,10 @@ class TelegramSandbox(LocalServer, TelegramUpdates):
         self._calls: list[ApiCall] = []
         self._messages: dict[tuple[str, int], SentMessage] = {}
         self._failures: dict[str, list[list[Any]]] = {}
+        self._later: dict[str, list[Any]] = {}  # chat → [calls still let through, failure]
+        self._migrated: dict[str, int] = {}  # old group id → its supergroup's id
+        self._holds: dict[str, list[float]] = {}  # chat → [seconds, sends left]
+        self._released = asyncio.Event()
         self._pending: list[dict[str, Any]] = []
         self._changed = asyncio.Event()
 
@@ -108,11 +115,33 @@ class TelegramSandbox(LocalServer, TelegramUpdates):
         """Answer the next ``times`` calls about ``chat_id`` with ``failure`` (None: always)."""
         self._failures.setdefault(str(chat_id), []).append([failure, times])
 
+    def fail_later(self, chat_id: int | str, failure: Failure, after: int) -> None:
+        """Let ``after`` calls about ``chat_id`` through, then answer the next one with
+        ``failure`` (once): a long message whose second part fails."""
+        self._later[str(chat_id)] = [after, failure]
+
+    def migrate(self, chat_id: int | str, new_chat_id: int) -> None:
+        """The group ``chat_id`` was upgraded to the supergroup ``new_chat_id``: from now on
+        every send to the old id is refused with ``migrate_to_chat_id``, as on Telegram."""
+        self._migrated[str(chat_id)] = new_chat_id
+
+    def hold_after_send(self, chat_id: int | str, seconds: float, times: int = 1) -> None:
+        """Take the next ``times`` messages to ``chat_id`` (they are in the chat at once) but
+        answer only after ``seconds`` (or at :meth:`stop`): past the client's timeout."""
+        self._holds[str(chat_id)] = [seconds, times]
+
     def clear_failures(self, chat_id: int | str | None = None) -> None:
         if chat_id is None:
             self._failures.clear()
+            self._later.clear()
         else:
             self._failures.pop(str(chat_id), None)
+            self._later.pop(str(chat_id), None)
+
+    async def stop(self) -> None:
+        """Release held answers, then stop listening."""
+        self._released.set()
+        await LocalServer.stop(self)
 
     @property
     def calls(self) -> list[ApiCall]:
@@ -180,6 +209,7 @@ class TelegramSandbox(LocalServer, TelegramUpdates):
                 result = await result
         except ApiError as exc:
             self._record(method, params, exc.status)
+            migrate_to = exc.migrate_to if isinstance(exc, _Migrated) else None
             body: dict[str, Any] = {
                 "ok": False,
                 "error_code": exc.status,
@@ -187,8 +217,17 @@ class TelegramSandbox(LocalServer, TelegramUpdates):
             }
             if exc.retry_after is not None:
                 body["parameters"] = {"retry_after": exc.retry_after}
+            if migrate_to is not None:
+                body["parameters"] = {"migrate_to_chat_id": migrate_to}
             return web.json_response(body, status=exc.status)
         self._record(method, params, 200)
+        hold = self._holds.get(str(params.get("chat_id")))
+        if method == "sendMessage" and hold is not None:
+            hold[1] -= 1
+            if hold[1] <= 0:
+                del self._holds[str(params.get("chat_id"))]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._released.wait(), hold[0])
         return web.json_response({"ok": True, "result": result})
 
     def _record(self, method: str, params: Mapping[str, Any], status: int) -> None:
@@ -197,7 +236,17 @@ class TelegramSandbox(LocalServer, TelegramUpdates):
         changed.set()
 
     def _maybe_fail(self, params: Mapping[str, Any]) -> None:
-        scripted = self._failures.get(str(params.get("chat_id")))
+        chat = str(params.get("chat_id"))
+        if chat in self._migrated:
+            raise _Migrated(self._migrated[chat])
+        later = self._later.get(chat)
+        if later is not None:
+            if later[0] > 0:
+                later[0] -= 1
+            else:
+                del self._later[chat]
+                raise ApiError(later[1].status, later[1].description, later[1].retry_after)
+        scripted = self._failures.get(chat)
         if not scripted:
             return
         entry = scripted[0]
@@ -289,6 +338,14 @@ class TelegramSandbox(LocalServer, TelegramUpdates):
         message.html, message.text, message.reply_markup = source, text, markup
         message.edits += 1
         return self._message_json(message)
+
+
+class _Migrated(ApiError):
+    """Telegram's answer to a send to a group that became a supergroup."""
+
+    def __init__(self, new_chat_id: int) -> None:
+        super().__init__(400, "Bad Request: group chat was upgraded to a supergroup chat")
+        self.migrate_to = new_chat_id
 
 
 def _chat_id(params: Mapping[str, Any]) -> int | str:

@@ -23,12 +23,13 @@ from bot.domain.models import (
     TimelineEntry,
 )
 from bot.ports import FIRST_PAGE, Changes, Page
+from bot.store.memcoordination import MemoryCoordination
 
 _ACKABLE = (DeliveryState.SENT, DeliveryState.DELIVERED)
 log = logging.getLogger("tocsin.store")
 
 
-class MemoryStore:
+class MemoryStore(MemoryCoordination):
     """Dictionaries and lists; every method is atomic because none awaits mid-change."""
 
     def __init__(self) -> None:
@@ -39,6 +40,7 @@ class MemoryStore:
         self.attempt_rows: dict[int, list[Attempt]] = {}
         self.escalated: set[int] = set()
         self.health: dict[str, tuple[str, str, datetime, str | None]] = {}
+        self.moves: dict[tuple[str, str], tuple[str, datetime]] = {}
         self._next_id = 1
         self._work = asyncio.Event()
 
@@ -84,6 +86,8 @@ class MemoryStore:
             self._work.set()
 
     async def commit(self, changes: Changes) -> None:
+        if changes.idempotency is not None:
+            self._check_key(changes.idempotency)
         incident = changes.incident
         if incident is not None and changes.new_incident and incident.id in self.incidents:
             raise Conflict(f"incident {incident.id} exists")
@@ -93,6 +97,8 @@ class MemoryStore:
         tokens = {d.ack_token for d in self.rows.values()}
         if any(d.ack_token in tokens for d in changes.deliveries):
             raise Conflict("duplicate acknowledgement token")
+        if changes.idempotency is not None:
+            self._record_key(changes.idempotency)
         if incident is not None:
             self.incidents[incident.id] = incident
         for entry in changes.timeline:
@@ -100,14 +106,6 @@ class MemoryStore:
         for statement in [*changes.statements, *changes.statement_updates]:
             self.statement_rows[statement.id] = statement
         self._insert(changes.deliveries, changes.decided_at)
-
-    async def next_incident_number(self, prefix: str) -> int:
-        numbers = [
-            int(i.removeprefix(prefix))
-            for i in self.incidents
-            if i.startswith(prefix) and i.removeprefix(prefix).isdigit()
-        ]
-        return max(numbers, default=0) + 1
 
     @staticmethod
     def _due_at(d: Delivery) -> datetime | None:
@@ -349,6 +347,14 @@ class MemoryStore:
 
     async def channel_health(self) -> list[tuple[str, str, datetime, str | None]]:
         return [self.health[k] for k in sorted(self.health)]
+
+    async def note_address_moved(self, channel: str, old: str, new: str, at: datetime) -> None:
+        known = self.moves.get((channel, old))
+        if known is None or known[0] != new:
+            self.moves[(channel, old)] = (new, at)
+
+    async def address_moves(self) -> list[tuple[str, str, str, datetime]]:
+        return [(c, o, *self.moves[(c, o)]) for c, o in sorted(self.moves)]
 
     async def pending_count(self, incident_id: str | None = None) -> int:
         rows = self.rows.values() if incident_id is None else self._of(incident_id)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -22,6 +24,9 @@ _CHANNEL = "tocsin_work"
 # A query on a half-open connection (a database host gone without a RST) would otherwise
 # wait forever; with a timeout the worker's retry loop takes over.
 _COMMAND_TIMEOUT = 30.0
+# Advisory-lock class of Tocsin's leaders (the migration lock is the single key 7461636).
+_LEAD_CLASS = 7461636
+_LEAD_TIMEOUT = 5.0
 
 
 def to_dollar(sql: str) -> str:
@@ -79,6 +84,8 @@ RETURNING *
         self._relisten: asyncio.Task[None] | None = None
         self._closing = False
         self._sizes = (min_size, max_size)
+        self._leads: dict[str, asyncpg.Connection] = {}  # one session per leader name
+        self._held: set[str] = set()
 
     async def open(self) -> None:
         self._closing = False
@@ -124,8 +131,46 @@ RETURNING *
             self._work.set()  # work may have been committed while nobody listened
             return
 
+    async def try_lead(self, name: str, holder: str, now: datetime, ttl: float) -> bool:
+        """Leadership is a session-level advisory lock held on a connection of its own: it
+        ends with that connection (a dead process, a dropped link, a restarted database), and
+        another process's next try takes it."""
+        conn = self._leads.get(name)
+        try:
+            if conn is None or conn.is_closed():
+                self._held.discard(name)
+                conn = await asyncpg.connect(self.url, timeout=_LEAD_TIMEOUT)
+                self._leads[name] = conn
+            if name in self._held:
+                await conn.fetchval("SELECT 1", timeout=_LEAD_TIMEOUT)  # still our session?
+                return True
+            got = await conn.fetchval(
+                "SELECT pg_try_advisory_lock($1::int, $2::int)",
+                _LEAD_CLASS,
+                _lead_key(name),
+                timeout=_LEAD_TIMEOUT,
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            # The session (and the lock with it) is gone: stand by, try afresh next time.
+            self._held.discard(name)
+            lost = self._leads.pop(name, None)
+            if lost is not None:
+                lost.terminate()
+            return False
+        if got:
+            self._held.add(name)
+        return bool(got)
+
+    async def resign(self, name: str, holder: str) -> None:
+        self._held.discard(name)
+        conn = self._leads.pop(name, None)
+        if conn is not None:
+            await _quietly_close(conn)  # closing the session releases its lock
+
     async def close(self) -> None:
         self._closing = True
+        for name in list(self._leads):
+            await self.resign(name, "")
         if self._relisten is not None:
             self._relisten.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -166,3 +211,16 @@ RETURNING *
         if self._pool is None:
             raise RuntimeError("store is not open")
         return self._pool
+
+
+def _lead_key(name: str) -> int:
+    """A stable signed 32-bit key for a leader's name."""
+    value = zlib.crc32(name.encode())
+    return value - (1 << 32) if value >= (1 << 31) else value
+
+
+async def _quietly_close(conn: asyncpg.Connection) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), _LEAD_TIMEOUT)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        conn.terminate()

@@ -28,18 +28,22 @@ from bot.store.sqlbase import (
     IntegrityError,
     _placeholders,
 )
+from bot.store.sqlcoordination import SqlCoordination
+from bot.store.sqlmoves import SqlAddressMoves
 from bot.store.sqlqueue import SqlQueue
 
 __all__ = ["Connection", "IntegrityError", "SqlStore"]
 
 
-class SqlStore(SqlQueue):
+class SqlStore(SqlAddressMoves, SqlCoordination, SqlQueue):
     """The Store contract in SQL; subclasses provide the connection and the claim query."""
 
     async def commit(self, changes: Changes) -> None:
         now = changes.decided_at.timestamp()
         try:
             async with self.transaction() as conn:
+                if changes.idempotency is not None:
+                    await self._claim_key(conn, changes.idempotency)
                 if changes.incident is not None:
                     row = rows.incident_row(changes.incident)
                     if changes.new_incident:
@@ -64,18 +68,6 @@ class SqlStore(SqlQueue):
             raise Conflict(str(exc)) from None
         if changes.deliveries:
             self._work.set()
-
-    async def next_incident_number(self, prefix: str) -> int:
-        async with self.reading() as conn:
-            found = await conn.fetch(
-                "SELECT id FROM incidents WHERE id LIKE ?", prefix.replace("%", "") + "%"
-            )
-        numbers = [
-            int(r["id"].removeprefix(prefix))
-            for r in found
-            if r["id"].removeprefix(prefix).isdigit()
-        ]
-        return max(numbers, default=0) + 1
 
     async def get_incident(self, incident_id: str) -> Incident | None:
         row = await self._one("SELECT * FROM incidents WHERE id = ?", incident_id)

@@ -18,7 +18,7 @@ from bot.delivery.ratelimit import RateLimiter
 from bot.delivery.retry import RetryPolicy
 from bot.delivery.worker import Dispatcher
 from bot.domain.clock import FakeClock
-from bot.domain.errors import PermanentError, TransientError
+from bot.domain.errors import PermanentError, TransientError, UnknownOutcome
 from bot.domain.models import (
     ChannelName,
     DeliveryPolicy,
@@ -234,12 +234,15 @@ async def test_a_refused_token_is_permanent(
 
 
 @pytest.mark.parametrize("reply", [Reply.hang(), Reply.reset()], ids=["hang", "reset"])
-async def test_a_hang_or_a_reset_is_transient(session: aiohttp.ClientSession, reply: Reply) -> None:
+async def test_a_hang_or_a_reset_after_sending_is_unknown(
+    session: aiohttp.ClientSession, reply: Reply
+) -> None:
+    # The Bot API cannot be asked whether the message arrived: the outcome stays unknown.
     async with HttpStandin() as standin:
         standin.script(f"/bot{TOKEN}/sendMessage", reply)
         channel = TelegramChannel(build_bot(TOKEN, standin.url, session, read_timeout=0.3))
 
-        with pytest.raises(TransientError) as caught:
+        with pytest.raises(UnknownOutcome) as caught:
             await channel.send(outbound())
 
     assert TOKEN not in str(caught.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -10,7 +11,7 @@ import pytest
 
 from bot.channels.webhook import WebhookChannel
 from bot.config import WebhookChannelSettings
-from bot.domain.errors import PermanentError
+from bot.domain.errors import PermanentError, TransientError
 from bot.domain.models import ChannelName, DeliveryState
 from bot.ports import Channel, OutboundMessage, Receipt
 from bot.sandbox.webhook_sink import WebhookSink
@@ -63,13 +64,13 @@ async def test_posts_the_payload_with_an_idempotency_key(
     [request] = standin.requests
     assert request.method == "POST"
     assert request.path == HOOK
-    assert request.headers["Idempotency-Key"] == "delivery-7"
+    assert request.headers["Idempotency-Key"] == "tocsin-delivery-7"
     assert request.headers["Content-Type"] == "application/json"
     assert request.json == {
         "text": f"Orbis est indisponible.\n\nMerci de confirmer la lecture : {ack_url}",
         "subject": "Panne Orbis",
         "delivery_id": 7,
-        "idempotency_key": "delivery-7",
+        "idempotency_key": "tocsin-delivery-7",
         "ack_url": ack_url,
     }
     assert receipt == Receipt(provider_id="m-1", state=DeliveryState.DELIVERED, code="200")
@@ -96,14 +97,19 @@ async def test_provider_id_falls_back_to_the_request_id_header(
     assert receipt == Receipt(provider_id="req-9", state=DeliveryState.DELIVERED, code="200")
 
 
-async def test_no_idempotency_header_without_a_key(
+async def test_every_resend_carries_the_same_key_from_the_delivery_id_alone(
     channel: WebhookChannel, standin: HttpStandin
 ) -> None:
-    receipt = await channel.send(outbound(standin.url + HOOK, idempotency_key=""))
+    standin.script(HOOK, Reply(503), Reply(200, {"ok": True}))
+    message = outbound(standin.url + HOOK, ack_token="s3cret-ack-token", idempotency_key="")
 
-    [request] = standin.requests
-    assert "Idempotency-Key" not in request.headers
-    assert receipt.provider_id is None
+    with pytest.raises(TransientError):
+        await channel.send(message)
+    receipt = await channel.send(replace(message, attempt=1, unknown_attempts=1))
+
+    keys = [r.headers["Idempotency-Key"] for r in standin.requests]
+    assert keys == ["tocsin-delivery-7", "tocsin-delivery-7"]
+    assert all("s3cret" not in key for key in keys)
     assert receipt.state == DeliveryState.DELIVERED
 
 
@@ -126,7 +132,7 @@ async def test_delivers_to_the_shipped_sink(channel: WebhookChannel) -> None:
     assert [first.provider_id, second.provider_id] == ["1", "2"]
     assert [p.path for p in posts] == ["/mattermost", "/teams"]
     assert posts[0].body["text"] == "Orbis est indisponible."
-    assert posts[1].headers["idempotency-key"] == "delivery-7"
+    assert posts[1].headers["idempotency-key"] == "tocsin-delivery-8"
 
 
 async def test_uses_but_never_closes_the_shared_session(

@@ -23,6 +23,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import RUNTIME, Runtime, build_app
 from bot.config import settings_from_dict
+from bot.domain.clock import FakeClock
 from bot.domain.models import (
     Delivery,
     DeliveryState,
@@ -152,11 +153,10 @@ async def tocsin(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Tocsin]:
     monkeypatch.setenv("SLACK_SIGNING_SECRET", SECRET)
     async with SlackSandbox(token=TOKEN) as slack:
         store = MemoryStore()
-        app = build_app(settings_from_dict(config(slack.api_url)), store=store)
+        app = build_app(settings_from_dict(config(slack.api_url)), store=store, with_scheduler=True)
         async with TestClient(TestServer(app)) as client:
             inbound = app[SLACK]
             assert inbound.progress is not None
-            inbound.progress.interval = 0
             yield Tocsin(client, slack, store, app[RUNTIME], inbound)
 
 
@@ -698,46 +698,51 @@ async def test_no_progress_message_where_the_bot_cannot_post(tocsin: Tocsin) -> 
     await tocsin.command("declare Orbis critical Orbis est indisponible")
     await settle(tocsin)
     await tocsin.inbound.idle()
-    assert tocsin.inbound.progress is not None
-    await tocsin.inbound.progress.close()
+
+    def posts() -> list[Any]:
+        return [
+            c for c in tocsin.slack.calls_to("chat.postMessage") if c.args["channel"] == "C0CRISIS"
+        ]
 
     # One try for the delivery (failed: not_in_channel), one for the progress message; no more.
-    posts = [
-        c for c in tocsin.slack.calls_to("chat.postMessage") if c.args["channel"] == "C0CRISIS"
-    ]
-    assert len(posts) == 2
+    await tocsin.slack.wait_until(lambda: len(posts()) == 2)
+    assert tocsin.inbound.progress is not None
+    await tocsin.inbound.progress.tick()
+    await tocsin.inbound.progress.tick()
+    assert len(posts()) == 2
     staff = [m for m in tocsin.slack.messages if m.channel == "C0STAFF"]
     assert len(staff) == 1  # the rest of the fan-out went on
 
 
-async def test_progress_is_throttled_and_closing_sends_the_last_counts() -> None:
+async def test_progress_follows_the_store_and_survives_a_restart() -> None:
     async with SlackSandbox(token=TOKEN) as slack, aiohttp.ClientSession() as session:
         store = MemoryStore()
         await store.open()
         await store.commit(declaration(3))
         [first, *rest] = await store.claim_due("w", T0 + timedelta(days=1), 60, 10)
         client = AsyncWebClient(token=TOKEN, base_url=slack.api_url, session=session)
-        progress = SlackProgress(client, store, "C0CRISIS", interval=60, locale="en")
+        progress = SlackProgress(client, store, "C0CRISIS", FakeClock(), locale="en")
 
         def done(delivery: Delivery) -> Outcome:
             return Outcome(delivery.id, DeliveryState.DELIVERED, (), lease_owner="w")
 
+        # Outcomes recorded by any process (here: straight into the store) are what counts.
         await store.record([done(first)])
-        progress.observe(first, done(first))
-        [post] = await slack.wait_for("chat.postMessage")
+        await progress.tick()
+        [post] = slack.calls_to("chat.postMessage")
         assert "Total 3 · 2 pending" in post.args["blocks"][0]["text"]["text"]
+        [message] = slack.messages
 
-        await store.record([done(d) for d in rest])
-        for delivery in rest:
-            progress.observe(delivery, done(delivery))
-        await client.auth_test()  # a round trip: time enough for an unthrottled update
+        await progress.tick()  # nothing moved: no update
         assert slack.calls_to("chat.update") == []
 
-        async with asyncio.timeout(2):  # the 60 s throttle does not hold the shutdown
-            await progress.close()
+        await store.record([done(d) for d in rest])
+        restarted = SlackProgress(client, store, "C0CRISIS", FakeClock(), locale="en")
+        await restarted.tick()  # another process (a restarted serve) updates the same message
         [update] = slack.calls_to("chat.update")
-        assert update.args["ts"] == progress.message_ts(first.incident_id)
+        assert (update.args["channel"], update.args["ts"]) == ("C0CRISIS", message.ts)
         assert "Delivery complete" in update.args["blocks"][0]["text"]["text"]
-        progress.observe(first, done(first))  # after close: ignored
-        assert len(slack.calls) == 3
+        await restarted.tick()  # the final update is out: nothing more
+        await progress.tick()
+        assert [c.method for c in slack.calls] == ["chat.postMessage", "chat.update"]
         await store.close()

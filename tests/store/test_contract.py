@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from bot.domain.errors import Conflict
+from bot.domain.errors import Conflict, DuplicateRequest
 from bot.domain.models import (
     Attempt,
     ChannelName,
     DeliveryPolicy,
     DeliveryState,
+    IncidentStatus,
+    NewDelivery,
     Outcome,
     StatementStatus,
     TimelineEntry,
 )
-from bot.ports import Changes, Page, Store
+from bot.ports import (
+    Changes,
+    IdempotencyKey,
+    IdempotentAnswer,
+    Page,
+    ProgressMessage,
+    SiteQuorum,
+    Store,
+)
 from bot.store.memory import MemoryStore
 from bot.store.postgres import PostgresStore
 from bot.store.sqlite import SqliteStore
@@ -443,3 +454,198 @@ async def test_deliveries_are_created_at_the_time_of_the_change(store: Store) ->
     await store.commit(changes)
     [row] = await store.deliveries("INC-2023-0830-01")
     assert row.created_at == max(e.at for e in changes.timeline)
+
+
+async def test_address_moves_keep_the_first_time_and_follow_a_second_move(store: Store) -> None:
+    assert await store.address_moves() == []
+    later = T0 + timedelta(minutes=5)
+    await store.note_address_moved("telegram", "-1005", "-1001005", T0)
+    await store.note_address_moved("telegram", "-1005", "-1001005", later)  # noted again
+    await store.note_address_moved("telegram", "-1007", "-1001007", later)
+    assert await store.address_moves() == [
+        ("telegram", "-1005", "-1001005", T0),
+        ("telegram", "-1007", "-1001007", later),
+    ]
+    await store.note_address_moved("telegram", "-1007", "-1009", later + timedelta(minutes=1))
+    assert (await store.address_moves())[1] == (
+        "telegram",
+        "-1007",
+        "-1009",
+        later + timedelta(minutes=1),
+    )
+
+
+# --- coordination between processes (bot/store/sqlcoordination.py) ---------------------
+async def test_incident_numbers_are_never_allocated_twice(store: Store) -> None:
+    numbers = await asyncio.gather(
+        *(store.next_incident_number("INC-2023-0830-") for _ in range(12))
+    )
+    assert sorted(numbers) == list(range(1, 13))
+    # Ids written without the counter (older versions, imports) are never handed out again.
+    await store.commit(f.declaration(0, "INC-2023-0830-40"))
+    assert await store.next_incident_number("INC-2023-0830-") == 41
+    assert await store.next_incident_number("INC-2023-0831-") == 1
+
+
+def _key(key: str = "k1", request: str = "h1", at: datetime = T0) -> IdempotencyKey:
+    return IdempotencyKey("api-client", key, request, at, "INC-2023-0830-01")
+
+
+async def test_an_idempotency_key_is_committed_with_its_change_once(store: Store) -> None:
+    first = f.declaration(1)
+    first.idempotency = _key()
+    await store.commit(first)
+    found = await store.idempotent_answer("api-client", "k1", T0 - timedelta(hours=24))
+    assert found == IdempotentAnswer("h1", "INC-2023-0830-01", T0)
+
+    again = f.declaration(1, "INC-2023-0830-02")
+    again.idempotency = _key(at=T0 + timedelta(minutes=1))
+    with pytest.raises(DuplicateRequest):
+        await store.commit(again)
+    assert await store.get_incident("INC-2023-0830-02") is None  # nothing of it was written
+    assert await store.pending_count() == 1
+
+    await store.save_idempotent_answer("api-client", "k1", 201, '{"id": "INC-2023-0830-01"}')
+    found = await store.idempotent_answer("api-client", "k1", T0 - timedelta(hours=24))
+    assert (found.status, found.body) == (201, '{"id": "INC-2023-0830-01"}')  # type: ignore[union-attr]
+    assert await store.idempotent_answer("other-client", "k1", T0 - timedelta(hours=24)) is None
+    assert await store.idempotent_answer("api-client", "k1", T0 + timedelta(seconds=1)) is None
+
+    # 24 hours later the key is free again; the purge forgets expired keys.
+    later = f.declaration(0, "INC-2023-0831-01")
+    later.idempotency = _key(request="h2", at=T0 + timedelta(hours=25))
+    await store.commit(later)
+    found = await store.idempotent_answer("api-client", "k1", T0)
+    assert found is not None and found.request_hash == "h2"
+    assert await store.purge_idempotency_keys(T0 + timedelta(hours=26)) == 1
+    assert await store.idempotent_answer("api-client", "k1", T0) is None
+
+
+async def test_progress_messages_are_kept_and_due_while_behind(store: Store) -> None:
+    await store.commit(f.declaration(2))
+    done = f.declaration(0, "INC-2023-0829-01")
+    done.incident = replace(  # type: ignore[arg-type]
+        done.incident, status=IncidentStatus.RESOLVED, resolved_at=T0 - timedelta(hours=3)
+    )
+    await store.commit(done)
+    assert await store.progress_due(T0 - timedelta(hours=1)) == ["INC-2023-0830-01"]
+    assert await store.get_progress("INC-2023-0830-01") is None
+
+    message = ProgressMessage("INC-2023-0830-01", "C0CRISIS", "1700.0001", "2 pending", 2)
+    await store.save_progress(message)
+    assert await store.get_progress("INC-2023-0830-01") == message
+    await store.save_progress(replace(message, last_text="done", pending=0))
+    assert await store.get_progress("INC-2023-0830-01") == replace(
+        message, last_text="done", pending=0
+    )
+    # Resolved long ago with a final message: no longer looked at.
+    await store.save_progress(ProgressMessage("INC-2023-0829-01", "C0CRISIS", "1.2", "x", 1))
+    assert await store.progress_due(T0 - timedelta(hours=1)) == [
+        "INC-2023-0829-01",
+        "INC-2023-0830-01",
+    ]
+    await store.save_progress(ProgressMessage("INC-2023-0829-01", "C0CRISIS", "1.2", "x", 0))
+    assert await store.progress_due(T0 - timedelta(hours=1)) == ["INC-2023-0830-01"]
+
+
+async def test_site_quorum_counts_confirmations_per_site(store: Store) -> None:
+    changes = f.declaration(0)
+    changes.incident = replace(changes.incident, audiences=("heads",))  # type: ignore[arg-type]
+    stmt = changes.statements[0]
+
+    def to(person: str, site: str) -> NewDelivery:
+        return f.new_delivery(
+            stmt, f"{person}@example.org", audience="heads", recipient=person, site=site
+        )
+
+    changes.deliveries = [
+        to("martin", "Nord"),
+        to("roux", "Nord"),
+        to("diallo", "Sud"),
+        to("nguyen", "Nord"),  # a deputy, already reached
+        f.new_delivery(stmt, "staff@example.org", site="Sud"),  # another audience
+    ]
+    await store.commit(changes)
+    other = f.declaration(0, "INC-2023-0830-02")  # declared later: not yet due
+    other.incident = replace(other.incident, created_at=T0 + timedelta(minutes=30))  # type: ignore[arg-type]
+    other.deliveries = [
+        f.new_delivery(other.statements[0], "x@example.org", audience="heads", site="Sud")
+    ]
+    await store.commit(other)
+    by_address = {d.address: d for d in await store.deliveries("INC-2023-0830-01")}
+    for person in ("martin", "roux", "nguyen"):
+        delivery = by_address[f"{person}@example.org"]
+        await store.claim_due("w", T0, 60, 10)
+        await store.record([Outcome(delivery.id, DeliveryState.SENT, (), lease_owner="w")])
+        assert await store.acknowledge(delivery.id, person, T0 + timedelta(minutes=1))
+
+    found = await store.site_quorum("heads", ["nguyen", "lefebvre"], T0 + timedelta(minutes=10))
+    assert found == [
+        SiteQuorum("INC-2023-0830-01", "Nord", 2, True),
+        SiteQuorum("INC-2023-0830-01", "Sud", 0, False),
+    ]
+    await store.commit(
+        Changes(
+            timeline=[
+                TimelineEntry(
+                    "INC-2023-0830-01", 2, T0, "tocsin", "site_escalated", {"site": "Sud"}
+                ),
+                TimelineEntry(
+                    "INC-2023-0830-01", 3, T0, "tocsin", "site_escalated", {"site": "Est"}
+                ),
+            ]
+        )
+    )
+    found = await store.site_quorum("heads", [], T0 + timedelta(hours=1))
+    assert found == [
+        SiteQuorum("INC-2023-0830-01", "Est", 0, True),
+        SiteQuorum("INC-2023-0830-01", "Nord", 3, False),
+        SiteQuorum("INC-2023-0830-01", "Sud", 0, True),
+        SiteQuorum("INC-2023-0830-02", "Sud", 0, False),
+    ]
+    resolved = replace(changes.incident, status=IncidentStatus.RESOLVED)  # type: ignore[arg-type]
+    await store.commit(Changes(incident=resolved))
+    assert [
+        q.incident_id for q in await store.site_quorum("heads", [], T0 + timedelta(hours=1))
+    ] == ["INC-2023-0830-02"]
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def two_processes(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Store, Store, str]]:
+    """Two stores on one database, as two processes hold them (memory: one process)."""
+    async with AsyncExitStack() as stack:
+        stores: list[Store] = []
+        if request.param == "memory":
+            stores = [MemoryStore()] * 2
+        elif request.param == "sqlite":
+            stores = [SqliteStore(str(tmp_path / "tocsin.db")) for _ in range(2)]
+        else:
+            url = await stack.enter_async_context(pg_database())
+            stores = [PostgresStore(url) for _ in range(2)]
+        for backend in stores:
+            await backend.open()
+            stack.push_async_callback(backend.close)
+            await backend.migrate()
+        yield stores[0], stores[1], request.param
+
+
+async def test_one_leader_at_a_time(two_processes: tuple[Store, Store, str]) -> None:
+    first, second, backend = two_processes
+    assert await first.try_lead("scheduler", "a", T0, 10)
+    assert not await second.try_lead("scheduler", "b", T0, 10)
+    assert await first.try_lead("scheduler", "a", T0 + timedelta(seconds=5), 10)  # renewed
+    assert not await second.try_lead("scheduler", "b", T0 + timedelta(seconds=12), 10)
+    assert await second.try_lead("other", "b", T0, 10)  # leaders of other names are apart
+    await first.resign("scheduler", "a")
+    assert await second.try_lead("scheduler", "b", T0 + timedelta(seconds=13), 10)
+    assert not await first.try_lead("scheduler", "a", T0 + timedelta(seconds=14), 10)
+    # The leader dies without resigning: the other takes over (PostgreSQL: at once, the lock
+    # goes with its session; elsewhere: once its lease has run out).
+    if backend == "postgres":
+        await second.close()
+        assert await first.try_lead("scheduler", "a", T0 + timedelta(seconds=15), 10)
+    else:
+        assert not await first.try_lead("scheduler", "a", T0 + timedelta(seconds=20), 10)
+        assert await first.try_lead("scheduler", "a", T0 + timedelta(seconds=24), 10)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 from bot.domain.models import (
@@ -18,6 +18,8 @@ from bot.domain.models import (
     Statement,
     TimelineEntry,
 )
+
+_EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 class Clock(Protocol):
@@ -157,6 +159,16 @@ class Changes:
     # Written first: a second request with the same key raises ``DuplicateRequest``.
     idempotency: IdempotencyKey | None = None
 
+    @property
+    def decided_at(self) -> datetime:
+        """When the change was decided, on the deciding service's clock: its latest timeline
+        entry, else the incident's last update, else the earliest of its deliveries."""
+        if self.timeline:
+            return max(e.at for e in self.timeline)
+        if self.incident is not None:
+            return self.incident.updated_at
+        return min((d.next_attempt_at for d in self.deliveries), default=_EPOCH)
+
 
 @dataclass(frozen=True)
 class Page:
@@ -223,14 +235,24 @@ class Store(Protocol):
         lease) to ``worker`` and mark them ``sending``."""
         ...
 
-    async def record(self, outcomes: Sequence[Outcome]) -> int:
-        """Apply outcomes (state, attempt row, follow-up delivery) in one transaction; an
-        outcome whose delivery moved on meanwhile (acknowledged, cancelled, reported delivered)
-        keeps that state but gets its attempt row. Returns the number of follow-ups queued."""
+    async def record(self, outcomes: Sequence[Outcome]) -> list[int]:
+        """Apply outcomes (state, attempt rows, follow-up delivery) in one transaction, each
+        only while its ``lease_owner`` still holds the row (fencing): a stale holder's outcome
+        changes nothing and leaves no attempt row. An outcome whose delivery moved on meanwhile
+        (acknowledged, cancelled, reported delivered) keeps that state but gets its attempt
+        rows. The time written is the outcome's last attempt's. Returns the ids applied."""
+        ...
+
+    async def renew(
+        self, owner: str, delivery_ids: Sequence[int], now: datetime, lease_seconds: float
+    ) -> list[int]:
+        """Extend ``owner``'s lease on these deliveries to ``now + lease_seconds`` (a renewed
+        row is not due); returns the ids ``owner`` still holds (the others were taken)."""
         ...
 
     async def release(self, delivery_ids: Sequence[int], worker: str, at: datetime) -> None:
-        """Give leased deliveries back to the queue, due at ``at``, without counting an attempt."""
+        """Give deliveries leased by ``worker`` (the lease owner) back to the queue, due at
+        ``at``, without counting an attempt; rows another owner holds are left alone."""
         ...
 
     async def advance(
@@ -258,9 +280,9 @@ class Store(Protocol):
 
     async def due_escalations(self, now: datetime, limit: int) -> list[Delivery]: ...
 
-    async def mark_escalated(self, delivery_id: int, follow_up: NewDelivery) -> bool:
-        """Flag a delivery as escalated and queue ``follow_up``, once; False if already done
-        or acknowledged meanwhile."""
+    async def mark_escalated(self, delivery_id: int, follow_up: NewDelivery, at: datetime) -> bool:
+        """Flag a delivery as escalated (at ``at``) and queue ``follow_up``, once; False if
+        already done or acknowledged meanwhile."""
         ...
 
     async def pending_count(self, incident_id: str | None = None) -> int: ...

@@ -52,4 +52,5 @@ def message_for(delivery: Delivery, statement: Statement, public_url: str) -> Ou
         },
         attempt=delivery.attempts,
         queued_at=delivery.created_at,
+        unknown_attempts=delivery.unknown_attempts,
     )

@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from bot.delivery.health import Admission, CircuitBreakers, OutageLog
+from bot.delivery.leases import LeaseLost, Leases
 from bot.delivery.outbound import destination_key, limits_for, message_for
 from bot.delivery.ratelimit import RateLimiter
 from bot.delivery.retry import RetryPolicy, with_quick_retries
@@ -37,6 +38,8 @@ class DeliverySender:
     outages: OutageLog
     _outcomes: list[tuple[Delivery, Outcome]]
     _released: list[tuple[int, datetime]]
+    _settling: set[int]  # rows whose outcome or release waits for the next batch write
+    leases: Leases
     inline_wait_max: float
 
     def message_for(self, delivery: Delivery, statement: Statement) -> OutboundMessage:
@@ -60,14 +63,25 @@ class DeliverySender:
         if admission == Admission.BLOCKED:
             await self._blocked(delivery, provider, now)
             return
+        settled = False  # the provider was judged: a probe's slot is no longer ours
+        try:
+            settled = await self._send(delivery, channel, statement, provider)
+        finally:
+            # Whatever ended this probe (a rate limit, a bug, a lost lease, a cancellation)
+            # without judging the provider: let another delivery probe it.
+            if admission == Admission.PROBE and not settled:
+                self.breakers.released(provider)
+
+    async def _send(
+        self, delivery: Delivery, channel: Channel, statement: Statement, provider: str
+    ) -> bool:
+        """Send through ``channel`` and emit the outcome; True once the provider was judged."""
         wait = await self.limiter.acquire(
             limits_for(channel, delivery), max_wait=self.inline_wait_max
         )
         if wait > 0:  # no slot soon (rate, a 429's pause): back to the queue, due at its slot
-            if admission == Admission.PROBE:
-                self.breakers.released(provider)
-            self._released.append((delivery.id, self.clock.now() + timedelta(seconds=wait)))
-            return
+            self._release(delivery, self.clock.now() + timedelta(seconds=wait))
+            return False
         attempts: list[Attempt] = []
 
         def failed_try(exc: BaseException) -> None:
@@ -75,14 +89,26 @@ class DeliverySender:
 
         message = self.message_for(delivery, statement)
         try:
-            receipt = await with_quick_retries(
-                self.retry, lambda: channel.send(message), failed_try
-            )
-        except (TransientError, PermanentError, UnknownOutcome) as exc:
+            # Refused, or cancelled, once this worker's lease on the row has lapsed (LeaseLost).
+            with self.leases.sending(delivery.id):
+                receipt = await with_quick_retries(
+                    self.retry, lambda: channel.send(message), failed_try
+                )
+        except LeaseLost:
+            raise
+        except UnknownOutcome as exc:
+            # The provider may have taken it: never retried within the attempt, recorded as
+            # ``unknown`` (counted on the delivery, for the channel to reconcile before it
+            # sends again), and retried later with backoff.
+            attempts.append(self._attempt(delivery, exc))
+            self._judge_provider(provider, exc)
+            await self._retry_or_fail(delivery, tuple(attempts), None)
+            return True
+        except (TransientError, PermanentError) as exc:
             attempts.append(self._attempt(delivery, exc))
             self._judge_provider(provider, exc)
             await self._failure(delivery, channel, exc, tuple(attempts))
-            return
+            return True
         except Exception as exc:  # a bug in an adapter must not kill the worker
             log.exception("channel %s raised unexpectedly", delivery.channel.value)
             attempts.append(
@@ -94,7 +120,7 @@ class DeliverySender:
                 )
             )
             await self._retry_or_fail(delivery, tuple(attempts), None)
-            return
+            return False
         self.breakers.succeeded(provider)
         self._success(
             delivery,
@@ -115,6 +141,7 @@ class DeliverySender:
             await self.store.note_address_moved(
                 delivery.channel.value, delivery.address, receipt.moved_to, self.clock.now()
             )
+        return True
 
     def _judge_provider(self, provider: str, exc: BaseException) -> None:
         """Connection failures, timeouts and 5xx count against the provider's health; an
@@ -130,7 +157,7 @@ class DeliverySender:
         waits for the provider to come back (shown as blocked, not failed)."""
         follow_up = await self.router.next_hop(delivery, now, avoid_down=True)
         if follow_up is None:
-            self._released.append((delivery.id, self.breakers.retry_at(provider)))
+            self._release(delivery, self.breakers.retry_at(provider))
             return
         attempt = Attempt(
             delivery.id,
@@ -235,4 +262,10 @@ class DeliverySender:
         )
 
     def _emit(self, delivery: Delivery, outcome: Outcome) -> None:
+        self._settling.add(delivery.id)
         self._outcomes.append((delivery, outcome))
+
+    def _release(self, delivery: Delivery, at: datetime) -> None:
+        """Give the row back to the queue, due at ``at`` (written with the next batch)."""
+        self._settling.add(delivery.id)
+        self._released.append((delivery.id, at))

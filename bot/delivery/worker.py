@@ -1,9 +1,11 @@
 """The worker: claim due deliveries → send through their channel → record every attempt.
 
 Claims and outcomes are batched (one transaction per batch); a lease covers each claimed row,
-so a crashed worker's deliveries come back to the queue when the lease expires. Each provider
-has a circuit breaker: while one is down, people are re-routed to their next channel and
-destinations wait, shown as blocked.
+so a crashed worker's deliveries come back to the queue when the lease expires. The lease is
+renewed while the send runs (a heartbeat, one UPDATE per claim batch), and an outcome is
+written only under the lease that still holds the row (fencing, :mod:`bot.delivery.leases`).
+Each provider has a circuit breaker: while one is down, people are re-routed to their next
+channel and destinations wait, shown as blocked.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from bot.delivery.health import CircuitBreakers, OutageLog, ProviderHealth
+from bot.delivery.leases import LeaseLost, Leases
 from bot.delivery.ratelimit import RateLimiter
 from bot.delivery.retry import RetryPolicy
 from bot.delivery.routing import Router
@@ -50,6 +53,7 @@ class DispatchConfig:
     escalation_interval: float = 1.0
     breaker_threshold: int = 3
     breaker_cooldown: float = 5.0
+    statement_cache: int = 10_000  # statements kept; those of sends under way are never evicted
 
 
 class Dispatcher(DeliverySender):
@@ -82,7 +86,11 @@ class Dispatcher(DeliverySender):
             cooldown=self.config.breaker_cooldown,
         )
         self.breakers.on_change.append(self._health_changed)
-        self.router = Router(store, self.channels, self._channel_down)
+        self.router = Router(
+            store, self.channels, self._channel_down, cache_size=self.config.statement_cache
+        )
+        self.leases = Leases(self.worker_id, self.config.lease_seconds)
+        self._settling: set[int] = set()
         self.observers: list[Observer] = []
         self.timeline_note: TimelineNote | None = None
         self.alive_at: datetime | None = None
@@ -101,6 +109,7 @@ class Dispatcher(DeliverySender):
         with backoff; nothing buffered is dropped."""
         loop = asyncio.get_running_loop()
         failures = 0
+        heartbeat = asyncio.create_task(self._heartbeat())
         try:
             while not stop.is_set():
                 self.alive_at = self.clock.now()
@@ -120,7 +129,12 @@ class Dispatcher(DeliverySender):
                 if claimed == 0 or self._room() < self._low_water:
                     await self._wait(stop)
         finally:
-            await self._shutdown()
+            try:
+                await self._shutdown()
+            finally:
+                heartbeat.cancel()
+                await asyncio.gather(heartbeat, return_exceptions=True)
+                self.leases.close()
 
     def _room(self) -> int:
         # Rows whose outcome is not yet written are still leased: they count as in flight.
@@ -189,31 +203,79 @@ class Dispatcher(DeliverySender):
     async def drain(self) -> int:
         """Process everything due now until nothing is due (tests, demos); returns sends."""
         total = 0
-        while True:
-            claimed = await self._claim_and_start()
-            if self._inflight:
-                await asyncio.wait(self._inflight)
-            await self.flush()
-            total += claimed
-            if claimed == 0:
-                return total
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            while True:
+                claimed = await self._claim_and_start()
+                if self._inflight:
+                    await asyncio.wait(self._inflight)
+                await self.flush()
+                total += claimed
+                if claimed == 0:
+                    return total
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
 
     async def _claim_and_start(self) -> int:
         room = self._room()
         if room <= 0:
             return 0
+        token = self.leases.new_token()
+        since = asyncio.get_running_loop().time()
         claimed = await self.store.claim_due(
-            self.worker_id,
+            token,
             self.clock.now(),
             self.config.lease_seconds,
             min(room, self.config.batch_size),
         )
-        await self.router.load(d.statement_id for d in claimed)
-        for delivery in claimed:
-            task = asyncio.create_task(self._process(delivery))
+        # A row this worker still holds (its outcome not yet written) is never sent again:
+        # it only moves to the new lease.
+        held = self.leases.granted(token, (d.id for d in claimed), since)
+        fresh = [d for d in claimed if d.id not in held]
+        try:
+            await self.router.load(d.statement_id for d in fresh)
+        except BaseException:
+            for delivery in fresh:
+                self.router.done(delivery.statement_id)
+                self.leases.forget(delivery.id)  # back to the queue when the lease expires
+            raise
+        for delivery in fresh:
+            task = asyncio.create_task(self._run_one(delivery))
             self._inflight.add(task)
             task.add_done_callback(self._done)
         return len(claimed)
+
+    async def _run_one(self, delivery: Delivery) -> None:
+        try:
+            await self._process(delivery)
+        except LeaseLost:
+            # Another worker may hold the row now: nothing is sent or recorded from here.
+            log.warning(
+                "delivery %d: lease lapsed before its outcome, left to the next holder", delivery.id
+            )
+        finally:
+            self.router.done(delivery.statement_id)
+            if delivery.id not in self._settling:
+                self.leases.forget(delivery.id)
+
+    async def _heartbeat(self) -> None:
+        """Renew the lease of every row this worker holds, a third of a lease apart: one
+        UPDATE per claim batch, whatever the number of rows."""
+        interval = self.config.lease_seconds / 3
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)  # the renewal period, not synchronisation
+            for token, ids in self.leases.by_token():
+                since = loop.time()
+                try:
+                    kept = await self.store.renew(
+                        token, ids, self.clock.now(), self.config.lease_seconds
+                    )
+                except Exception:
+                    log.warning("lease renewal failed; retrying", exc_info=True)
+                    break
+                self.leases.renewed(token, ids, kept, since)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -225,31 +287,47 @@ class Dispatcher(DeliverySender):
         """Write buffered outcomes, releases and health changes; on failure keep them."""
         if self._released:
             released, self._released = self._released, []
-            by_time: dict[datetime, list[int]] = {}
+            by_time: dict[tuple[datetime, str | None], list[int]] = {}
             for delivery_id, at in released:
-                by_time.setdefault(at, []).append(delivery_id)
+                by_time.setdefault((at, self.leases.owner(delivery_id)), []).append(delivery_id)
             try:
-                for at, ids in by_time.items():
-                    await self.store.release(ids, self.worker_id, at)
+                for (at, owner), ids in by_time.items():
+                    if owner is not None:
+                        await self.store.release(ids, owner, at)
             except Exception:
                 self._released = released + self._released
                 raise
+            for delivery_id, _ in released:
+                self._settled(delivery_id)
             loop, now = asyncio.get_running_loop(), self.clock.now()
-            for at in by_time:
+            for at, _ in by_time:
                 due = loop.time() + max(0.0, (at - now).total_seconds())
                 # Rounded up to 10 ms: never wake before the row is due, nor for every row.
                 heapq.heappush(self._wake_at, math.ceil(due * 100) / 100)
         if self._outcomes:
             batch, self._outcomes = self._outcomes, []
             try:
-                await self.store.record([outcome for _, outcome in batch])
+                applied = set(
+                    await self.store.record(
+                        [
+                            replace(outcome, lease_owner=self.leases.owner(delivery.id))
+                            for delivery, outcome in batch
+                        ]
+                    )
+                )
             except Exception:
                 self._outcomes = batch + self._outcomes
                 raise
             for delivery, outcome in batch:
-                for observer in self.observers:
-                    observer(delivery, outcome)
+                self._settled(delivery.id)
+                if delivery.id in applied:
+                    for observer in self.observers:
+                        observer(delivery, outcome)
         await self._flush_health()
+
+    def _settled(self, delivery_id: int) -> None:
+        self._settling.discard(delivery_id)
+        self.leases.forget(delivery_id)
 
     async def _flush_health(self) -> None:
         for health in self.outages.take_changes():
@@ -275,6 +353,8 @@ class Dispatcher(DeliverySender):
         escalated = 0
         for delivery in await self.store.due_escalations(now, 200):
             follow_up = await self.router.escalation(delivery, now)
-            if follow_up is not None and await self.store.mark_escalated(delivery.id, follow_up):
+            if follow_up is not None and await self.store.mark_escalated(
+                delivery.id, follow_up, now
+            ):
                 escalated += 1
         return escalated

@@ -225,6 +225,9 @@ class Delivery:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     lane: int = 1  # 0 urgent (claimed first), 1 normal: see audiences.lane_of
+    # Attempts whose result the provider left unknown (a timeout after the request left): a
+    # channel reconciles with the provider before sending again.
+    unknown_attempts: int = 0
 
     @property
     def is_member(self) -> bool:
@@ -278,3 +281,6 @@ class Outcome:
     escalate_at: datetime | None = None
     count_attempt: bool = True
     follow_up: NewDelivery | None = None
+    # The lease under which the attempt ran: the store applies the outcome only while that
+    # lease still holds the row (fencing); an outcome without one is never applied.
+    lease_owner: str | None = None

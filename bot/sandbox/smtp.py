@@ -111,6 +111,8 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self._sandbox.message_delay:
+            await asyncio.sleep(self._sandbox.message_delay)  # a slow relay, per message
         mail = ReceivedMail(
             mail_from=envelope.mail_from or "",
             rcpt_tos=tuple(envelope.rcpt_tos),
@@ -128,7 +130,8 @@ class SandboxSmtp:
 
     Options: ``tls_context`` (+ ``require_starttls``) for STARTTLS; ``credentials`` (user →
     password) or a raw aiosmtpd ``authenticator`` for AUTH; :meth:`refuse` makes it answer a
-    recipient with a chosen reply (``550 …`` by default). aiosmtpd runs its own event loop on
+    recipient with a chosen reply (``550 …`` by default); ``message_delay`` (seconds) makes it
+    take that long to accept each message. aiosmtpd runs its own event loop on
     a thread; :meth:`wait_for` lets a coroutine on the caller's loop wait without polling.
     """
 
@@ -141,8 +144,10 @@ class SandboxSmtp:
         authenticator: Authenticator | None = None,
         hostname: str = "127.0.0.1",
         port: int = 0,
+        message_delay: float = 0.0,
     ) -> None:
         self._port = port  # 0: any free port, kept across a stop and a restart
+        self.message_delay = message_delay
         if credentials is not None and authenticator is not None:
             raise ValueError("give credentials or an authenticator, not both")
         self._host = hostname

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from bot.domain.errors import Conflict
 from bot.domain.models import (
@@ -26,6 +27,7 @@ from bot.store.memcoordination import MemoryCoordination
 from bot.store.sqlbuckets import grant_size, granted_of, wait_after
 
 _ACKABLE = (DeliveryState.SENT, DeliveryState.DELIVERED)
+log = logging.getLogger("tocsin.store")
 
 
 class MemoryStore(MemoryCoordination):
@@ -56,11 +58,7 @@ class MemoryStore(MemoryCoordination):
     async def ping(self) -> bool:
         return True
 
-    def _now(self) -> datetime:
-        return datetime.now(UTC)
-
-    def _insert(self, deliveries: Sequence[NewDelivery]) -> None:
-        now = self._now()
+    def _insert(self, deliveries: Sequence[NewDelivery], now: datetime) -> None:
         for d in deliveries:
             self.rows[self._next_id] = Delivery(
                 id=self._next_id,
@@ -110,7 +108,7 @@ class MemoryStore(MemoryCoordination):
             self.entries.setdefault(entry.incident_id, []).append(entry)
         for statement in [*changes.statements, *changes.statement_updates]:
             self.statement_rows[statement.id] = statement
-        self._insert(changes.deliveries)
+        self._insert(changes.deliveries, changes.decided_at)
 
     @staticmethod
     def _due_at(d: Delivery) -> datetime | None:
@@ -141,10 +139,15 @@ class MemoryStore(MemoryCoordination):
             claimed.append(d)
         return claimed
 
-    async def record(self, outcomes: Sequence[Outcome]) -> int:
+    async def record(self, outcomes: Sequence[Outcome]) -> list[int]:
         follow_ups = []
+        applied = []
         for o in outcomes:
             d = self.rows[o.delivery_id]
+            if o.lease_owner is None or d.lease_owner != o.lease_owner:
+                log.warning("outcome of delivery %d dropped: lease lost", o.delivery_id)
+                continue
+            applied.append(o)
             self.rows[o.delivery_id] = replace(
                 d,
                 state=o.state if d.state == DeliveryState.SENDING else d.state,
@@ -155,13 +158,28 @@ class MemoryStore(MemoryCoordination):
                 escalate_at=o.escalate_at or d.escalate_at,
                 lease_owner=None,
                 lease_until=None,
-                updated_at=self._now(),
+                updated_at=o.attempts[-1].at if o.attempts else d.updated_at,
+                unknown_attempts=d.unknown_attempts
+                + sum(a.outcome == "unknown" for a in o.attempts),
             )
             self.attempt_rows[o.delivery_id].extend(o.attempts)
             if o.follow_up is not None:
                 follow_ups.append(o.follow_up)
-        self._insert(follow_ups)
-        return len(follow_ups)
+        if follow_ups:
+            times = [a.at for o in applied for a in o.attempts]
+            self._insert(follow_ups, max(times or [f.next_attempt_at for f in follow_ups]))
+        return [o.delivery_id for o in applied]
+
+    async def renew(
+        self, owner: str, delivery_ids: Sequence[int], now: datetime, lease_seconds: float
+    ) -> list[int]:
+        kept = []
+        for i in delivery_ids:
+            d = self.rows.get(i)
+            if d is not None and d.lease_owner == owner:
+                self.rows[i] = replace(d, lease_until=now + timedelta(seconds=lease_seconds))
+                kept.append(i)
+        return sorted(kept)
 
     async def release(self, delivery_ids: Sequence[int], worker: str, at: datetime) -> None:
         for i in delivery_ids:
@@ -237,12 +255,13 @@ class MemoryStore(MemoryCoordination):
         ]
         return sorted(due, key=lambda d: (d.escalate_at or now, d.id))[:limit]
 
-    async def mark_escalated(self, delivery_id: int, follow_up: NewDelivery) -> bool:
+    async def mark_escalated(self, delivery_id: int, follow_up: NewDelivery, at: datetime) -> bool:
         d = self.rows[delivery_id]
         if delivery_id in self.escalated or d.state not in _ACKABLE:
             return False
         self.escalated.add(delivery_id)
-        self._insert([follow_up])
+        self.rows[delivery_id] = replace(d, updated_at=at)
+        self._insert([follow_up], at)
         return True
 
     async def wait_for_work(self, timeout: float) -> None:

@@ -64,6 +64,7 @@ class PostgresStore(SqlStore):
     """A pool of connections plus one listening connection."""
 
     dialect = "postgres"
+    lock_rows = " FOR UPDATE"
     claim_sql = """
 UPDATE deliveries SET state = 'sending', lease_owner = ?, lease_until = ?, due_at = ?,
     updated_at = ?

@@ -238,6 +238,7 @@ NEW_DELIVERY_COLUMNS = (
     "created_at",
     "updated_at",
     "lane",
+    "require_ack",
 )
 
 
@@ -265,6 +266,7 @@ def new_delivery_row(d: NewDelivery, now: float) -> tuple[Any, ...]:
         now,
         now,
         d.lane,
+        int(d.policy.require_ack),
     )
 
 
@@ -299,6 +301,7 @@ def delivery_from(r: Mapping[str, Any]) -> Delivery:
         created_at=dt(r["created_at"]),
         updated_at=dt(r["updated_at"]),
         lane=r["lane"],
+        unknown_attempts=r["unknown_attempts"],
     )
 
 

@@ -81,6 +81,9 @@ class SqlBase:
 
     dialect = "sqlite"
     claim_sql = ""
+    # Appended to a SELECT that a fenced write relies on: PostgreSQL locks the rows read
+    # (a claim skips them); SQLite's write transaction already excludes every other writer.
+    lock_rows = ""
 
     def __init__(self) -> None:
         self._work = asyncio.Event()

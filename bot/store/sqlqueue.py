@@ -3,6 +3,7 @@ acknowledgements, escalations and channel health."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -16,7 +17,14 @@ from bot.domain.models import (
     Outcome,
 )
 from bot.store import rows
-from bot.store.sqlbase import _ACKABLE, _INSERT_ATTEMPT, _PENDING, SqlBase, _placeholders
+from bot.store.sqlbase import (
+    _ACKABLE,
+    _INSERT_ATTEMPT,
+    _PENDING,
+    Connection,
+    SqlBase,
+    _placeholders,
+)
 
 _RECORD = """
 UPDATE deliveries SET
@@ -27,9 +35,24 @@ UPDATE deliveries SET
     next_attempt_at = ?,
     due_at = CASE WHEN state = 'sending' THEN ? ELSE due_at END,
     escalate_at = COALESCE(?, escalate_at),
-    lease_owner = NULL, lease_until = NULL, updated_at = ?
-WHERE id = ?
+    unknown_attempts = unknown_attempts + ?,
+    lease_owner = NULL, lease_until = NULL, updated_at = COALESCE(?, updated_at)
+WHERE id = ? AND lease_owner = ?
 """
+# A renewed lease keeps the row from being due; the state is left as it is (a delivery
+# acknowledged or reported delivered while its send runs stays so, and is not made due).
+# Rows are locked in id order, as outcomes lock them, so that the two never deadlock.
+_RENEW = """
+UPDATE deliveries SET lease_until = ?,
+    due_at = CASE WHEN state = 'sending' THEN ? ELSE due_at END
+WHERE id IN (
+    SELECT id FROM deliveries WHERE lease_owner = ? AND id IN ({ids}) ORDER BY id{lock}
+)
+RETURNING id
+"""
+_CHUNK = 500
+
+log = logging.getLogger("tocsin.store")
 
 
 def _last(outcome: Outcome, name: str) -> Any:
@@ -48,11 +71,19 @@ class SqlQueue(SqlBase):
             found = await conn.fetch(self.claim_sql, worker, until, until, at, at, limit)
         return sorted((rows.delivery_from(r) for r in found), key=lambda d: d.id)
 
-    async def record(self, outcomes: Sequence[Outcome]) -> int:
+    async def record(self, outcomes: Sequence[Outcome]) -> list[int]:
         if not outcomes:
-            return 0
-        now = datetime.now().timestamp()  # noqa: DTZ005
+            return []
         async with self.transaction() as conn:
+            holders = await self._lease_owners(conn, [o.delivery_id for o in outcomes])
+            applied = [
+                o
+                for o in outcomes
+                if o.lease_owner is not None and holders.get(o.delivery_id) == o.lease_owner
+            ]
+            for o in outcomes:
+                if o.lease_owner is None or holders.get(o.delivery_id) != o.lease_owner:
+                    log.warning("outcome of delivery %d dropped: lease lost", o.delivery_id)
             await conn.executemany(
                 _RECORD,
                 [
@@ -64,27 +95,68 @@ class SqlQueue(SqlBase):
                         rows.ts(o.next_attempt_at),
                         rows.ts(o.next_attempt_at) if o.state in PENDING_STATES else None,
                         rows.ts(o.escalate_at),
-                        now,
+                        sum(a.outcome == "unknown" for a in o.attempts),
+                        _last(o, "at").timestamp() if o.attempts else None,
                         o.delivery_id,
+                        o.lease_owner,
                     )
-                    for o in outcomes
+                    for o in applied
                 ],
             )
             await conn.executemany(
                 _INSERT_ATTEMPT,
                 [
                     (o.delivery_id, rows.ts(a.at), a.outcome, a.provider_id, a.error, a.code)
-                    for o in outcomes
+                    for o in applied
                     for a in o.attempts
                 ],
             )
-            follow_ups = [o.follow_up for o in outcomes if o.follow_up is not None]
-            await self._insert_deliveries(conn, follow_ups, now)
-            if follow_ups or any(o.state in PENDING_STATES for o in outcomes):
+            follow_ups = [o.follow_up for o in applied if o.follow_up is not None]
+            if follow_ups:
+                # Created when the worker decided them: the latest attempt of the batch.
+                times = [a.at for o in applied for a in o.attempts]
+                decided = max(times or [f.next_attempt_at for f in follow_ups])
+                await self._insert_deliveries(conn, follow_ups, decided.timestamp())
+            if follow_ups or any(o.state in PENDING_STATES for o in applied):
                 await self._notify(conn)
         if follow_ups:
             self._work.set()
-        return len(follow_ups)
+        return [o.delivery_id for o in applied]
+
+    async def _lease_owners(self, conn: Connection, ids: Sequence[int]) -> dict[int, str | None]:
+        """Who holds each row now, the rows locked until the transaction ends (PostgreSQL), so
+        that no claim slips between this read and the fenced write."""
+        owners: dict[int, str | None] = {}
+        unique = sorted(set(ids))
+        for start in range(0, len(unique), _CHUNK):
+            chunk = unique[start : start + _CHUNK]
+            found = await conn.fetch(
+                f"SELECT id, lease_owner FROM deliveries WHERE id IN "
+                f"({_placeholders(len(chunk))}) ORDER BY id{self.lock_rows}",
+                *chunk,
+            )
+            owners.update((r["id"], r["lease_owner"]) for r in found)
+        return owners
+
+    async def renew(
+        self, owner: str, delivery_ids: Sequence[int], now: datetime, lease_seconds: float
+    ) -> list[int]:
+        if not delivery_ids:
+            return []
+        until = now.timestamp() + lease_seconds
+        kept: list[int] = []
+        async with self.transaction() as conn:
+            for start in range(0, len(delivery_ids), _CHUNK):
+                chunk = list(delivery_ids[start : start + _CHUNK])
+                found = await conn.fetch(
+                    _RENEW.format(ids=_placeholders(len(chunk)), lock=self.lock_rows),
+                    until,
+                    until,
+                    owner,
+                    *chunk,
+                )
+                kept.extend(r["id"] for r in found)
+        return sorted(kept)
 
     async def release(self, delivery_ids: Sequence[int], worker: str, at: datetime) -> None:
         if not delivery_ids:
@@ -180,8 +252,8 @@ class SqlQueue(SqlBase):
             )
         return [rows.delivery_from(r) for r in found]
 
-    async def mark_escalated(self, delivery_id: int, follow_up: NewDelivery) -> bool:
-        now = datetime.now().timestamp()  # noqa: DTZ005
+    async def mark_escalated(self, delivery_id: int, follow_up: NewDelivery, at: datetime) -> bool:
+        now = at.timestamp()
         async with self.transaction() as conn:
             changed = await conn.execute(
                 "UPDATE deliveries SET escalated = 1, updated_at = ? WHERE id = ? "
@@ -207,7 +279,7 @@ class SqlQueue(SqlBase):
     async def latest_ack_pending(self, channel: str, address: str) -> Delivery | None:
         row = await self._one(
             "SELECT * FROM deliveries WHERE channel = ? AND address = ? "
-            "AND state IN ('sent', 'delivered') AND policy LIKE '%\"require_ack\":true%' "
+            "AND state IN ('sent', 'delivered') AND require_ack = 1 "
             "ORDER BY id DESC LIMIT 1",
             channel,
             address,

@@ -7,7 +7,6 @@ the atomic commit of a domain change and the reads.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
 from bot.domain.errors import Conflict
 from bot.domain.models import (
@@ -41,7 +40,7 @@ class SqlStore(SqlAddressMoves, SqlCoordination, SqlBuckets, SqlQueue):
     """The Store contract in SQL; subclasses provide the connection and the claim query."""
 
     async def commit(self, changes: Changes) -> None:
-        now = datetime.now().timestamp()  # noqa: DTZ005
+        now = changes.decided_at.timestamp()
         try:
             async with self.transaction() as conn:
                 if changes.idempotency is not None:

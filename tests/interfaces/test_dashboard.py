@@ -161,6 +161,7 @@ async def test_drill_down_shows_each_recipients_attempts_masked(api: Api) -> Non
                 DeliveryState.RETRYING,
                 (Attempt(d.id, now, "retry", error=f"451 <{d.address}> try later", code="451"),),
                 next_attempt_at=now,
+                lease_owner="t",
             )
             for d in claimed
         ]
@@ -306,7 +307,7 @@ async def test_event_stream_pushes_counts_when_they_change(api: Api) -> None:
         now = api.runtime.clock.now()
         (one, *_) = await api.store.claim_due("t", now, 60, 1)
         await api.store.record(
-            [Outcome(one.id, DeliveryState.SENT, (Attempt(one.id, now, "sent"),))]
+            [Outcome(one.id, DeliveryState.SENT, (Attempt(one.id, now, "sent"),), lease_owner="t")]
         )
         app = api.client.app
         assert app is not None

@@ -268,7 +268,10 @@ async def test_ack_link_is_single_use(api: Api) -> None:
     now = api.runtime.clock.now()
     claimed = await api.store.claim_due("t", now, 60, 100)  # as if the worker had sent them
     await api.store.record(
-        [Outcome(d.id, DeliveryState.SENT, (Attempt(d.id, now, "sent"),)) for d in claimed]
+        [
+            Outcome(d.id, DeliveryState.SENT, (Attempt(d.id, now, "sent"),), lease_owner="t")
+            for d in claimed
+        ]
     )
     first = await api.client.get(f"/ack/{member.ack_token}")
     assert first.status == 200

@@ -724,7 +724,7 @@ async def test_progress_follows_the_store_and_survives_a_restart() -> None:
         progress = SlackProgress(client, store, "C0CRISIS", FakeClock(), locale="en")
 
         def done(delivery: Delivery) -> Outcome:
-            return Outcome(delivery.id, DeliveryState.DELIVERED, ())
+            return Outcome(delivery.id, DeliveryState.DELIVERED, (), lease_owner="w")
 
         # Outcomes recorded by any process (here: straight into the store) are what counts.
         await store.record([done(first)])

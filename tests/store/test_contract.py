@@ -130,21 +130,30 @@ async def test_record_outcomes_and_attempts(store: Store) -> None:
     await store.commit(f.declaration(3))
     a, b, c = await store.claim_due("w", T0, 60, 10)
     retry_at = T0 + timedelta(seconds=30)
-    follow = await store.record(
+    applied = await store.record(
         [
-            Outcome(a.id, DeliveryState.SENT, (Attempt(a.id, T0, "sent", "<m1@x>", None, "250"),)),
+            Outcome(
+                a.id,
+                DeliveryState.SENT,
+                (Attempt(a.id, T0, "sent", "<m1@x>", None, "250"),),
+                lease_owner="w",
+            ),
             Outcome(
                 b.id,
                 DeliveryState.RETRYING,
                 (Attempt(b.id, T0, "retry", None, "timeout", None),),
                 next_attempt_at=retry_at,
+                lease_owner="w",
             ),
             Outcome(
-                c.id, DeliveryState.FAILED, (Attempt(c.id, T0, "failed", None, "550 no", "550"),)
+                c.id,
+                DeliveryState.FAILED,
+                (Attempt(c.id, T0, "failed", None, "550 no", "550"),),
+                lease_owner="w",
             ),
         ]
     )
-    assert follow == 0
+    assert applied == [a.id, b.id, c.id]
     sent = await store.get_delivery(a.id)
     assert sent is not None and sent.state == DeliveryState.SENT
     assert sent.provider_id == "<m1@x>" and sent.attempts == 1 and sent.lease_owner is None
@@ -181,19 +190,17 @@ async def test_failover_follow_up_is_queued(store: Store) -> None:
         failover_of=d.id,
         root_id=d.id,
     )
-    assert (
-        await store.record(
-            [
-                Outcome(
-                    d.id,
-                    DeliveryState.FAILED,
-                    (Attempt(d.id, T0, "failed", error="blocked"),),
-                    follow_up=follow_up,
-                )
-            ]
-        )
-        == 1
-    )
+    assert await store.record(
+        [
+            Outcome(
+                d.id,
+                DeliveryState.FAILED,
+                (Attempt(d.id, T0, "failed", error="blocked"),),
+                follow_up=follow_up,
+                lease_owner="w",
+            )
+        ]
+    ) == [d.id]
     rows = await store.deliveries(stmt.incident_id)
     assert [(r.channel, r.state, r.failover_of) for r in rows] == [
         (ChannelName.TELEGRAM, DeliveryState.FAILED, None),
@@ -205,7 +212,9 @@ async def test_failover_follow_up_is_queued(store: Store) -> None:
 async def test_outcome_never_overwrites_acknowledgement(store: Store) -> None:
     await store.commit(f.declaration(1))
     [d] = await store.claim_due("w", T0, 60, 10)
-    await store.record([Outcome(d.id, DeliveryState.SENT, (Attempt(d.id, T0, "sent"),))])
+    await store.record(
+        [Outcome(d.id, DeliveryState.SENT, (Attempt(d.id, T0, "sent"),), lease_owner="w")]
+    )
     assert await store.advance(d.id, DeliveryState.DELIVERED, "dlr", T0) is True
     # Reports out of order: an older "sent"/SMSC-accepted report never moves it back.
     assert await store.advance(d.id, DeliveryState.SENT, "dlr", T0) is False
@@ -221,7 +230,9 @@ async def test_report_arriving_before_the_send_is_recorded(store: Store) -> None
     await store.commit(f.declaration(1))
     [d] = await store.claim_due("w", T0, 60, 10)
     assert await store.advance(d.id, DeliveryState.DELIVERED, "dlr", T0) is True
-    await store.record([Outcome(d.id, DeliveryState.SENT, (Attempt(d.id, T0, "sent", "p1"),))])
+    await store.record(
+        [Outcome(d.id, DeliveryState.SENT, (Attempt(d.id, T0, "sent", "p1"),), lease_owner="w")]
+    )
     final = await store.get_delivery(d.id)
     assert final is not None and final.state == DeliveryState.DELIVERED
     assert final.provider_id == "p1" and final.lease_owner is None
@@ -241,6 +252,7 @@ async def test_acknowledging_settles_the_chain(store: Store) -> None:
                 DeliveryState.SENT,
                 (Attempt(d.id, T0, "sent"),),
                 escalate_at=T0 + timedelta(minutes=10),
+                lease_owner="w",
             )
         ]
     )
@@ -249,8 +261,9 @@ async def test_acknowledging_settles_the_chain(store: Store) -> None:
     escalation = f.new_delivery(
         stmt, "+33612345678", ChannelName.SMS, contacts=contacts, escalation_of=d.id, root_id=d.id
     )
-    assert await store.mark_escalated(due.id, escalation) is True
-    assert await store.mark_escalated(due.id, escalation) is False
+    at = T0 + timedelta(minutes=10)
+    assert await store.mark_escalated(due.id, escalation, at) is True
+    assert await store.mark_escalated(due.id, escalation, at) is False
     assert await store.due_escalations(T0 + timedelta(hours=1), 10) == []
     found = await store.find_by_ack_token(d.ack_token)
     assert found is not None and found.id == d.id
@@ -283,7 +296,10 @@ async def test_latest_pending_acknowledgement_by_address(store: Store) -> None:
     await store.commit(changes)
     claimed = await store.claim_due("w", T0, 60, 10)
     await store.record(
-        [Outcome(d.id, DeliveryState.SENT, (Attempt(d.id, T0, "sent"),)) for d in claimed]
+        [
+            Outcome(d.id, DeliveryState.SENT, (Attempt(d.id, T0, "sent"),), lease_owner="w")
+            for d in claimed
+        ]
     )
     latest = await store.latest_ack_pending("sms", "+33612345678")
     assert latest is not None and latest.id == max(d.id for d in claimed)
@@ -311,7 +327,9 @@ async def test_statement_versions(store: Store) -> None:
 async def test_matrix_counts_by_audience_channel_state(store: Store) -> None:
     await store.commit(f.declaration(3))
     [d, *_] = await store.claim_due("w", T0, 60, 1)
-    await store.record([Outcome(d.id, DeliveryState.SENT, (Attempt(d.id, T0, "sent"),))])
+    await store.record(
+        [Outcome(d.id, DeliveryState.SENT, (Attempt(d.id, T0, "sent"),), lease_owner="w")]
+    )
     assert await store.delivery_matrix("INC-2023-0830-01") == [
         ("all-staff", "email", "queued", 2),
         ("all-staff", "email", "sent", 1),
@@ -343,6 +361,7 @@ async def test_chain_channels(store: Store) -> None:
                     failover_of=d.id,
                     root_id=d.id,
                 ),
+                lease_owner="w",
             )
         ]
     )
@@ -356,6 +375,85 @@ async def test_channel_health_is_kept(store: Store) -> None:
     assert await store.channel_health() == [
         ("smtp:127.0.0.1:25", "up", T0 + timedelta(seconds=5), None)
     ]
+
+
+# --- fencing: only the current lease holder writes ------------------------------------------
+
+
+async def test_stale_owner_outcome_changes_nothing(store: Store) -> None:
+    await store.commit(f.declaration(1))
+    [d] = await store.claim_due("w1:1", T0, 60, 10)
+    [again] = await store.claim_due("w2:1", T0 + timedelta(seconds=61), 60, 10)
+    assert again.id == d.id
+    stale = Outcome(
+        d.id,
+        DeliveryState.FAILED,
+        (Attempt(d.id, T0 + timedelta(seconds=62), "failed", error="late"),),
+        lease_owner="w1:1",
+    )
+    unowned = replace(stale, lease_owner=None)
+    assert await store.record([stale, unowned]) == []
+    row = await store.get_delivery(d.id)
+    assert row is not None
+    assert (row.state, row.lease_owner, row.attempts) == (DeliveryState.SENDING, "w2:1", 0)
+    assert row.lease_until == again.lease_until
+    assert (await store.attempts([d.id]))[d.id] == []
+    await store.release([d.id], "w1:1", T0)  # a stale release is ignored too
+    assert await store.claim_due("w3:1", T0 + timedelta(seconds=62), 60, 10) == []
+    sent_at = T0 + timedelta(seconds=63)
+    assert await store.record(
+        [Outcome(d.id, DeliveryState.SENT, (Attempt(d.id, sent_at, "sent"),), lease_owner="w2:1")]
+    ) == [d.id]
+    row = await store.get_delivery(d.id)
+    assert row is not None and (row.state, row.attempts) == (DeliveryState.SENT, 1)
+    assert row.updated_at == sent_at  # the worker's clock, not the database's
+
+
+async def test_renewal_extends_the_lease_and_keeps_the_row(store: Store) -> None:
+    await store.commit(f.declaration(2))
+    a, b = await store.claim_due("w1:1", T0, 60, 10)
+    later = T0 + timedelta(seconds=50)
+    assert await store.renew("w1:1", [a.id, b.id], later, 60) == [a.id, b.id]
+    renewed = await store.get_delivery(a.id)
+    assert renewed is not None and renewed.lease_until == later + timedelta(seconds=60)
+    # Past the first lease, the renewed rows are not due to anyone.
+    assert await store.claim_due("w2:1", T0 + timedelta(seconds=61), 60, 10) == []
+    # Once taken over, a renewal by the old owner keeps nothing and changes nothing.
+    [taken, _] = await store.claim_due("w2:1", later + timedelta(seconds=61), 60, 10)
+    assert await store.renew("w1:1", [a.id, b.id], later + timedelta(seconds=62), 60) == []
+    row = await store.get_delivery(taken.id)
+    assert row is not None and row.lease_owner == "w2:1"
+    assert row.lease_until == later + timedelta(seconds=121)
+
+
+async def test_unknown_attempts_are_counted(store: Store) -> None:
+    await store.commit(f.declaration(1))
+    [d] = await store.claim_due("w", T0, 60, 10)
+    assert d.unknown_attempts == 0
+    await store.record(
+        [
+            Outcome(
+                d.id,
+                DeliveryState.RETRYING,
+                (
+                    Attempt(d.id, T0, "retry", error="reset"),
+                    Attempt(d.id, T0, "unknown", error="timeout after sending"),
+                ),
+                next_attempt_at=T0 + timedelta(seconds=5),
+                lease_owner="w",
+            )
+        ]
+    )
+    [again] = await store.claim_due("w:2", T0 + timedelta(seconds=5), 60, 10)
+    assert (again.attempts, again.unknown_attempts) == (2, 1)
+    assert [a.outcome for a in (await store.attempts([d.id]))[d.id]] == ["retry", "unknown"]
+
+
+async def test_deliveries_are_created_at_the_time_of_the_change(store: Store) -> None:
+    changes = f.declaration(1)
+    await store.commit(changes)
+    [row] = await store.deliveries("INC-2023-0830-01")
+    assert row.created_at == max(e.at for e in changes.timeline)
 
 
 async def test_address_moves_keep_the_first_time_and_follow_a_second_move(store: Store) -> None:
@@ -478,7 +576,7 @@ async def test_site_quorum_counts_confirmations_per_site(store: Store) -> None:
     for person in ("martin", "roux", "nguyen"):
         delivery = by_address[f"{person}@example.org"]
         await store.claim_due("w", T0, 60, 10)
-        await store.record([Outcome(delivery.id, DeliveryState.SENT, ())])
+        await store.record([Outcome(delivery.id, DeliveryState.SENT, (), lease_owner="w")])
         assert await store.acknowledge(delivery.id, person, T0 + timedelta(minutes=1))
 
     found = await store.site_quorum("heads", ["nguyen", "lefebvre"], T0 + timedelta(minutes=10))

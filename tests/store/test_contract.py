@@ -699,6 +699,7 @@ async def test_a_follow_up_keeps_its_lane(store: Store) -> None:
                 DeliveryState.FAILED,
                 (Attempt(claimed.id, T0, "failed", error="550"),),
                 follow_up=follow_up,
+                lease_owner=claimed.lease_owner,
             )
         ]
     )

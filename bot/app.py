@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from bot.config import Settings
 from bot.delivery.retry import RetryPolicy
 from bot.delivery.scheduler import Scheduler
 from bot.delivery.worker import DispatchConfig, Dispatcher
+from bot.domain.ack_tokens import AckKeys
 from bot.domain.audiences import Audience, Person, Target
 from bot.domain.clock import SystemClock
 from bot.domain.models import Actor, ChannelName, Role
@@ -75,7 +76,21 @@ def build_service(
         audiences_from(settings),
         settings.default_audiences,
         usable_channels=frozenset(settings.channels.configured()),
+        tokens=ack_keys(settings),
     )
+
+
+def ack_keys(settings: Settings) -> AckKeys:
+    """The deployment's token keys, from ``auth.secret_key_env``. Without that variable the
+    tokens are derived from the database alone (a copy of it could then acknowledge)."""
+    secret = settings.secret(settings.auth.secret_key_env, required=False)
+    key = secret.get_secret_value().encode() if secret is not None else b""
+    if not key:
+        log.warning(
+            "%s is not set: acknowledgement links are not protected against a copy of the database",
+            settings.auth.secret_key_env,
+        )
+    return AckKeys(key, timedelta(seconds=settings.delivery.ack_ttl))
 
 
 @dataclass
@@ -183,6 +198,7 @@ def build_dispatcher(runtime: Runtime) -> Dispatcher:
             backoff_max=cfg.backoff_max,
         ),
     )
+    dispatcher.tokens = runtime.service.tokens
     system = Actor("tocsin", Role.ADMIN)
 
     async def note(incident_id: str, action: str, detail: dict[str, Any]) -> None:

@@ -94,6 +94,8 @@ class DeliverySettings(Strict):
     backoff_max: Duration = 300.0
     poll_interval: Duration = 0.5
     shutdown_timeout: Duration = 10.0
+    # How long an acknowledgement link keeps working after its incident's resolution.
+    ack_ttl: Duration = 7 * 86400.0
 
 
 DESTINATION_KINDS: dict[str, ChannelName] = {

@@ -17,6 +17,7 @@ from bot.delivery.outbound import destination_key, limits_for, message_for
 from bot.delivery.ratelimit import RateLimiter
 from bot.delivery.retry import RetryPolicy, with_quick_retries
 from bot.delivery.routing import Router
+from bot.domain.ack_tokens import AckKeys
 from bot.domain.errors import PermanentError, TransientError, UnknownOutcome
 from bot.domain.models import Attempt, ChannelName, Delivery, DeliveryState, Outcome, Statement
 from bot.ports import Channel, Clock, OutboundMessage, Receipt
@@ -30,6 +31,7 @@ class DeliverySender:
     channels: dict[ChannelName, Channel]
     clock: Clock
     public_url: str
+    tokens: AckKeys = AckKeys(b"")
     retry: RetryPolicy
     limiter: RateLimiter
     breakers: CircuitBreakers
@@ -41,7 +43,7 @@ class DeliverySender:
 
     def message_for(self, delivery: Delivery, statement: Statement) -> OutboundMessage:
         """The outbound message of one delivery."""
-        return message_for(delivery, statement, self.public_url)
+        return message_for(delivery, statement, self.public_url, self.tokens)
 
     async def _process(self, delivery: Delivery) -> None:
         now = self.clock.now()

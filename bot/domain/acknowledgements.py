@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from bot.domain.ack_tokens import ACK, CALLBACK
 from bot.domain.audiences import new_follow_up, next_untried_channel, statement_kind_for
 from bot.domain.errors import NotFound
 from bot.domain.models import ChannelName, Delivery, DeliveryState
@@ -26,9 +27,23 @@ class Acknowledgements:
         self.service = service
         self.store = service.store
 
+    async def find(self, token: str, purpose: str = ACK) -> Delivery | None:
+        """The delivery whose ``purpose`` token this is, or None (unknown, forged, made for
+        another purpose, or expired: ``delivery.ack_ttl`` after the incident's resolution)."""
+        delivery_id = self.service.tokens.delivery_id(token)
+        delivery = await self.store.get_delivery(delivery_id) if delivery_id else None
+        if delivery is None or not self.service.tokens.matches(token, delivery, purpose):
+            return None
+        if purpose == ACK:
+            incident = await self.store.get_incident(delivery.incident_id)
+            if self.service.tokens.expired(incident, self.service.clock.now()):
+                return None
+        return delivery
+
     async def by_token(self, token: str, by: str) -> Delivery:
-        """Acknowledge the delivery behind an opaque token; pressing twice changes nothing."""
-        delivery = await self.store.find_by_ack_token(token)
+        """Acknowledge the delivery behind an acknowledgement token; pressing twice changes
+        nothing."""
+        delivery = await self.find(token)
         if delivery is None:
             raise NotFound("unknown or expired acknowledgement link")
         await self.store.acknowledge(delivery.id, by, self.service.clock.now())
@@ -54,8 +69,9 @@ class Acknowledgements:
         code: str | None = None,
         error: str | None = None,
     ) -> Delivery | None:
-        """A provider's delivery report (SMS DLR, status callback)."""
-        delivery = await self.store.find_by_ack_token(token)
+        """A provider's delivery report (SMS DLR, status callback), carrying the delivery's
+        callback credential (never its acknowledgement token)."""
+        delivery = await self.find(token, CALLBACK)
         if delivery is None:
             return None
         now = self.service.clock.now()

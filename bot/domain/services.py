@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot.domain.ack_tokens import AckKeys
 from bot.domain.acknowledgements import Acknowledgements
 from bot.domain.audiences import (
     Audience,
@@ -59,8 +60,10 @@ class IncidentService:
         audiences: Mapping[str, Audience],
         default_audiences: Sequence[str],
         usable_channels: frozenset[ChannelName] | None = None,
+        tokens: AckKeys | None = None,
     ) -> None:
         self.store = store
+        self.tokens = tokens or AckKeys(b"")
         self.renderer = renderer
         self.clock = clock
         self.org = org
@@ -304,6 +307,10 @@ class IncidentService:
     ) -> list[Statement]:
         """Draft corrections of a claim for the audiences that received it."""
         return await ClaimsRegistry(self).retract(actor, incident_id, key, reason)
+
+    async def find_by_token(self, token: str, purpose: str = "ack") -> Delivery | None:
+        """The delivery behind a token, if it is valid for ``purpose`` and not expired."""
+        return await Acknowledgements(self).find(token, purpose)
 
     async def acknowledge(self, token: str, by: str) -> Delivery:
         """Acknowledge the delivery behind an opaque token (see :mod:`acknowledgements`)."""

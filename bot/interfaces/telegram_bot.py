@@ -232,7 +232,7 @@ class TelegramInbound:
         if query is None or query.data is None:
             return
         token = query.data.removeprefix(ACK_PREFIX)
-        delivery = await self.runtime.store.find_by_ack_token(token)
+        delivery = await self.runtime.service.find_by_token(token)
         chat = query.message.chat.id if query.message is not None else None
         if (
             delivery is None
@@ -273,7 +273,8 @@ class TelegramInbound:
                 )
             else:  # no room for the line: the button itself says who and when
                 done = InlineKeyboardButton(
-                    texts["already"].format(**fields), callback_data=ACK_PREFIX + delivery.ack_token
+                    texts["already"].format(**fields),
+                    callback_data=ACK_PREFIX + self.runtime.service.tokens.token(delivery),
                 )
                 await message.edit_reply_markup(InlineKeyboardMarkup([[done]]))
         except BadRequest as exc:  # e.g. "message is not modified" after a simultaneous press

@@ -21,7 +21,7 @@ from bot.domain.models import (
     Statement,
     TimelineEntry,
 )
-from bot.ports import FIRST_PAGE, Changes, Page
+from bot.ports import FIRST_PAGE, Changes, Page, StoredSession
 
 _ACKABLE = (DeliveryState.SENT, DeliveryState.DELIVERED)
 
@@ -334,3 +334,28 @@ class MemoryStore:
     async def pending_count(self, incident_id: str | None = None) -> int:
         rows = self.rows.values() if incident_id is None else self._of(incident_id)
         return sum(1 for d in rows if d.state in PENDING_STATES)
+
+    # --- inbound replies and dashboard sessions ------------------------------------------
+    def _trust_tables(self) -> tuple[dict[str, datetime], dict[str, StoredSession]]:
+        tables: tuple[dict[str, datetime], dict[str, StoredSession]]
+        tables = self.__dict__.setdefault("_trust", ({}, {}))
+        return tables
+
+    async def remember_inbound(self, message_key: str, at: datetime) -> bool:
+        replies, _ = self._trust_tables()
+        if message_key in replies:
+            return False
+        replies[message_key] = at
+        return True
+
+    async def open_session(self, session: StoredSession) -> None:
+        self._trust_tables()[1][session.digest] = session
+
+    async def find_session(self, digest: str) -> StoredSession | None:
+        return self._trust_tables()[1].get(digest)
+
+    async def revoke_session(self, digest: str, at: datetime) -> None:
+        sessions = self._trust_tables()[1]
+        found = sessions.get(digest)
+        if found is not None and found.revoked_at is None:
+            sessions[digest] = replace(found, revoked_at=at)

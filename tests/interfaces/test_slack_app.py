@@ -585,7 +585,7 @@ async def test_the_acknowledge_button_acknowledges_the_delivery(tocsin: Tocsin) 
     response = await tocsin.interact(_action(tocsin, "tocsin_ack", token, "U0HEAD1", "ack", dm))
 
     assert response.status == 200
-    delivery = await tocsin.store.find_by_ack_token(token)
+    delivery = await tocsin.runtime.service.find_by_token(token)
     assert delivery is not None
     assert delivery.state == DeliveryState.ACKNOWLEDGED
     assert delivery.acknowledged_by == "slack:U0HEAD1"
@@ -594,6 +594,26 @@ async def test_the_acknowledge_button_acknowledges_the_delivery(tocsin: Tocsin) 
     assert updated.updates == 1
     assert all(b["type"] != "actions" for b in updated.blocks)
     assert "Pris en compte par <@U0HEAD1> le " in updated.blocks[-1]["elements"][0]["text"]
+
+
+async def test_the_acknowledge_button_pressed_by_someone_else_changes_nothing(
+    tocsin: Tocsin,
+) -> None:
+    await tocsin.command("declare Orbis critical Orbis est indisponible")
+    await tocsin.slack.wait_until(
+        lambda: any(m.channel == "D0HEAD1" for m in tocsin.slack.messages)
+    )
+    [dm] = [m for m in tocsin.slack.messages if m.channel == "D0HEAD1"]
+    token = _button(dm, "tocsin_ack")["value"]
+
+    response = await tocsin.interact(_action(tocsin, "tocsin_ack", token, "U0CRISIS1", "other", dm))
+
+    assert response.status == 200
+    delivery = await tocsin.runtime.service.find_by_token(token)
+    assert delivery is not None
+    assert delivery.state != DeliveryState.ACKNOWLEDGED
+    assert tocsin.replies("other") == [f"This button is for {delivery.recipient}."]
+    assert tocsin.slack.calls_to("chat.update") == []
 
 
 async def test_an_unknown_acknowledgement_token_changes_nothing(tocsin: Tocsin) -> None:

@@ -16,7 +16,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from aiohttp import web
 
@@ -165,10 +165,21 @@ def forbidden(request: web.Request, message: str) -> web.HTTPForbidden:
 
 
 def _safe_next(value: str | None) -> str:
-    # Only local paths: an open redirect would let a link send a fresh login elsewhere.
-    if value and value.startswith("/") and not value.startswith(("//", "/\\")):
-        return value
-    return "/"
+    """A path of this site, or ``/``.
+
+    Only local paths: an open redirect would let a link send a fresh login elsewhere. Browsers
+    and yarl drop tabs and newlines and read ``\\`` as ``/``, so ``/<TAB>/evil.example`` would
+    become ``//evil.example``: any control character or backslash is refused, and the value
+    is rebuilt from its parsed path and query so that what is checked is what is sent.
+    """
+    if not value or any(ord(c) < 0x20 or ord(c) == 0x7F or c == "\\" for c in value):
+        return "/"
+    parsed = urlsplit(value)
+    if parsed.scheme or parsed.netloc or not parsed.path.startswith("/"):
+        return "/"
+    if parsed.path.startswith("//"):
+        return "/"
+    return urlunsplit(("", "", parsed.path, parsed.query, ""))
 
 
 async def login_page(request: web.Request) -> web.StreamResponse:

@@ -70,6 +70,8 @@ class Server(Strict):
     host: str = "127.0.0.1"
     port: int = 8080
     public_url: str = "http://127.0.0.1:8080"
+    # /metrics needs a token (viewer or metrics role) unless this is true.
+    metrics_public: bool = False
 
 
 class ApiToken(Strict):

@@ -95,9 +95,20 @@ class Role(StrEnum):
     RESPONDER = "responder"
     ADMIN = "admin"
     PRESS = "press"
+    # Machine credentials, each good for one route only: Alertmanager's (draft incidents
+    # through the alert webhook) and Prometheus's (``/metrics``).
+    ALERTS = "alerts"
+    METRICS = "metrics"
 
 
-ROLE_RANK: Mapping[Role, int] = {Role.VIEWER: 0, Role.PRESS: 1, Role.RESPONDER: 1, Role.ADMIN: 2}
+ROLE_RANK: Mapping[Role, int] = {
+    Role.VIEWER: 0,
+    Role.PRESS: 1,
+    Role.RESPONDER: 1,
+    Role.ADMIN: 2,
+    Role.ALERTS: -1,
+    Role.METRICS: -1,
+}
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,12 @@ class Actor:
         """True when this actor holds ``needed`` (admin holds every role)."""
         if self.role == Role.ADMIN or self.role == needed:
             return True
+        if self.role in (Role.ALERTS, Role.METRICS):
+            return False  # a machine credential does its one thing only
+        if needed == Role.ALERTS:
+            return self.role == Role.RESPONDER
+        if needed == Role.METRICS:
+            return True  # whoever may read the dashboard may read the metrics
         if needed == Role.PRESS:
             return False
         if self.role == Role.PRESS:

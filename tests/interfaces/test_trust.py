@@ -1,0 +1,207 @@
+"""Trust, over real HTTP: who may acknowledge, call in, read; what a link, a callback or a
+viewer's token can and cannot do."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from bot.domain.models import ChannelName, DeliveryState
+from bot.sandbox.webhook_sink import WebhookSink
+from tests.interfaces.api_support import Api, auth, base_config, settle
+from tests.interfaces.web_support import csrf_of, running_web
+
+ORBIS = {"title": "Orbis indisponible", "systems": ["Orbis"], "severity": "critical"}
+MACHINE_TOKENS = {
+    "TOCSIN_TOKEN_ALERTS": "alerts-token-0123456789",
+    "TOCSIN_TOKEN_METRICS": "metrics-token-0123456789",
+}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def with_machine_tokens(monkeypatch: pytest.MonkeyPatch, **over: Any) -> dict[str, Any]:
+    for name, value in MACHINE_TOKENS.items():
+        monkeypatch.setenv(name, value)
+    config = base_config()
+    config["auth"]["tokens"] += [
+        {"name": "alertmanager", "token_env": "TOCSIN_TOKEN_ALERTS", "role": "alerts"},
+        {"name": "prometheus", "token_env": "TOCSIN_TOKEN_METRICS", "role": "metrics"},
+    ]
+    config.update(over)
+    return config
+
+
+# --- next= after login ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "target",
+    ["/%09/evil.example", "/%0a/evil.example", "/\\evil.example", "//evil.example", "https://e.x"],
+)
+async def test_login_next_only_goes_to_a_path_of_this_site(
+    monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    async with running_web(monkeypatch) as api:
+        # As a browser sends it: the query string of a crafted link, percent-decoded by us.
+        page = await api.client.get(f"/login?next={target}")
+        form = await page.text()
+        assert "evil" not in form and "e.x" not in form
+        response = await api.client.post(
+            "/login",
+            data={
+                "csrf": csrf_of(form),
+                "token": "viewer-token-0123456789",
+                "next": target.replace("%09", "\t").replace("%0a", "\n"),
+            },
+            allow_redirects=False,
+        )
+    assert response.status == 303
+    assert response.headers["Location"] == "/"
+
+
+async def test_login_next_keeps_a_local_path_and_query(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running_web(monkeypatch) as api:
+        form = await (await api.client.get("/login")).text()
+        response = await api.client.post(
+            "/login",
+            data={
+                "csrf": csrf_of(form),
+                "token": "viewer-token-0123456789",
+                "next": "/incidents/INC-1?tab=deliveries",
+            },
+            allow_redirects=False,
+        )
+    assert response.headers["Location"] == "/incidents/INC-1?tab=deliveries"
+
+
+# --- /metrics -----------------------------------------------------------------------------
+async def test_metrics_need_a_token_unless_public(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running_web(monkeypatch, with_machine_tokens(monkeypatch)) as api:
+        anonymous = await api.client.get("/metrics")
+        wrong = await api.client.get("/metrics", headers=bearer("not-a-token-0123456789"))
+        alerts = await api.client.get(
+            "/metrics", headers=bearer(MACHINE_TOKENS["TOCSIN_TOKEN_ALERTS"])
+        )
+        prometheus = await api.client.get(
+            "/metrics", headers=bearer(MACHINE_TOKENS["TOCSIN_TOKEN_METRICS"])
+        )
+        viewer = await api.client.get("/metrics", headers=auth("viewer"))
+        # A metrics token reads metrics and nothing else.
+        incidents = await api.client.get(
+            "/api/v1/incidents", headers=bearer(MACHINE_TOKENS["TOCSIN_TOKEN_METRICS"])
+        )
+        assert (anonymous.status, wrong.status, alerts.status) == (401, 401, 403)
+        assert (await anonymous.json())["error"] == "missing or unknown token"
+        assert (prometheus.status, viewer.status, incidents.status) == (200, 200, 403)
+        assert "tocsin_queue_depth" in await prometheus.text()
+    public = with_machine_tokens(monkeypatch)
+    public["server"] = {"metrics_public": True}
+    async with running_web(monkeypatch, public) as api:
+        assert (await api.client.get("/metrics")).status == 200
+
+
+# --- the alerts role ----------------------------------------------------------------------
+def _alert_body() -> dict[str, Any]:
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="OrbisDown"}',
+        "status": "firing",
+        "receiver": "tocsin",
+        "groupLabels": {"alertname": "OrbisDown"},
+        "commonLabels": {"alertname": "OrbisDown"},
+        "commonAnnotations": {},
+        "externalURL": "http://127.0.0.1:9093",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "OrbisDown", "job": "orbis-api"},
+                "annotations": {"summary": "Orbis ne répond plus"},
+                "startsAt": "2026-11-29T07:00:00Z",
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://127.0.0.1:9090/graph",
+                "fingerprint": "f1",
+            }
+        ],
+    }
+
+
+async def test_an_alerts_token_opens_drafts_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    alerts = bearer(MACHINE_TOKENS["TOCSIN_TOKEN_ALERTS"])
+    async with running_web(monkeypatch, with_machine_tokens(monkeypatch)) as api:
+        drafted = await api.client.post(
+            "/api/v1/alerts/alertmanager", json=_alert_body(), headers=alerts
+        )
+        assert drafted.status in (200, 201, 202), await drafted.text()
+        [incident] = await api.store.list_incidents()
+        assert incident.status.value == "draft"
+        declared = await api.client.post("/api/v1/incidents", json=ORBIS, headers=alerts)
+        confirmed = await api.client.post(
+            f"/api/v1/incidents/{incident.id}/confirm", headers=alerts
+        )
+        resolved = await api.client.post(
+            f"/api/v1/incidents/{incident.id}/resolve", json={}, headers=alerts
+        )
+        read = await api.client.get(f"/api/v1/incidents/{incident.id}", headers=alerts)
+        assert (declared.status, confirmed.status, resolved.status, read.status) == (
+            403,
+            403,
+            403,
+            403,
+        )
+        [after] = await api.store.list_incidents()
+        assert after.status.value == "draft"
+        assert await api.store.deliveries(incident.id) == []
+
+
+# --- webhooks never carry a live mention --------------------------------------------------
+MENTIONS = ("<!channel>", "<!here>", "<@U0CRISIS1>", "@all", "@channel", "@here")
+
+
+async def test_mentions_never_reach_a_webhook_raw(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with WebhookSink() as sink:
+        config = base_config(webhook_url=f"{sink.url}/hooks/T0/B0/secret")
+        config["audiences"]["all-staff"]["destinations"] = [
+            {"webhook": f"{sink.url}/hooks/T0/B0/secret"}
+        ]
+        config["default_audiences"] = ["all-staff"]
+        async with running_web(monkeypatch, config, with_worker=True) as api:
+            body = {**ORBIS, "title": "Orbis " + " ".join(MENTIONS)}
+            response = await api.client.post(
+                "/api/v1/incidents", json=body, headers=auth("responder")
+            )
+            assert response.status == 201
+            [post] = await sink.wait_for(1)
+            await settle(api.store)
+    raw = json.dumps(post.body, ensure_ascii=False)
+    assert "Orbis" in post.body["text"]
+    for mention in MENTIONS:
+        assert mention not in raw, mention
+
+
+# --- acknowledgement links expire after resolution ----------------------------------------
+async def test_an_ack_link_expires_after_the_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = base_config()
+    config["delivery"] = {"ack_ttl": "0s"}
+    async with running_web(monkeypatch, config) as api:
+        response = await api.client.post("/api/v1/incidents", json=ORBIS, headers=auth("responder"))
+        incident = (await response.json())["id"]
+        [member] = [
+            d
+            for d in await api.store.deliveries(incident)
+            if d.audience == "department-heads" and d.channel == ChannelName.EMAIL
+        ]
+        link = f"/ack/{api.runtime.service.tokens.token(member)}"
+        assert (await api.client.get(link)).status == 200  # open incident: the link works
+        resolved = await api.client.post(
+            f"/api/v1/incidents/{incident}/resolve", json={}, headers=auth("responder")
+        )
+        assert resolved.status == 201
+        assert (await api.client.get(link)).status == 404
+        assert (await api.client.post(link)).status == 404
+        after = await api.store.get_delivery(member.id)
+        assert after is not None and after.state != DeliveryState.ACKNOWLEDGED

@@ -10,7 +10,7 @@ import pytest
 
 from bot.domain.models import ChannelName, DeliveryState
 from bot.sandbox.webhook_sink import WebhookSink
-from tests.interfaces.api_support import Api, auth, base_config, settle
+from tests.interfaces.api_support import auth, base_config, settle
 from tests.interfaces.web_support import csrf_of, running_web
 
 ORBIS = {"title": "Orbis indisponible", "systems": ["Orbis"], "severity": "critical"}

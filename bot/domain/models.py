@@ -117,22 +117,30 @@ class Actor:
 
     name: str
     role: Role
+    # A person with several credentials (a press token, a responder Slack account) acting
+    # from the CLI holds each of their roles, and no other.
+    also: tuple[Role, ...] = ()
 
     def can(self, needed: Role) -> bool:
         """True when this actor holds ``needed`` (admin holds every role)."""
-        if self.role == Role.ADMIN or self.role == needed:
-            return True
-        if self.role in (Role.ALERTS, Role.METRICS):
-            return False  # a machine credential does its one thing only
-        if needed == Role.ALERTS:
-            return self.role == Role.RESPONDER
-        if needed == Role.METRICS:
-            return True  # whoever may read the dashboard may read the metrics
-        if needed == Role.PRESS:
-            return False
-        if self.role == Role.PRESS:
-            return needed == Role.VIEWER
-        return ROLE_RANK[self.role] >= ROLE_RANK[needed]
+        return any(_holds(role, needed) for role in (self.role, *self.also))
+
+
+def _holds(role: Role, needed: Role) -> bool:
+    """True when one role holds ``needed`` (admin holds every role)."""
+    if role == Role.ADMIN or role == needed:
+        return True
+    if role in (Role.ALERTS, Role.METRICS):
+        return False  # a machine credential does its one thing only
+    if needed == Role.ALERTS:
+        return role == Role.RESPONDER
+    if needed == Role.METRICS:
+        return True  # whoever may read the dashboard may read the metrics
+    if needed == Role.PRESS:
+        return False
+    if role == Role.PRESS:
+        return needed == Role.VIEWER
+    return ROLE_RANK[role] >= ROLE_RANK[needed]
 
 
 @dataclass(frozen=True)

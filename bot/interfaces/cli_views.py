@@ -207,7 +207,9 @@ def claim_retract(
         from bot.app import open_runtime
 
         async with open_runtime(settings, with_channels=False) as rt:
-            drafts = await rt.service.retract_claim(actor(as_), incident_id, claim, reason)
+            drafts = await rt.service.retract_claim(
+                actor(as_, rt.settings), incident_id, claim, reason
+            )
             for draft in drafts:
                 console.print(
                     f"[bold]{draft.id}[/] correction ({draft.locale}) for "

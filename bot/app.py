@@ -23,6 +23,7 @@ from bot.delivery.worker import DispatchConfig, Dispatcher
 from bot.domain.ack_tokens import AckKeys
 from bot.domain.audiences import Audience, Person, Target
 from bot.domain.clock import SystemClock
+from bot.domain.masking import set_region
 from bot.domain.models import Actor, ChannelName, Role
 from bot.domain.rendering import StatementRenderer
 from bot.domain.services import IncidentService, OrganisationInfo
@@ -68,6 +69,7 @@ def build_service(
 ) -> IncidentService:
     """The domain services, wired to this configuration."""
     org = settings.organisation
+    set_region(org.phone_region)  # how masking reads national numbers (06 12 34 56 78)
     return IncidentService(
         store,
         renderer,

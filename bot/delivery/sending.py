@@ -19,6 +19,7 @@ from bot.delivery.retry import RetryPolicy, with_quick_retries
 from bot.delivery.routing import Router
 from bot.domain.ack_tokens import AckKeys
 from bot.domain.errors import PermanentError, TransientError, UnknownOutcome
+from bot.domain.masking import scrub_provider_error
 from bot.domain.models import Attempt, ChannelName, Delivery, DeliveryState, Outcome, Statement
 from bot.ports import Channel, Clock, OutboundMessage, Receipt
 
@@ -158,7 +159,10 @@ class DeliverySender:
             else "retry"
         )
         code = getattr(exc, "code", None)
-        return Attempt(delivery.id, self.clock.now(), outcome, error=str(exc)[:500], code=code)
+        # Provider texts name numbers and URLs ("The 'To' number +33… is invalid"): masked
+        # before they are stored, since viewers read them.
+        error = scrub_provider_error(str(exc))[:500]
+        return Attempt(delivery.id, self.clock.now(), outcome, error=error, code=code)
 
     def _success(self, delivery: Delivery, receipt: Receipt, attempts: tuple[Attempt, ...]) -> None:
         policy = delivery.policy

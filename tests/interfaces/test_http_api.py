@@ -49,7 +49,7 @@ async def test_declare_returns_the_incident_and_queues_deliveries(api: Api) -> N
     body = await response.json()
     assert body["counts"]["queued"] == 3
     recipients = sorted(d["recipient"] for d in body["deliveries"])
-    assert recipients == ["a•••@example.org", "http://127.0.0.1:9/hook", "staff@example.org"]
+    assert recipients == ["a•••@example.org", "http://127.0.0.1:9/…", "staff@example.org"]
 
 
 async def test_incident_ids_are_sequential_per_day(api: Api) -> None:

@@ -10,8 +10,10 @@ import pytest
 
 from bot.domain.models import ChannelName, DeliveryState
 from bot.sandbox.webhook_sink import WebhookSink
+from tests.fakes.http_standin import HttpStandin, Reply
 from tests.interfaces.api_support import auth, base_config, settle
 from tests.interfaces.web_support import csrf_of, running_web
+from tests.log_capture import find_leaks
 
 ORBIS = {"title": "Orbis indisponible", "systems": ["Orbis"], "severity": "critical"}
 MACHINE_TOKENS = {
@@ -205,3 +207,62 @@ async def test_an_ack_link_expires_after_the_resolution(monkeypatch: pytest.Monk
         assert (await api.client.post(link)).status == 404
         after = await api.store.get_delivery(member.id)
         assert after is not None and after.state != DeliveryState.ACKNOWLEDGED
+
+
+# --- what a viewer sees -------------------------------------------------------------------
+NUMBER_FORMATS = "06 12 34 56 78, 0612345678, 0033612345678, %2B33612345678, +33612345678"
+HOOK_PATH = "/hooks/T0CRISIS/B0/s3cr3t-path"
+
+
+async def test_a_viewers_deliveries_hold_no_webhook_path_and_no_number(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TEST_KANNEL_USER", "tocsin")
+    monkeypatch.setenv("TEST_KANNEL_PASSWORD", "kannel-password")
+    # Providers that refuse, naming the number (as Twilio does) and echoing the URL.
+    smsbox = HttpStandin(default=Reply(400, text=f"Invalid destination {NUMBER_FORMATS}"))
+    hook = HttpStandin(
+        default=Reply(410, text=f"gone: http://127.0.0.1{HOOK_PATH} {NUMBER_FORMATS}")
+    )
+    async with smsbox, hook:
+        config = base_config()
+        config["channels"]["sms"] = {
+            "provider": "kannel",
+            "url": smsbox.url + "/cgi-bin/sendsms",
+            "username_env": "TEST_KANNEL_USER",
+            "password_env": "TEST_KANNEL_PASSWORD",
+            "sender": "APHP",
+        }
+        config["audiences"]["all-staff"]["destinations"] = [{"webhook": hook.url + HOOK_PATH}]
+        config["audiences"]["department-heads"]["policy"] = {"channels": ["sms"]}
+        async with running_web(monkeypatch, config, with_worker=True) as api:
+            response = await api.client.post(
+                "/api/v1/incidents", json=ORBIS, headers=auth("responder")
+            )
+            incident = (await response.json())["id"]
+            await settle(api.store)
+            shown = await api.client.get(
+                f"/api/v1/incidents/{incident}/deliveries", headers=auth("viewer")
+            )
+            raw = await shown.text()
+            stored = [
+                a.error or ""
+                for attempts in (
+                    await api.store.attempts([d.id for d in await api.store.deliveries(incident)])
+                ).values()
+                for a in attempts
+            ]
+    data = json.loads(raw)
+    channels = {d["channel"]: d for d in data["deliveries"]}
+    assert (
+        channels["webhook"]["recipient"] == f"{hook.url.split('://')[0]}://127.0.0.1:{hook.port}/…"
+    )
+    assert channels["sms"]["recipient"] == "+33 6•• •• •• 78"
+    assert channels["sms"]["state"] == "failed"
+    assert any("Invalid destination" in (a["error"] or "") for a in channels["sms"]["attempts"])
+    assert "s3cr3t-path" not in raw
+    assert find_leaks([raw]) == []
+    # Stored masked, not only shown masked.
+    assert "Invalid destination +33 6•• •• •• 78" in " ".join(stored)
+    assert find_leaks(stored) == []
+    assert not any("s3cr3t-path" in error for error in stored)

@@ -22,7 +22,7 @@ from bot.domain.quorum import site_views
 from bot.domain.rendering import TemplateError
 from bot.domain.report import build_report
 from bot.domain.statements import PressDesk
-from bot.interfaces import openapi, report_format, serialize
+from bot.interfaces import openapi, report_format, serialize, throttle
 from bot.ports import Page
 
 log = logging.getLogger("tocsin.http")
@@ -49,6 +49,9 @@ def middlewares() -> list[Any]:
             return await handler(request)
         except Unauthenticated as exc:
             return _rejected(request, 401, str(exc))
+        except throttle.TooManyAttempts as exc:
+            log.info("rejected %s %s: 429", request.method, request.path)
+            return throttle.too_many(exc)
         except MalformedRequest as exc:
             return _rejected(request, 400, str(exc))
         except InvalidInput as exc:
@@ -83,9 +86,17 @@ def runtime(request: web.Request) -> Runtime:
 
 
 def authorise(request: web.Request, role: Role) -> Actor:
-    """The caller's actor, or 401 (no/unknown token) / 403 (missing role)."""
-    actor = runtime(request).auth.from_bearer(request.headers.get("Authorization"))
+    """The caller's actor, or 401 (no/unknown token) / 403 (missing role); a client whose
+    unknown tokens keep coming gets 429 for a while (see :mod:`throttle`)."""
+    header = request.headers.get("Authorization")
+    limiter = request.app.get(throttle.THROTTLE)
+    client = throttle.client_of(request)
+    if header and limiter is not None:
+        limiter.check(client)
+    actor = runtime(request).auth.from_bearer(header)
     if actor is None:
+        if header and limiter is not None:
+            limiter.fail(client)
         raise Unauthenticated("missing or unknown token")
     if not actor.can(role):
         raise Forbidden(f"the {role.value} role is required")
@@ -408,6 +419,7 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    throttle.install(app)
     app.router.add_post("/api/v1/incidents", declare)
     app.router.add_get("/api/v1/incidents", list_incidents)
     app.router.add_get("/api/v1/incidents/{id}", get_incident)

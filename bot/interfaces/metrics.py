@@ -19,7 +19,6 @@ from prometheus_client.registry import Collector
 
 from bot.app import RUNTIME, Runtime
 from bot.delivery.worker import Dispatcher
-from bot.domain.errors import Forbidden
 from bot.domain.models import Delivery, DeliveryState, IncidentStatus, Outcome, Role
 from bot.interfaces import http_api
 from bot.ports import Page
@@ -181,12 +180,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     ``server.metrics_public``; the store is read at most every ``cache_seconds``."""
     runtime = request.app[RUNTIME]
     if not runtime.settings.server.metrics_public:
-        try:
-            http_api.authorise(request, Role.METRICS)
-        except http_api.Unauthenticated as exc:
-            return http_api.error(401, str(exc))
-        except Forbidden as exc:
-            return http_api.error(403, str(exc))
+        http_api.authorise(request, Role.METRICS)  # 401/403/429 from the error middleware
     metrics = request.app[METRICS]
     if time.monotonic() - metrics.refreshed_at >= metrics.cache_seconds:
         await metrics.refresh(runtime)

@@ -9,10 +9,13 @@ from typing import Any
 import pytest
 
 from bot.domain.models import ChannelName, DeliveryState
+from bot.interfaces.web.session import COOKIE
 from bot.sandbox.webhook_sink import WebhookSink
+from bot.store.memory import MemoryStore
 from tests.fakes.http_standin import HttpStandin, Reply
 from tests.interfaces.api_support import auth, base_config, settle
-from tests.interfaces.web_support import csrf_of, running_web
+from tests.interfaces.test_dashboard import browser
+from tests.interfaces.web_support import csrf_of, log_in, running_web
 from tests.log_capture import find_leaks
 
 ORBIS = {"title": "Orbis indisponible", "systems": ["Orbis"], "severity": "critical"}
@@ -266,3 +269,73 @@ async def test_a_viewers_deliveries_hold_no_webhook_path_and_no_number(
     assert "Invalid destination +33 6•• •• •• 78" in " ".join(stored)
     assert find_leaks(stored) == []
     assert not any("s3cr3t-path" in error for error in stored)
+
+
+# --- dashboard sessions -------------------------------------------------------------------
+async def test_a_copied_cookie_stops_working_after_logout(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running_web(monkeypatch) as api:
+        csrf = await log_in(api.client, "viewer")
+        jar = api.client.session.cookie_jar.filter_cookies(api.client.make_url("/"))
+        copied = {COOKIE: jar[COOKIE].value}
+        assert (await api.client.get("/", allow_redirects=False)).status == 200
+        out = await api.client.post("/logout", data={"csrf": csrf}, allow_redirects=False)
+        assert out.status == 303
+        async with browser(api) as other:
+            replay = await other.get("/", cookies=copied, allow_redirects=False)
+        assert replay.status == 303
+        assert replay.headers["Location"].startswith("/login")
+
+
+async def test_a_withdrawn_tokens_session_is_refused_on_the_next_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One database, the same deployment key: the server restarts with the viewer's token
+    # withdrawn from the configuration; the browser still holds a valid signed cookie.
+    monkeypatch.setenv("TOCSIN_SECRET_KEY", "deployment-key-0123456789abcdef")
+    store = MemoryStore()
+    async with running_web(monkeypatch, store=store) as api:
+        await log_in(api.client, "viewer")
+        jar = api.client.session.cookie_jar.filter_cookies(api.client.make_url("/"))
+        copied = {COOKIE: jar[COOKIE].value}
+        assert (await api.client.get("/", allow_redirects=False)).status == 200
+    async with running_web(monkeypatch, store=store) as api:  # token still configured
+        kept = await api.client.get("/", cookies=copied, allow_redirects=False)
+        assert kept.status == 200
+    withdrawn = base_config()
+    withdrawn["auth"]["tokens"] = [
+        t for t in withdrawn["auth"]["tokens"] if t["token_env"] != "TOCSIN_TOKEN_VIEWER"
+    ]
+    async with running_web(monkeypatch, withdrawn, store=store) as api:
+        refused = await api.client.get("/", cookies=copied, allow_redirects=False)
+        assert refused.status == 303
+        assert refused.headers["Location"].startswith("/login")
+
+
+async def test_failed_logins_and_bearer_tokens_are_throttled_per_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with running_web(monkeypatch) as api:
+        statuses = []
+        for _ in range(25):
+            form = await (await api.client.get("/login")).text()
+            answer = await api.client.post(
+                "/login",
+                data={"csrf": csrf_of(form), "token": "guess-0123456789", "next": "/"},
+                allow_redirects=False,
+            )
+            statuses.append(answer.status)
+        assert statuses[:20] == [401] * 20
+        assert statuses[20:] == [429] * 5
+        assert int(answer.headers["Retry-After"]) > 0
+        # The right token too, from that client, until the window passes: no more guesses.
+        form = await (await api.client.get("/login")).text()
+        blocked = await api.client.post(
+            "/login",
+            data={"csrf": csrf_of(form), "token": "viewer-token-0123456789", "next": "/"},
+            allow_redirects=False,
+        )
+        assert blocked.status == 429
+        api_answer = await api.client.get("/api/v1/incidents", headers=bearer("guess-0123456789"))
+        assert api_answer.status == 429
+        assert "Retry-After" in api_answer.headers
+        assert (await api_answer.json())["error"].startswith("too many failed attempts")

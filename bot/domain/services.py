@@ -6,7 +6,7 @@ statements and every delivery they imply in one transaction: nothing is sent bef
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -64,6 +64,8 @@ class IncidentService:
     ) -> None:
         self.store = store
         self.tokens = tokens or AckKeys(b"")
+        # Called after a statement is published (the public pages' caches listen).
+        self.published: list[Callable[[], None]] = []
         self.renderer = renderer
         self.clock = clock
         self.org = org

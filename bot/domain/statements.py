@@ -217,6 +217,8 @@ class PressDesk:
                 usable=self.service.usable_channels,
             )
         await self.store.commit(changes)
+        for listener in self.service.published:
+            listener()
         return published
 
     def _audiences_for(self, statement: Statement) -> list[str]:

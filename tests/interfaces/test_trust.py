@@ -339,3 +339,70 @@ async def test_failed_logins_and_bearer_tokens_are_throttled_per_client(
         assert api_answer.status == 429
         assert "Retry-After" in api_answer.headers
         assert (await api_answer.json())["error"].startswith("too many failed attempts")
+
+
+# --- declarations are bounded -------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("systems", [f"S{i}" for i in range(51)]),
+        ("unaffected", ["x" * 501]),
+        ("impact", ["ok", "y" * 501]),
+        ("sites", [f"site {i}" for i in range(51)]),
+        ("claims", ["no_patient_impact"] * 51),
+        ("audiences", ["all-staff"] * 51),
+    ],
+)
+async def test_oversized_declaration_lists_get_422_and_change_nothing(
+    monkeypatch: pytest.MonkeyPatch, key: str, value: list[str]
+) -> None:
+    async with running_web(monkeypatch) as api:
+        response = await api.client.post(
+            "/api/v1/incidents", json={**ORBIS, key: value}, headers=auth("responder")
+        )
+        assert response.status == 422
+        body = await response.json()
+        assert key in body["detail"]
+        assert await api.store.list_incidents() == []
+
+
+# --- the public page is served from a cache emptied on publication ------------------------
+class CountingStore(MemoryStore):
+    """A memory store that counts the reads the public page makes."""
+
+    reads = 0
+
+    async def statements(self, incident_id: str) -> Any:
+        self.reads += 1
+        return await super().statements(incident_id)
+
+
+async def test_the_status_page_is_cached_until_a_publication(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = CountingStore()
+    async with running_web(monkeypatch, store=store) as api:
+        response = await api.client.post("/api/v1/incidents", json=ORBIS, headers=auth("responder"))
+        incident = (await response.json())["id"]
+        first = await (await api.client.get("/status")).text()
+        reads = store.reads
+        for _ in range(5):
+            assert await (await api.client.get("/status")).text() == first
+        assert store.reads == reads  # served from the cache
+        [press] = [
+            s
+            for s in await store.statements(incident)
+            if s.kind.value == "press" and s.locale == "fr"
+        ]
+        approved = await api.client.post(
+            f"/api/v1/statements/{press.id}/approve", headers=auth("press")
+        )
+        assert approved.status == 200
+        [public] = [
+            s
+            for s in await store.statements(incident)
+            if s.kind.value == "public" and s.locale == "fr"
+        ]
+        after = await (await api.client.get("/status")).text()
+        assert public.text.splitlines()[0] not in first
+        assert public.text.splitlines()[0] in after  # at once, not after the cache's lifetime

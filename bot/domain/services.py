@@ -64,8 +64,7 @@ class IncidentService:
     ) -> None:
         self.store = store
         self.tokens = tokens or AckKeys(b"")
-        # Called after a statement is published (the public pages' caches listen).
-        self.published: list[Callable[[], None]] = []
+        self.published: list[Callable[[], None]] = []  # called after each publication
         self.renderer = renderer
         self.clock = clock
         self.org = org
@@ -309,10 +308,6 @@ class IncidentService:
     ) -> list[Statement]:
         """Draft corrections of a claim for the audiences that received it."""
         return await ClaimsRegistry(self).retract(actor, incident_id, key, reason)
-
-    async def find_by_token(self, token: str, purpose: str = "ack") -> Delivery | None:
-        """The delivery behind a token, if it is valid for ``purpose`` and not expired."""
-        return await Acknowledgements(self).find(token, purpose)
 
     async def acknowledge(self, token: str, by: str) -> Delivery:
         """Acknowledge the delivery behind an opaque token (see :mod:`acknowledgements`)."""

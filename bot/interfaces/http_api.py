@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.app import RUNTIME, Runtime
+from bot.domain.acknowledgements import Acknowledgements
 from bot.domain.declarations import IncidentDraft
 from bot.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, TocsinError
 from bot.domain.models import Actor, ChannelName, Delivery, DeliveryState, Role
@@ -314,7 +315,7 @@ def _ack_html(locale: str, title: str, body: str) -> web.Response:
 
 
 async def _link_delivery(request: web.Request) -> Delivery | None:
-    delivery = await runtime(request).service.find_by_token(request.match_info["token"])
+    delivery = await Acknowledgements(runtime(request).service).find(request.match_info["token"])
     if delivery is None or delivery.channel not in _LINK_CHANNELS:
         return None
     return delivery

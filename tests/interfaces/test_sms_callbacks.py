@@ -544,6 +544,37 @@ async def test_a_signed_ok_sms_acknowledges_and_gets_empty_twiml(
     assert (await twilio_app.sms()).state == DeliveryState.ACKNOWLEDGED
 
 
+async def test_a_replayed_signed_ok_acknowledges_nothing_more(
+    twilio: TwilioStandin, twilio_app: Running
+) -> None:
+    url = twilio_app.url + "/sms/twilio/inbound"
+    form = {
+        "MessageSid": "SM" + "0" * 32,
+        "AccountSid": twilio.account_sid,
+        "From": PHONE,
+        "To": "+33700000000",
+        "Body": "OK",
+    }
+    assert (await twilio.post_signed(url, form))[0] == 200
+    first = await twilio_app.sms()
+    assert first.state == DeliveryState.ACKNOWLEDGED
+    await twilio_app.runtime.service.update(
+        CRISIS_CELL, twilio_app.incident_id, None, "Toujours indisponible."
+    )
+    await build_dispatcher(twilio_app.runtime).drain()
+    [pending] = [
+        d
+        for d in await twilio_app.store.deliveries(twilio_app.incident_id)
+        if d.channel == ChannelName.SMS and d.id != first.id
+    ]
+
+    # The same signed request, captured and played again.
+    assert (await twilio.post_signed(url, form))[0] == 200
+
+    again = await twilio_app.store.get_delivery(pending.id)
+    assert again is not None and again.state == DeliveryState.SENT
+
+
 @pytest.mark.parametrize("signature", [None, "bm90IGEgc2lnbmF0dXJl"], ids=["missing", "wrong"])
 async def test_an_unsigned_inbound_sms_is_refused(
     twilio: TwilioStandin, twilio_app: Running, signature: str | None

@@ -20,7 +20,7 @@ from bot.domain.models import (
     StatementStatus,
     TimelineEntry,
 )
-from bot.ports import Changes, Page, Store
+from bot.ports import Changes, Page, Store, StoredSession
 from bot.store.memory import MemoryStore
 from bot.store.postgres import PostgresStore
 from bot.store.sqlite import SqliteStore
@@ -345,3 +345,20 @@ async def test_channel_health_is_kept(store: Store) -> None:
     assert await store.channel_health() == [
         ("smtp:127.0.0.1:25", "up", T0 + timedelta(seconds=5), None)
     ]
+
+
+async def test_an_inbound_reply_is_remembered_once(store: Store) -> None:
+    assert await store.remember_inbound("twilio:SM1", f.T0) is True
+    assert await store.remember_inbound("twilio:SM1", f.T0 + timedelta(seconds=5)) is False
+    assert await store.remember_inbound("twilio:SM2", f.T0) is True
+
+
+async def test_a_dashboard_session_is_kept_and_revoked(store: Store) -> None:
+    session = StoredSession("d1", "press-a", "csrf-1", f.T0, f.T0 + timedelta(hours=12))
+    assert await store.find_session("d1") is None
+    await store.open_session(session)
+    assert await store.find_session("d1") == session
+    await store.revoke_session("d1", f.T0 + timedelta(minutes=5))
+    await store.revoke_session("d1", f.T0 + timedelta(minutes=9))  # revoking again: no change
+    revoked = await store.find_session("d1")
+    assert revoked == replace(session, revoked_at=f.T0 + timedelta(minutes=5))

@@ -7,7 +7,7 @@ person's message fails over to their next channel.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from bot.domain.ack_tokens import ACK, CALLBACK
@@ -18,6 +18,9 @@ from bot.ports import Changes
 
 if TYPE_CHECKING:
     from bot.domain.services import IncidentService
+
+
+REPLY_CLOCK_SLACK = timedelta(minutes=1)
 
 
 class Acknowledgements:
@@ -51,12 +54,25 @@ class Acknowledgements:
         assert refreshed is not None
         return refreshed
 
-    async def by_reply(self, channel: ChannelName, address: str, by: str) -> Delivery | None:
+    async def by_reply(
+        self, channel: ChannelName, address: str, by: str, written_at: datetime | None = None
+    ) -> Delivery | None:
         """An "OK" reply from a known address acknowledges that person's latest pending
-        delivery on that channel; None when there is nothing to acknowledge."""
+        delivery on that channel; None when there is nothing to acknowledge. A reply written
+        (``written_at``, when the provider says) before that delivery was sent answers an
+        earlier message, not this one: it acknowledges nothing."""
         delivery = await self.store.latest_ack_pending(channel.value, address)
         if delivery is None:
             return None
+        if written_at is not None:
+            sent = [
+                a.at
+                for a in (await self.store.attempts([delivery.id]))[delivery.id]
+                if a.outcome in ("sent", "delivered")
+            ]
+            # Provider clocks are coarse (whole seconds) and may drift: a minute's grace.
+            if sent and min(sent) > written_at + REPLY_CLOCK_SLACK:
+                return None
         await self.store.acknowledge(delivery.id, by, self.service.clock.now())
         return await self.store.get_delivery(delivery.id)
 

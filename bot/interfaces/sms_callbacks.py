@@ -23,6 +23,7 @@ import hmac
 import logging
 import unicodedata
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
@@ -127,7 +128,12 @@ async def kannel_status(request: web.Request) -> web.Response:
 
 
 async def _acknowledge_reply(
-    request: web.Request, runtime: Runtime, sender: str, text: str, message_key: str
+    request: web.Request,
+    runtime: Runtime,
+    sender: str,
+    text: str,
+    message_key: str,
+    written_at: datetime | None = None,
 ) -> web.Response | None:
     """Acknowledge on an "OK" from ``sender``; a 400 answer if the sender is not a number.
     A reply whose ``message_key`` (the provider's message id) was already seen changes
@@ -143,13 +149,23 @@ async def _acknowledge_reply(
     if not is_ok_reply(text):
         log.info("SMS reply from %s is not an acknowledgement", mask_phone(number))
         return None
-    delivery = await runtime.service.acknowledge_by_reply(ChannelName.SMS, number, by=REPLY_BY)
+    delivery = await Acknowledgements(runtime.service).by_reply(
+        ChannelName.SMS, number, REPLY_BY, written_at
+    )
     log.info(
         "SMS reply OK from %s: %s",
         mask_phone(number),
         f"delivery {delivery.id} acknowledged" if delivery else "nothing pending",
     )
     return None
+
+
+def _unix_time(value: str) -> datetime | None:
+    """Kannel's ``%T`` (when the SMSC says the reply was sent), or None."""
+    try:
+        return datetime.fromtimestamp(int(value), UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 async def kannel_inbound(request: web.Request) -> web.Response:
@@ -172,7 +188,12 @@ async def kannel_inbound(request: web.Request) -> web.Response:
     text = params.get("text", "")
     key = params.get("id") or "\x1f".join((params.get("ts", ""), params["from"], text))
     rejected = await _acknowledge_reply(
-        request, runtime, params["from"], text, "kannel:" + hashlib.sha256(key.encode()).hexdigest()
+        request,
+        runtime,
+        params["from"],
+        text,
+        "kannel:" + hashlib.sha256(key.encode()).hexdigest(),
+        _unix_time(params.get("ts", "")),
     )
     return rejected or web.Response(text="")
 

@@ -103,7 +103,7 @@ class InboundRelay:
         self._thread.join(timeout=5)
 
 
-INBOUND_QUERY = "from=%p&to=%P&text=%a&smsc=%i&id=%I"
+INBOUND_QUERY = "from=%p&to=%P&text=%a&smsc=%i&id=%I&ts=%T"
 
 
 @dataclass

@@ -388,6 +388,24 @@ async def test_a_replayed_ok_acknowledges_nothing_more(kannel_app: Running) -> N
     assert (await kannel_app.store.get_delivery(pending.id)).state == DeliveryState.SENT  # type: ignore[union-attr]
 
 
+async def test_an_ok_written_before_the_delivery_was_sent_acknowledges_nothing(
+    kannel_app: Running,
+) -> None:
+    delivery = await kannel_app.sms()
+    [sent] = [a.at for a in (await kannel_app.store.attempts([delivery.id]))[delivery.id]]
+    before = str(int(sent.timestamp()) - 600)  # ten minutes before: meant for another message
+    after = str(int(sent.timestamp()) + 60)
+    reply = {**SECRET, "from": PHONE, "text": "OK"}
+
+    early = await kannel_app.get("/sms/kannel/inbound", {**reply, "id": "m1", "ts": before})
+    assert early == (200, "")
+    assert (await kannel_app.sms()).state == DeliveryState.SENT
+
+    late = await kannel_app.get("/sms/kannel/inbound", {**reply, "id": "m2", "ts": after})
+    assert late == (200, "")
+    assert (await kannel_app.sms()).state == DeliveryState.ACKNOWLEDGED
+
+
 async def test_a_kannel_report_with_the_ack_token_is_refused(kannel_app: Running) -> None:
     delivery = await kannel_app.sms()
     forged = {**dlr(delivery, 2), "t": TOKENS.token(delivery)}  # the ack token, not the callback's

@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,10 @@ from bot.delivery.ratelimit import RateLimiter
 from bot.delivery.retry import RetryPolicy
 from bot.delivery.scheduler import Scheduler, add_incident_checks
 from bot.delivery.worker import DispatchConfig, Dispatcher
+from bot.domain.ack_tokens import AckKeys
 from bot.domain.audiences import Audience, Person, Target
 from bot.domain.clock import SystemClock
+from bot.domain.masking import set_region
 from bot.domain.models import Actor, ChannelName, Role
 from bot.domain.rendering import StatementRenderer
 from bot.domain.services import IncidentService, OrganisationInfo
@@ -73,6 +75,7 @@ def build_service(
 ) -> IncidentService:
     """The domain services, wired to this configuration."""
     org = settings.organisation
+    set_region(org.phone_region)  # how masking reads national numbers (06 12 34 56 78)
     return IncidentService(
         store,
         renderer,
@@ -81,7 +84,21 @@ def build_service(
         audiences_from(settings),
         settings.default_audiences,
         usable_channels=frozenset(settings.channels.configured()),
+        tokens=ack_keys(settings),
     )
+
+
+def ack_keys(settings: Settings) -> AckKeys:
+    """The deployment's token keys, from ``auth.secret_key_env``. Without that variable the
+    tokens are derived from the database alone (a copy of it could then acknowledge)."""
+    secret = settings.secret(settings.auth.secret_key_env, required=False)
+    key = secret.get_secret_value().encode() if secret is not None else b""
+    if not key:
+        log.info(
+            "%s is not set: acknowledgement links are not protected against a copy of the database",
+            settings.auth.secret_key_env,
+        )
+    return AckKeys(key, timedelta(seconds=settings.delivery.ack_ttl))
 
 
 @dataclass
@@ -197,6 +214,7 @@ def build_dispatcher(runtime: Runtime) -> Dispatcher:
         # Every worker of the deployment shares each provider's and destination's budget.
         limiter=RateLimiter(clock=lambda: runtime.clock.now().timestamp(), shared=runtime.store),
     )
+    dispatcher.tokens = runtime.service.tokens
     system = Actor("tocsin", Role.ADMIN)
 
     async def note(incident_id: str, action: str, detail: dict[str, Any]) -> None:

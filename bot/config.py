@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    BeforeValidator,
     Field,
     SecretStr,
     ValidationError,
@@ -70,19 +71,49 @@ class Server(Strict):
     host: str = "127.0.0.1"
     port: int = 8080
     public_url: str = "http://127.0.0.1:8080"
+    # /metrics needs a token (viewer or metrics role) unless this is true.
+    metrics_public: bool = False
 
 
 class ApiToken(Strict):
     name: str
     token_env: str
     role: Role
+    # The person this token belongs to: four-eyes compares people, whatever the interface.
+    person: str | None = None
+
+
+class ChatUser(Strict):
+    """A chat user allowed to act: their role and, optionally, the person they are."""
+
+    role: Role
+    person: str | None = None
+
+
+def _member(value: Any) -> Any:
+    # A bare role (``U0CRISIS1: responder``) still works.
+    return {"role": value} if isinstance(value, str | Role) else value
+
+
+ChatUsers = dict[str, Annotated[ChatUser, BeforeValidator(_member)]]
 
 
 class Auth(Strict):
     tokens: tuple[ApiToken, ...] = ()
-    slack_users: dict[str, Role] = Field(default_factory=dict)
-    telegram_users: dict[str, Role] = Field(default_factory=dict)
+    slack_users: ChatUsers = Field(default_factory=dict)
+    telegram_users: ChatUsers = Field(default_factory=dict)
     secret_key_env: str = "TOCSIN_SECRET_KEY"
+
+    def persons(self) -> dict[str, set[Role]]:
+        """Each configured person and the roles their credentials give them."""
+        found: dict[str, set[Role]] = {}
+        entries: list[tuple[str | None, Role]] = [(t.person, t.role) for t in self.tokens]
+        for users in (self.slack_users, self.telegram_users):
+            entries += [(u.person, u.role) for u in users.values()]
+        for person, role in entries:
+            if person:
+                found.setdefault(person, set()).add(role)
+        return found
 
 
 class DeliverySettings(Strict):
@@ -94,6 +125,8 @@ class DeliverySettings(Strict):
     backoff_max: Duration = 300.0
     poll_interval: Duration = 0.5
     shutdown_timeout: Duration = 10.0
+    # How long an acknowledgement link keeps working after its incident's resolution.
+    ack_ttl: Duration = 7 * 86400.0
 
 
 DESTINATION_KINDS: dict[str, ChannelName] = {

@@ -52,6 +52,9 @@ class SmsChannelSettings(Strict):
     sender: str | None = None
     max_segments: int = Field(default=2, ge=1, le=10)
     limits: RateLimits = RateLimits()
+    # Kannel's ``get-url`` must carry ``secret=<this variable's value>``; without it inbound
+    # SMS are refused (Kannel does not authenticate the calls it makes).
+    inbound_secret_env: str | None = None
 
 
 class EmailChannelSettings(Strict):

@@ -35,7 +35,8 @@ class OutboundMessage:
     ``bodies`` are the statement's renderings by format (``subject``, ``text``, ``html``,
     ``slack``, ``telegram``, ``sms``); ``ack_url`` is set when an acknowledgement is required
     and the channel has no button of its own; ``ack_token`` is the opaque, unguessable
-    reference a button or a gateway callback carries back.
+    reference a button or link carries back; ``callback_token`` is what a gateway's delivery
+    report carries back (never the acknowledgement token: gateway logs keep it).
     """
 
     delivery_id: int
@@ -49,6 +50,7 @@ class OutboundMessage:
     ack_url: str | None = None
     status_url: str | None = None
     idempotency_key: str = ""
+    callback_token: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     # How many attempts came before this one, and since when the delivery exists: a
     # non-idempotent provider reconciles a retry with what it may already have accepted.
@@ -57,6 +59,20 @@ class OutboundMessage:
     # Earlier attempts that ended ``unknown`` (the request may have reached the provider): the
     # channel reconciles with the provider before sending again where the provider allows it.
     unknown_attempts: int = 0
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    """A logged-in dashboard session as the server keeps it: the digest of the browser's
+    random id, the API token it was opened with (checked against the configured tokens on
+    every request), its CSRF token and its lifetime."""
+
+    digest: str
+    token_name: str
+    csrf: str
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -272,6 +288,20 @@ class Store(Protocol):
     async def find_by_provider_id(self, channel: str, provider_id: str) -> Delivery | None: ...
 
     async def latest_ack_pending(self, channel: str, address: str) -> Delivery | None: ...
+
+    async def remember_inbound(self, message_key: str, at: datetime) -> bool:
+        """Record an inbound message by its key; False if that key was already recorded."""
+        ...
+
+    async def open_session(self, session: StoredSession) -> None:
+        """Keep a new dashboard session (by the digest of its id)."""
+        ...
+
+    async def find_session(self, digest: str) -> StoredSession | None: ...
+
+    async def revoke_session(self, digest: str, at: datetime) -> None:
+        """End a dashboard session (logout); revoking twice changes nothing."""
+        ...
 
     async def acknowledge(self, delivery_id: int, by: str, at: datetime) -> bool:
         """Acknowledge a delivery and settle the rest of its recipient chain; False if it was

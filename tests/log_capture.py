@@ -4,9 +4,9 @@ Registered in ``tests/conftest.py`` with ``pytest_plugins = ["tests.log_capture"
 start it adds a root handler that formats each record exactly as production does
 (:class:`bot.logs.RedactingFilter` then :class:`bot.logs.JsonFormatter`, at INFO with the same
 quiet HTTP-client loggers), without touching the record other handlers see. At the end it looks
-for E.164 phone numbers, e-mail addresses, token shapes and the secrets the tests used; any hit
-fails the session (exit status 1) and is printed. The lines are also written to
-``test-output/suite-log.jsonl``.
+for phone numbers in every format (E.164, national, ``0033…``, URL-encoded), e-mail
+addresses, token shapes and the secrets the tests used; any hit fails the session (exit
+status 1) and is printed. The lines are also written to ``test-output/suite-log.jsonl``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import os
 import re
 from collections.abc import Generator, Iterable
 from pathlib import Path
+from urllib.parse import unquote
 
+import phonenumbers
 import pytest
 
 from bot.logs import JsonFormatter, RedactingFilter
@@ -35,14 +37,32 @@ LEAKS = {
 }
 
 
+def national_phone(line: str, region: str = "FR") -> bool:
+    """True when ``line`` holds a valid phone number in any format libphonenumber reads:
+    national (``0612345678``, ``06 12 34 56 78``), ``0033…``, or URL-encoded (``%2B33…``)."""
+    if len(re.findall(r"\d", line)) < 8:
+        return False
+    decoded = unquote(line)
+    for match in phonenumbers.PhoneNumberMatcher(
+        decoded, region, leniency=phonenumbers.Leniency.VALID
+    ):
+        before = decoded[match.start - 1 : match.start] if match.start else ""
+        after = decoded[match.end : match.end + 1]
+        # Inside an identifier (``press-token-0123456789``) it is not a number.
+        if not re.match(r"[\w-]", before) and not re.match(r"[\w-]", after):
+            return True
+    return False
+
+
 def find_leaks(lines: Iterable[str], secrets: Iterable[str] = ()) -> list[str]:
     """``"<what>: <line>"`` for each line holding personal data, a token or a known secret."""
     known = sorted({s for s in secrets if len(s) >= 8}, key=len, reverse=True)
     hits = []
     for line in lines:
-        for what, pattern in LEAKS.items():
-            if pattern.search(line):
-                hits.append(f"{what}: {line}")
+        found = {what for what, pattern in LEAKS.items() if pattern.search(line)}
+        if "phone number" not in found and national_phone(line):
+            found.add("phone number")
+        hits.extend(f"{what}: {line}" for what in LEAKS if what in found)
         hits.extend(f"test secret: {line}" for secret in known if secret in line)
     return hits
 

@@ -44,6 +44,11 @@ def test_redact(raw: str, shown: str) -> None:
     [
         "SMS to +33612345678",
         "SMS to +44 20 7946 0958",
+        "SMS to 0612345678",
+        "SMS to 06 12 34 56 78",
+        "SMS to 06.12.34.56.78",
+        "SMS to 0033612345678",
+        "GET /sms/kannel/inbound?from=%2B33612345678&text=OK",
         "mail to a.martin@example.org",
         f"GET /bot{TELEGRAM_TOKEN}/getMe",
         "token xoxb-1234-5678-abcdef",
@@ -53,6 +58,22 @@ def test_redact(raw: str, shown: str) -> None:
 def test_the_scan_finds_raw_personal_data_and_tokens(line: str) -> None:
     assert len(find_leaks([line])) == 1
     assert find_leaks([redact(line)]) == []
+
+
+def test_a_deliberate_national_format_leak_fails_the_scan() -> None:
+    # A line logged around the redaction (as a careless handler could) is caught.
+    leaked = '{"message": "reply from 06 12 34 56 78: OK"}'
+    assert find_leaks([leaked]) == [f"phone number: {leaked}"]
+    handler = CaptureHandler()
+    logger = logging.getLogger("tocsin.test-leak")
+    logger.addHandler(handler)
+    try:
+        logger.warning("reply from %s", "0612345678")
+    finally:
+        logger.removeHandler(handler)
+    # Through the production pipeline the same number comes out masked.
+    assert find_leaks(handler.lines) == []
+    assert "+33 6•• •• •• 78" in handler.lines[0]
 
 
 def test_the_scan_finds_known_secrets_and_ignores_short_ones() -> None:

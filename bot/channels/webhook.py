@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
+from bot.channels import slack_blocks as kit
 from bot.channels.email import ack_prompt
 from bot.channels.http_errors import MAX_BODY, response_error, translated_errors
 from bot.config import WebhookChannelSettings
@@ -17,6 +19,17 @@ from bot.domain.models import ChannelName, DeliveryState
 from bot.ports import OutboundMessage, Receipt
 
 log = logging.getLogger(__name__)
+
+
+# Mattermost, Rocket.Chat and Teams-style receivers notify on these words.
+_AT_MENTION = re.compile(r"(?<![\w@])@(all|channel|here|everyone)\b", re.IGNORECASE)
+
+
+def defuse_mentions(text: str) -> str:
+    """Text that notifies nobody: Slack's ``<!channel>``, ``<!here>``, ``<@U…>`` are shown as
+    text (as the Slack adapter does), and ``@all``/``@channel``/``@here``/``@everyone`` get a
+    word joiner after the ``@`` so that no receiver reads them as a mention."""
+    return _AT_MENTION.sub("@\u2060\\1", kit.defuse(text))
 
 
 class WebhookChannel:
@@ -64,12 +77,14 @@ class WebhookChannel:
         text = message.bodies.get("text")
         if text is None:
             raise PermanentError("the statement has no text rendering for a webhook")
+        text = defuse_mentions(text)
         if message.ack_url:
             # Most receivers show only ``text``: the reader must see where to acknowledge.
             text = f"{text.rstrip()}\n\n{ack_prompt(message.locale)} {message.ack_url}"
+        subject = message.bodies.get("subject")
         return {
             "text": text,
-            "subject": message.bodies.get("subject"),
+            "subject": defuse_mentions(subject) if subject is not None else None,
             "delivery_id": message.delivery_id,
             "idempotency_key": self.idempotency_key(message),
             "ack_url": message.ack_url,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bot.delivery.ratelimit import Limit
+from bot.domain.ack_tokens import ACK, CALLBACK, AckKeys
 from bot.domain.models import Delivery, Statement
 from bot.ports import Channel, OutboundMessage
 
@@ -27,8 +28,13 @@ def destination_key(delivery: Delivery) -> str:
     return f"dest:{delivery.channel.value}:{delivery.address}"
 
 
-def message_for(delivery: Delivery, statement: Statement, public_url: str) -> OutboundMessage:
-    """The outbound message of one delivery."""
+def message_for(
+    delivery: Delivery, statement: Statement, public_url: str, tokens: AckKeys | None = None
+) -> OutboundMessage:
+    """The outbound message of one delivery, with its acknowledgement token and gateway
+    callback credential recomputed from the deployment key (neither is stored)."""
+    tokens = tokens or AckKeys(b"")
+    ack_token = tokens.token(delivery, ACK)
     bodies = statement.bodies
     require_ack = delivery.policy.require_ack and delivery.is_member
     if require_ack and "sms_ack" in bodies:
@@ -41,10 +47,11 @@ def message_for(delivery: Delivery, statement: Statement, public_url: str) -> Ou
         locale=delivery.locale,
         bodies=bodies,
         require_ack=require_ack,
-        ack_token=delivery.ack_token,
-        ack_url=f"{public_url}/ack/{delivery.ack_token}" if require_ack else None,
+        ack_token=ack_token,
+        ack_url=f"{public_url}/ack/{ack_token}" if require_ack else None,
         status_url=public_url,
-        idempotency_key=f"tocsin-{delivery.id}-{delivery.ack_token[:8]}",
+        callback_token=tokens.token(delivery, CALLBACK),
+        idempotency_key=f"tocsin-{delivery.id}-{tokens.nonce_tag(delivery)}",
         labels={
             "incident": delivery.incident_id,
             "audience": delivery.audience,

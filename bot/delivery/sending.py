@@ -17,7 +17,9 @@ from bot.delivery.outbound import destination_key, limits_for, message_for
 from bot.delivery.ratelimit import RateLimiter
 from bot.delivery.retry import RetryPolicy, with_quick_retries
 from bot.delivery.routing import Router
+from bot.domain.ack_tokens import AckKeys
 from bot.domain.errors import PermanentError, TransientError, UnknownOutcome
+from bot.domain.masking import scrub_provider_error
 from bot.domain.models import Attempt, ChannelName, Delivery, DeliveryState, Outcome, Statement
 from bot.ports import Channel, Clock, OutboundMessage, Receipt, Store
 
@@ -31,6 +33,7 @@ class DeliverySender:
     store: Store
     clock: Clock
     public_url: str
+    tokens: AckKeys = AckKeys(b"")
     retry: RetryPolicy
     limiter: RateLimiter
     breakers: CircuitBreakers
@@ -44,7 +47,7 @@ class DeliverySender:
 
     def message_for(self, delivery: Delivery, statement: Statement) -> OutboundMessage:
         """The outbound message of one delivery."""
-        return message_for(delivery, statement, self.public_url)
+        return message_for(delivery, statement, self.public_url, self.tokens)
 
     async def _process(self, delivery: Delivery) -> None:
         now = self.clock.now()
@@ -181,7 +184,10 @@ class DeliverySender:
             else "retry"
         )
         code = getattr(exc, "code", None)
-        return Attempt(delivery.id, self.clock.now(), outcome, error=str(exc)[:500], code=code)
+        # Provider texts name numbers and URLs ("The 'To' number +33… is invalid"): masked
+        # before they are stored, since viewers read them.
+        error = scrub_provider_error(str(exc))[:500]
+        return Attempt(delivery.id, self.clock.now(), outcome, error=error, code=code)
 
     def _success(self, delivery: Delivery, receipt: Receipt, attempts: tuple[Attempt, ...]) -> None:
         policy = delivery.policy

@@ -7,9 +7,10 @@ person's message fails over to their next channel.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from bot.domain.ack_tokens import ACK, CALLBACK
 from bot.domain.audiences import new_follow_up, next_untried_channel, statement_kind_for
 from bot.domain.errors import NotFound
 from bot.domain.models import ChannelName, Delivery, DeliveryState
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from bot.domain.services import IncidentService
 
 
+REPLY_CLOCK_SLACK = timedelta(minutes=1)
+
+
 class Acknowledgements:
     """Acknowledgements and reports, over the incident service's store and clock."""
 
@@ -26,9 +30,23 @@ class Acknowledgements:
         self.service = service
         self.store = service.store
 
+    async def find(self, token: str, purpose: str = ACK) -> Delivery | None:
+        """The delivery whose ``purpose`` token this is, or None (unknown, forged, made for
+        another purpose, or expired: ``delivery.ack_ttl`` after the incident's resolution)."""
+        delivery_id = self.service.tokens.delivery_id(token)
+        delivery = await self.store.get_delivery(delivery_id) if delivery_id else None
+        if delivery is None or not self.service.tokens.matches(token, delivery, purpose):
+            return None
+        if purpose == ACK:
+            incident = await self.store.get_incident(delivery.incident_id)
+            if self.service.tokens.expired(incident, self.service.clock.now()):
+                return None
+        return delivery
+
     async def by_token(self, token: str, by: str) -> Delivery:
-        """Acknowledge the delivery behind an opaque token; pressing twice changes nothing."""
-        delivery = await self.store.find_by_ack_token(token)
+        """Acknowledge the delivery behind an acknowledgement token; pressing twice changes
+        nothing."""
+        delivery = await self.find(token)
         if delivery is None:
             raise NotFound("unknown or expired acknowledgement link")
         await self.store.acknowledge(delivery.id, by, self.service.clock.now())
@@ -36,12 +54,25 @@ class Acknowledgements:
         assert refreshed is not None
         return refreshed
 
-    async def by_reply(self, channel: ChannelName, address: str, by: str) -> Delivery | None:
+    async def by_reply(
+        self, channel: ChannelName, address: str, by: str, written_at: datetime | None = None
+    ) -> Delivery | None:
         """An "OK" reply from a known address acknowledges that person's latest pending
-        delivery on that channel; None when there is nothing to acknowledge."""
+        delivery on that channel; None when there is nothing to acknowledge. A reply written
+        (``written_at``, when the provider says) before that delivery was sent answers an
+        earlier message, not this one: it acknowledges nothing."""
         delivery = await self.store.latest_ack_pending(channel.value, address)
         if delivery is None:
             return None
+        if written_at is not None:
+            sent = [
+                a.at
+                for a in (await self.store.attempts([delivery.id]))[delivery.id]
+                if a.outcome in ("sent", "delivered")
+            ]
+            # Provider clocks are coarse (whole seconds) and may drift: a minute's grace.
+            if sent and min(sent) > written_at + REPLY_CLOCK_SLACK:
+                return None
         await self.store.acknowledge(delivery.id, by, self.service.clock.now())
         return await self.store.get_delivery(delivery.id)
 
@@ -54,8 +85,9 @@ class Acknowledgements:
         code: str | None = None,
         error: str | None = None,
     ) -> Delivery | None:
-        """A provider's delivery report (SMS DLR, status callback)."""
-        delivery = await self.store.find_by_ack_token(token)
+        """A provider's delivery report (SMS DLR, status callback), carrying the delivery's
+        callback credential (never its acknowledgement token)."""
+        delivery = await self.find(token, CALLBACK)
         if delivery is None:
             return None
         now = self.service.clock.now()

@@ -26,6 +26,11 @@ DECLARE_FIELDS = frozenset(
 )
 
 
+# Bounds on a declaration's lists: each item is rendered into every message.
+MAX_ITEMS = 50
+MAX_ITEM_LENGTH = 500
+
+
 @dataclass(frozen=True)
 class IncidentDraft:
     """A validated declaration, before it becomes an incident."""
@@ -65,6 +70,9 @@ class IncidentDraft:
             ):
                 problems[key] = "a list of non-empty strings"
                 continue
+            if len(value) > MAX_ITEMS or any(len(v) > MAX_ITEM_LENGTH for v in value):
+                problems[key] = f"at most {MAX_ITEMS} items of {MAX_ITEM_LENGTH} characters"
+                continue
             lists[key] = tuple(v.strip() for v in value)
         if "systems" not in problems and not lists.get("systems"):
             problems["systems"] = "required, at least one affected system"
@@ -82,6 +90,7 @@ class IncidentDraft:
             not isinstance(audiences, Sequence)
             or isinstance(audiences, str)
             or not all(isinstance(a, str) for a in audiences)
+            or len(audiences) > MAX_ITEMS
         ):
             problems["audiences"] = "a list of audience names"
         if problems:

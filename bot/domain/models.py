@@ -95,9 +95,20 @@ class Role(StrEnum):
     RESPONDER = "responder"
     ADMIN = "admin"
     PRESS = "press"
+    # Machine credentials, each good for one route only: Alertmanager's (draft incidents
+    # through the alert webhook) and Prometheus's (``/metrics``).
+    ALERTS = "alerts"
+    METRICS = "metrics"
 
 
-ROLE_RANK: Mapping[Role, int] = {Role.VIEWER: 0, Role.PRESS: 1, Role.RESPONDER: 1, Role.ADMIN: 2}
+ROLE_RANK: Mapping[Role, int] = {
+    Role.VIEWER: 0,
+    Role.PRESS: 1,
+    Role.RESPONDER: 1,
+    Role.ADMIN: 2,
+    Role.ALERTS: -1,
+    Role.METRICS: -1,
+}
 
 
 @dataclass(frozen=True)
@@ -106,16 +117,30 @@ class Actor:
 
     name: str
     role: Role
+    # A person with several credentials (a press token, a responder Slack account) acting
+    # from the CLI holds each of their roles, and no other.
+    also: tuple[Role, ...] = ()
 
     def can(self, needed: Role) -> bool:
         """True when this actor holds ``needed`` (admin holds every role)."""
-        if self.role == Role.ADMIN or self.role == needed:
-            return True
-        if needed == Role.PRESS:
-            return False
-        if self.role == Role.PRESS:
-            return needed == Role.VIEWER
-        return ROLE_RANK[self.role] >= ROLE_RANK[needed]
+        return any(_holds(role, needed) for role in (self.role, *self.also))
+
+
+def _holds(role: Role, needed: Role) -> bool:
+    """True when one role holds ``needed`` (admin holds every role)."""
+    if role == Role.ADMIN or role == needed:
+        return True
+    if role in (Role.ALERTS, Role.METRICS):
+        return False  # a machine credential does its one thing only
+    if needed == Role.ALERTS:
+        return role == Role.RESPONDER
+    if needed == Role.METRICS:
+        return True  # whoever may read the dashboard may read the metrics
+    if needed == Role.PRESS:
+        return False
+    if role == Role.PRESS:
+        return needed == Role.VIEWER
+    return ROLE_RANK[role] >= ROLE_RANK[needed]
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,13 @@ statements and every delivery they imply in one transaction: nothing is sent bef
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot.domain.ack_tokens import AckKeys
 from bot.domain.acknowledgements import Acknowledgements
 from bot.domain.audiences import (
     Audience,
@@ -59,8 +60,11 @@ class IncidentService:
         audiences: Mapping[str, Audience],
         default_audiences: Sequence[str],
         usable_channels: frozenset[ChannelName] | None = None,
+        tokens: AckKeys | None = None,
     ) -> None:
         self.store = store
+        self.tokens = tokens or AckKeys(b"")
+        self.published: list[Callable[[], None]] = []  # called after each publication
         self.renderer = renderer
         self.clock = clock
         self.org = org

@@ -145,7 +145,9 @@ class PressDesk:
         """Four-eyes: a press-role person other than the author of this version publishes it.
 
         A press statement's approval also publishes the public statement of the same event and
-        language (the status page), unless that one was edited separately."""
+        language (the status page), unless that one was edited separately or was written by
+        the approver. Authors and approvers are people (see ``auth`` ``person:``), whatever
+        interface each acted through."""
         self.service.require(actor, Role.PRESS)
         current = await self.service.statement(statement_id)
         if current.status != StatementStatus.DRAFT:
@@ -173,6 +175,9 @@ class PressDesk:
                 and s.locale == current.locale
                 and s.status == StatementStatus.DRAFT
                 and s.version == 1
+                # Four-eyes holds for the twin too: a public text its approver wrote (or
+                # declared) waits for someone else's approval.
+                and s.author != actor.name
             ]
         seq = await self.service.next_seq(incident.id)
         changes = Changes(
@@ -212,6 +217,8 @@ class PressDesk:
                 usable=self.service.usable_channels,
             )
         await self.store.commit(changes)
+        for listener in self.service.published:
+            listener()
         return published
 
     def _audiences_for(self, statement: Statement) -> list[str]:

@@ -257,7 +257,7 @@ INGEST = web.AppKey("alert_ingest", AlertIngest)
 
 async def receive(request: web.Request) -> web.Response:
     """``POST /api/v1/alerts/alertmanager``: a responder token, a version-4 body."""
-    http_api.authorise(request, Role.RESPONDER)
+    http_api.authorise(request, Role.ALERTS)  # an ``alerts`` token, or a responder's
     message = parse_message(await http_api.json_body(request))
     action, incident_id = await request.app[INGEST].handle(request.app[RUNTIME], message)
     status = 201 if action == "drafted" else 200

@@ -177,7 +177,7 @@ def declare(
         from bot.interfaces.progress import follow_fan_out
 
         async with open_runtime(settings, with_channels=False) as rt:
-            incident = await rt.service.declare(actor(as_), draft)
+            incident = await rt.service.declare(actor(as_, rt.settings), draft)
             console.print(f"Declared [bold]{incident.id}[/]: {incident.title}")
             if wait:
                 await follow_fan_out(rt.store, incident.id, console)
@@ -200,7 +200,9 @@ def update(
         from bot.app import open_runtime
 
         async with open_runtime(settings, with_channels=False) as rt:
-            incident = await rt.service.update(actor(as_), incident_id, status, message)
+            incident = await rt.service.update(
+                actor(as_, rt.settings), incident_id, status, message
+            )
             console.print(f"{incident.id} is now [bold]{incident.status.value}[/]")
 
     run(go())
@@ -220,7 +222,7 @@ def resolve(
         from bot.app import open_runtime
 
         async with open_runtime(settings, with_channels=False) as rt:
-            incident = await rt.service.resolve(actor(as_), incident_id, message)
+            incident = await rt.service.resolve(actor(as_, rt.settings), incident_id, message)
             console.print(f"{incident.id} resolved")
 
     run(go())
@@ -258,7 +260,7 @@ def statement(
                 raise NotFound(f"no {kind} statement for {incident_id}")
             latest = max(chosen, key=lambda s: (s.seq, s.version))
             if approve:
-                latest = await rt.service.approve_statement(actor(as_), latest.id)
+                latest = await rt.service.approve_statement(actor(as_, rt.settings), latest.id)
             console.print(
                 f"[bold]{latest.id}[/] {latest.kind.value} {latest.locale} "
                 f"v{latest.version} [{latest.status.value}] by {latest.author}"

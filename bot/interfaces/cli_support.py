@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from bot.config import Settings, load_settings
-from bot.domain.models import Actor, Role
+from bot.domain.models import ROLE_RANK, Actor
 
 T = TypeVar("T")
 
@@ -55,7 +55,13 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-def actor(name: str | None) -> Actor:
-    """Who acts from this terminal (``--as``, ``TOCSIN_USER`` or the login name)."""
-    # The CLI runs on a machine with the database: it holds every role.
-    return Actor(name or os.environ.get("TOCSIN_USER") or getpass.getuser(), Role.ADMIN)
+def actor(name: str | None, settings: Settings) -> Actor:
+    """Who acts from this terminal: ``--as``, ``TOCSIN_USER`` or the login name, which must
+    be a person named in ``auth`` (a ``person:`` key), with that person's roles and no more.
+    Four-eyes compares people: the CLI cannot stand in for another token or chat user."""
+    who = name or os.environ.get("TOCSIN_USER") or getpass.getuser()
+    roles = settings.auth.persons().get(who)
+    if not roles:
+        raise BadInput(f"--as must name a person configured in auth (person: ...), not {who!r}")
+    ordered = sorted(roles, key=lambda r: (-ROLE_RANK[r], r.value))
+    return Actor(who, ordered[0], tuple(ordered[1:]))

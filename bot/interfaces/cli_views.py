@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from bot.domain.masking import scrub_provider_error
 from bot.interfaces.cli_support import (
     DEFAULT_CONFIG,
     AsOpt,
@@ -163,7 +164,7 @@ def deliveries(
                     shown["recipient"],
                     d.state.value,
                     str(len(attempts[d.id])),
-                    d.last_error or "",
+                    scrub_provider_error(d.last_error or ""),
                 )
             console.print(table)
 
@@ -207,7 +208,9 @@ def claim_retract(
         from bot.app import open_runtime
 
         async with open_runtime(settings, with_channels=False) as rt:
-            drafts = await rt.service.retract_claim(actor(as_), incident_id, claim, reason)
+            drafts = await rt.service.retract_claim(
+                actor(as_, rt.settings), incident_id, claim, reason
+            )
             for draft in drafts:
                 console.print(
                     f"[bold]{draft.id}[/] correction ({draft.locale}) for "

@@ -6,6 +6,7 @@ their payload.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -14,14 +15,15 @@ from typing import Any
 from aiohttp import web
 
 from bot.app import RUNTIME, Runtime
+from bot.domain.acknowledgements import Acknowledgements
 from bot.domain.declarations import IncidentDraft
 from bot.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, TocsinError
-from bot.domain.models import Actor, Role
+from bot.domain.models import Actor, ChannelName, Delivery, DeliveryState, Role
 from bot.domain.quorum import site_views
 from bot.domain.rendering import TemplateError
 from bot.domain.report import build_report
 from bot.domain.statements import PressDesk
-from bot.interfaces import openapi, report_format, serialize
+from bot.interfaces import openapi, report_format, serialize, throttle
 from bot.interfaces.idempotency import idempotent
 from bot.ports import IdempotencyKey, Page
 
@@ -49,6 +51,9 @@ def middlewares() -> list[Any]:
             return await handler(request)
         except Unauthenticated as exc:
             return _rejected(request, 401, str(exc))
+        except throttle.TooManyAttempts as exc:
+            log.info("rejected %s %s: 429", request.method, request.path)
+            return throttle.too_many(exc)
         except MalformedRequest as exc:
             return _rejected(request, 400, str(exc))
         except InvalidInput as exc:
@@ -83,9 +88,17 @@ def runtime(request: web.Request) -> Runtime:
 
 
 def authorise(request: web.Request, role: Role) -> Actor:
-    """The caller's actor, or 401 (no/unknown token) / 403 (missing role)."""
-    actor = runtime(request).auth.from_bearer(request.headers.get("Authorization"))
+    """The caller's actor, or 401 (no/unknown token) / 403 (missing role); a client whose
+    unknown tokens keep coming gets 429 for a while (see :mod:`throttle`)."""
+    header = request.headers.get("Authorization")
+    limiter = request.app.get(throttle.THROTTLE)
+    client = throttle.client_of(request)
+    if header and limiter is not None:
+        limiter.check(client)
+    actor = runtime(request).auth.from_bearer(header)
     if actor is None:
+        if header and limiter is not None:
+            limiter.fail(client)
         raise Unauthenticated("missing or unknown token")
     if not actor.can(role):
         raise Forbidden(f"the {role.value} role is required")
@@ -275,23 +288,81 @@ async def list_deliveries(request: web.Request) -> web.Response:
 
 
 ACK_PAGE = {
-    "fr": ("Lecture confirmée", "Merci, votre lecture du message est enregistrée."),
-    "en": ("Read receipt recorded", "Thank you, your acknowledgement has been recorded."),
+    "fr": {
+        "ask": "Confirmer la lecture",
+        "intro": "Confirmez que vous avez lu le message « {title} ».",
+        "button": "Je confirme avoir lu ce message",
+        "done": "Lecture confirmée",
+        "thanks": "Merci, votre lecture du message est enregistrée.",
+        "already": "Votre lecture était déjà enregistrée : rien n'a changé.",
+    },
+    "en": {
+        "ask": "Confirm you have read it",
+        "intro": "Please confirm that you have read the message “{title}”.",
+        "button": "I confirm I have read this message",
+        "done": "Read receipt recorded",
+        "thanks": "Thank you, your acknowledgement has been recorded.",
+        "already": "Your acknowledgement was already recorded: nothing changed.",
+    },
 }
+# Link channels: a button (Slack, Telegram) is acknowledged where it was pressed.
+_LINK_CHANNELS = frozenset({ChannelName.EMAIL, ChannelName.SMS, ChannelName.WEBHOOK})
+_UNKNOWN_LINK = "Lien inconnu ou expiré / Unknown or expired link"
+
+
+def _ack_html(locale: str, title: str, body: str) -> web.Response:
+    response = web.Response(
+        text=(
+            f"<!doctype html><html lang='{html.escape(locale)}'><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width'>"
+            "<meta name='referrer' content='no-referrer'>"
+            f"<title>{html.escape(title)}</title><h1>{html.escape(title)}</h1>{body}</html>"
+        ),
+        content_type="text/html",
+    )
+    # The URL is a credential: no caching, no referrer, no framing.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    return response
+
+
+async def _link_delivery(request: web.Request) -> Delivery | None:
+    delivery = await Acknowledgements(runtime(request).service).find(request.match_info["token"])
+    if delivery is None or delivery.channel not in _LINK_CHANNELS:
+        return None
+    return delivery
+
+
+async def acknowledgement_page(request: web.Request) -> web.Response:
+    """``GET /ack/{token}``: a page with one button. Mail scanners and link previews fetch
+    every link they see, so fetching the link (or ``HEAD``) changes nothing."""
+    delivery = await _link_delivery(request)
+    if delivery is None:
+        return web.Response(status=404, text=_UNKNOWN_LINK)
+    texts = ACK_PAGE.get(delivery.locale, ACK_PAGE["en"])
+    if delivery.state == DeliveryState.ACKNOWLEDGED:
+        return _ack_html(delivery.locale, texts["done"], f"<p>{html.escape(texts['already'])}</p>")
+    incident = await runtime(request).store.get_incident(delivery.incident_id)
+    intro = texts["intro"].format(title=incident.title if incident else delivery.incident_id)
+    body = (
+        f"<p>{html.escape(intro)}</p><form method='post'>"
+        f"<button type='submit'>{html.escape(texts['button'])}</button></form>"
+    )
+    return _ack_html(delivery.locale, texts["ask"], body)
 
 
 async def acknowledge_link(request: web.Request) -> web.Response:
-    rt = runtime(request)
-    try:
-        delivery = await rt.service.acknowledge(request.match_info["token"], by="e-mail link")
-    except NotFound:
-        return web.Response(status=404, text="Lien inconnu ou expiré / Unknown or expired link")
-    title, text = ACK_PAGE.get(delivery.locale, ACK_PAGE["en"])
-    html = (
-        f"<!doctype html><html lang='{delivery.locale}'><meta charset='utf-8'>"
-        f"<title>{title}</title><h1>{title}</h1><p>{text}</p></html>"
-    )
-    return web.Response(text=html, content_type="text/html")
+    """``POST /ack/{token}``: acknowledge once. The token is the capability (no cookie, so no
+    CSRF to forge); a second POST answers that it was already done and changes nothing."""
+    delivery = await _link_delivery(request)
+    if delivery is None:
+        return web.Response(status=404, text=_UNKNOWN_LINK)
+    texts = ACK_PAGE.get(delivery.locale, ACK_PAGE["en"])
+    if delivery.state == DeliveryState.ACKNOWLEDGED:
+        return _ack_html(delivery.locale, texts["done"], f"<p>{html.escape(texts['already'])}</p>")
+    await runtime(request).service.acknowledge(request.match_info["token"], by="e-mail link")
+    return _ack_html(delivery.locale, texts["done"], f"<p>{html.escape(texts['thanks'])}</p>")
 
 
 # --- continuity -------------------------------------------------------------------------
@@ -368,6 +439,7 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    throttle.install(app)
     app.router.add_post("/api/v1/incidents", declare)
     app.router.add_get("/api/v1/incidents", list_incidents)
     app.router.add_get("/api/v1/incidents/{id}", get_incident)
@@ -384,7 +456,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/incidents/{id}/sites", list_sites)
     app.router.add_get("/api/v1/incidents/{id}/report", report)
     app.router.add_get("/api/v1/channels", list_channels)
-    app.router.add_get("/ack/{token}", acknowledge_link)
+    app.router.add_get("/ack/{token}", acknowledgement_page)
+    app.router.add_post("/ack/{token}", acknowledge_link)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/openapi.json", openapi_document)

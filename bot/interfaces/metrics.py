@@ -7,6 +7,7 @@ store at scrape time, so they are right whichever process did the work.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -18,7 +19,8 @@ from prometheus_client.registry import Collector
 
 from bot.app import RUNTIME, Runtime
 from bot.delivery.worker import Dispatcher
-from bot.domain.models import Delivery, DeliveryState, IncidentStatus, Outcome
+from bot.domain.models import Delivery, DeliveryState, IncidentStatus, Outcome, Role
+from bot.interfaces import http_api
 from bot.ports import Page
 
 # Incidents scanned at scrape time for the per-state gauge: the open ones among the latest.
@@ -91,7 +93,11 @@ class _LiveCollector(Collector):
 class Metrics:
     """The metrics of one application (its own registry, so that tests can build several)."""
 
+    # A scrape reads the store (one query per open incident) at most this often.
+    cache_seconds = 5.0
+
     def __init__(self) -> None:
+        self.refreshed_at = -float("inf")
         self.registry = CollectorRegistry(auto_describe=True)
         self.outcomes = Counter(
             "tocsin_delivery_outcomes",
@@ -156,7 +162,13 @@ class Metrics:
             for _, channel, state, count in await runtime.store.delivery_matrix(incident.id):
                 deliveries[(channel, state)] = deliveries.get((channel, state), 0) + count
         depth = await runtime.store.pending_count()
-        providers = {name: state for name, state, _, _ in await runtime.store.channel_health()}
+        providers: dict[str, str] = {}
+        for name, state, _, _ in await runtime.store.channel_health():
+            # "smtp:host:port" → "smtp": internal hosts stay out of the exposition; a
+            # provider is up only while all of its endpoints are.
+            provider = name.partition(":")[0]
+            if providers.get(provider, "up") == "up":
+                providers[provider] = state
         self.live.snapshot = StoreSnapshot(deliveries, incidents, depth, providers)
 
 
@@ -164,9 +176,15 @@ METRICS = web.AppKey("metrics", Metrics)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    """Prometheus text exposition; no token (operations network)."""
+    """Prometheus text exposition: a ``metrics`` (or viewer) token, unless
+    ``server.metrics_public``; the store is read at most every ``cache_seconds``."""
+    runtime = request.app[RUNTIME]
+    if not runtime.settings.server.metrics_public:
+        http_api.authorise(request, Role.METRICS)  # 401/403/429 from the error middleware
     metrics = request.app[METRICS]
-    await metrics.refresh(request.app[RUNTIME])
+    if time.monotonic() - metrics.refreshed_at >= metrics.cache_seconds:
+        await metrics.refresh(runtime)
+        metrics.refreshed_at = time.monotonic()
     return web.Response(
         body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )

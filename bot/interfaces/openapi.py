@@ -21,6 +21,12 @@ _IDEMPOTENCY_KEY = {
     ),
     "schema": {"type": "string", "maxLength": 255},
 }
+# A declaration's lists: each item goes into every message.
+_BOUNDED_LIST = {
+    "type": "array",
+    "maxItems": 50,
+    "items": {"type": "string", "minLength": 1, "maxLength": 500},
+}
 
 # (method, path, role or None, summary, request schema or None, success status, response schema)
 ROUTES: list[tuple[str, str, str | None, str, dict[str, Any] | None, int, dict[str, Any]]] = [
@@ -152,15 +158,15 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {
             "title": {"type": "string", "maxLength": 200},
-            "systems": _STR_LIST,
-            "unaffected": _STR_LIST,
-            "impact": _STR_LIST,
-            "sites": _STR_LIST,
+            "systems": {**_BOUNDED_LIST, "minItems": 1},
+            "unaffected": _BOUNDED_LIST,
+            "impact": _BOUNDED_LIST,
+            "sites": _BOUNDED_LIST,
             "severity": {"type": "string", "enum": ["minor", "major", "critical"]},
             "cause": {"type": "string"},
             "locale": {"type": "string"},
-            "audiences": _STR_LIST,
-            "claims": _STR_LIST,
+            "audiences": {"type": "array", "maxItems": 50, "items": {"type": "string"}},
+            "claims": _BOUNDED_LIST,
         },
     },
     "Incident": {
@@ -224,8 +230,18 @@ def document() -> dict[str, Any]:
         if role is not None:
             op["security"] = [{"bearer": []}]
             op["description"] = f"Requires the `{role}` role."
-            op["responses"]["401"] = {"description": "No or unknown token"}
-            op["responses"]["403"] = {"description": "Token without the role"}
+            op["responses"]["401"] = {
+                "description": "No or unknown token",
+                "content": {"application/json": {"schema": _ERROR}},
+            }
+            op["responses"]["403"] = {
+                "description": "Token without the role",
+                "content": {"application/json": {"schema": _ERROR}},
+            }
+            op["responses"]["429"] = {
+                "description": "Too many failed tokens from this client (see Retry-After)",
+                "content": {"application/json": {"schema": _ERROR}},
+            }
         if "{id}" in path:
             op["parameters"] = [
                 {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from bot.domain.masking import mask_address
+from bot.domain.masking import mask_address, scrub_provider_error
 from bot.domain.models import Attempt, Delivery, DeliveryState, Incident, Statement, TimelineEntry
 
 
@@ -75,7 +75,7 @@ def attempt_json(attempt: Attempt) -> dict[str, Any]:
         "at": iso(attempt.at),
         "outcome": attempt.outcome,
         "provider_id": attempt.provider_id,
-        "error": attempt.error,
+        "error": scrub_provider_error(attempt.error) if attempt.error else None,
         "code": attempt.code,
     }
 

@@ -20,9 +20,10 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.errors import SlackApiError
 
 from bot.channels import slack_blocks as kit
+from bot.domain.acknowledgements import Acknowledgements
 from bot.domain.declarations import IncidentDraft
 from bot.domain.errors import InvalidInput, NotFound, TocsinError
-from bot.domain.models import Actor, Delivery, Role
+from bot.domain.models import Actor, ChannelName, Delivery, Role
 from bot.domain.rendering import BUILTIN_CLAIMS
 from bot.interfaces.commands import USAGE, Command, execute, parse_command
 from bot.interfaces.slack_payloads import (
@@ -258,17 +259,29 @@ class SlackListeners:
 
     # --- acknowledgements -------------------------------------------------------------
     async def acknowledge(self, ack: AsyncAck, body: dict[str, Any]) -> None:
-        """The delivery's button: whoever holds the message may acknowledge it (the token is
-        the capability, as with an e-mail link)."""
+        """The delivery's button: only the Slack user the message was sent to may acknowledge
+        it (a message can be forwarded or shown in a shared channel); anyone else gets an
+        ephemeral "this button is for …" and nothing changes."""
         await ack()
         self.inbound.spawn(self._acknowledge(body))
 
     async def _acknowledge(self, body: Mapping[str, Any]) -> None:
         user_id = str(body.get("user", {}).get("id", ""))
-        try:
-            delivery = await self.runtime.service.acknowledge(
-                action_value(body), by=f"slack:{user_id}"
+        token = action_value(body)
+        found = await Acknowledgements(self.runtime.service).find(token)
+        if found is None or found.channel != ChannelName.SLACK:
+            await self.inbound.reply(
+                body.get("response_url"), "unknown or expired acknowledgement link"
             )
+            return
+        if found.address != user_id:
+            log.info("slack acknowledgement refused: pressed by someone else")
+            await self.inbound.reply(
+                body.get("response_url"), f"This button is for {found.recipient}."
+            )
+            return
+        try:
+            delivery = await self.runtime.service.acknowledge(token, by=f"slack:{user_id}")
         except NotFound as exc:
             await self.inbound.reply(body.get("response_url"), str(exc))
             return

@@ -3,13 +3,13 @@
 Routes (each answers 403, logged without its payload, when its check fails):
 
 - ``GET|POST /sms/kannel/status``: Kannel's ``dlr-url``. Kannel does not authenticate it, so
-  the ``t`` parameter must be the acknowledgement token of an SMS delivery (unguessable, and
-  only ever given to the gateway in that delivery's ``dlr-url``).
+  the ``t`` parameter must be the *callback credential* of an SMS delivery (an HMAC of the
+  delivery under the deployment key, only ever given to the gateway in that delivery's
+  ``dlr-url``; it cannot acknowledge anything).
 - ``GET|POST /sms/kannel/inbound``: an ``sms-service`` ``get-url``/``post-url`` with ``from``
-  and ``text``. If the environment variable ``TOCSIN_SMS_INBOUND_SECRET`` is set, the request
-  must carry ``secret=<that value>``; if it is not set, only direct connections from this
-  machine (loopback, with no ``Forwarded``/``X-Forwarded-For`` header, which a reverse proxy
-  would add) are accepted.
+  and ``text``; the request must carry ``secret=<the value of channels.sms.inbound_secret_env>``.
+  Without that key every inbound SMS is refused (fail closed). A reply is taken once: its
+  ``id`` (Kannel's ``%I``), or else its ``ts`` + sender + text, is remembered.
 - ``POST /sms/twilio/status`` and ``POST /sms/twilio/inbound``: a valid ``X-Twilio-Signature``
   over ``server.public_url`` + the request's path and query, keyed with the auth token.
 
@@ -18,27 +18,30 @@ A provider's routes answer 404 when the other provider is configured.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-import ipaddress
 import logging
 import unicodedata
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
 from bot.app import RUNTIME, Runtime
 from bot.channels.http_errors import excerpt
+from bot.channels.sms import inbound_secret
 from bot.channels.sms.signature import valid_twilio_signature
 from bot.channels.sms.twilio import TWILIO_STATES
 from bot.config import ConfigError, SmsChannelSettings
+from bot.domain.ack_tokens import CALLBACK
+from bot.domain.acknowledgements import Acknowledgements
 from bot.domain.masking import mask_phone, scrub
 from bot.domain.models import ChannelName, DeliveryState
 from bot.domain.phone import normalise_phone
 
 log = logging.getLogger("tocsin.sms")
 
-INBOUND_SECRET_ENV = "TOCSIN_SMS_INBOUND_SECRET"  # noqa: S105 (a variable name, not a secret)
 REPLY_BY = "SMS reply"
 # Kannel's delivery-report types (``%d``) → (delivery state, attempt outcome).
 KANNEL_DLR: Mapping[int, tuple[DeliveryState, str]] = {
@@ -98,7 +101,7 @@ async def _report(
 ) -> web.Response | None:
     """Hand a delivery report to the service; a 403 answer if the token is not an SMS one."""
     runtime = request.app[RUNTIME]
-    delivery = await runtime.store.find_by_ack_token(token) if token else None
+    delivery = await Acknowledgements(runtime.service).find(token, CALLBACK) if token else None
     if delivery is None or delivery.channel != ChannelName.SMS:
         return _reject(request, 403, "unknown delivery token")
     await runtime.service.delivery_report(token, state, outcome=outcome, code=code, error=error)
@@ -124,33 +127,45 @@ async def kannel_status(request: web.Request) -> web.Response:
     return rejected or web.Response(text="OK")
 
 
-def _direct_from_this_machine(request: web.Request) -> bool:
-    if "Forwarded" in request.headers or "X-Forwarded-For" in request.headers:
-        return False
-    try:
-        return ipaddress.ip_address(request.remote or "").is_loopback
-    except ValueError:
-        return False
-
-
 async def _acknowledge_reply(
-    request: web.Request, runtime: Runtime, sender: str, text: str
+    request: web.Request,
+    runtime: Runtime,
+    sender: str,
+    text: str,
+    message_key: str,
+    written_at: datetime | None = None,
 ) -> web.Response | None:
-    """Acknowledge on an "OK" from ``sender``; a 400 answer if the sender is not a number."""
+    """Acknowledge on an "OK" from ``sender``; a 400 answer if the sender is not a number.
+    A reply whose ``message_key`` (the provider's message id) was already seen changes
+    nothing: a replayed "OK" must not acknowledge the number's next delivery."""
     try:
         number = normalise_phone(sender, runtime.settings.organisation.phone_region)
     except ValueError:
         return _reject(request, 400, "the sender is not a valid phone number")
+    now = runtime.clock.now()
+    if not await runtime.store.remember_inbound(message_key, now):
+        log.info("SMS reply from %s already received: ignored", mask_phone(number))
+        return None
     if not is_ok_reply(text):
         log.info("SMS reply from %s is not an acknowledgement", mask_phone(number))
         return None
-    delivery = await runtime.service.acknowledge_by_reply(ChannelName.SMS, number, by=REPLY_BY)
+    delivery = await Acknowledgements(runtime.service).by_reply(
+        ChannelName.SMS, number, REPLY_BY, written_at
+    )
     log.info(
         "SMS reply OK from %s: %s",
         mask_phone(number),
         f"delivery {delivery.id} acknowledged" if delivery else "nothing pending",
     )
     return None
+
+
+def _unix_time(value: str) -> datetime | None:
+    """Kannel's ``%T`` (when the SMSC says the reply was sent), or None."""
+    try:
+        return datetime.fromtimestamp(int(value), UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 async def kannel_inbound(request: web.Request) -> web.Response:
@@ -160,16 +175,26 @@ async def kannel_inbound(request: web.Request) -> web.Response:
     if _sms_settings(runtime, "kannel") is None:
         return _reject(request, 404, "Kannel is not the configured SMS gateway")
     params = await _params(request)
-    secret = runtime.settings.secret(INBOUND_SECRET_ENV, required=False)
-    if secret is not None:
-        given = params.get("secret", "").encode()
-        if not hmac.compare_digest(given, secret.get_secret_value().encode()):
-            return _reject(request, 403, "missing or wrong secret")
-    elif not _direct_from_this_machine(request):
-        return _reject(request, 403, f"set {INBOUND_SECRET_ENV} to accept replies from afar")
+    try:
+        secret = inbound_secret(runtime.settings)
+    except ConfigError:
+        secret = None
+    if secret is None:
+        return _reject(request, 403, "set channels.sms.inbound_secret_env to accept replies")
+    if not hmac.compare_digest(params.get("secret", "").encode(), secret):
+        return _reject(request, 403, "missing or wrong secret")
     if not params.get("from"):
         return _reject(request, 400, "from is required")
-    rejected = await _acknowledge_reply(request, runtime, params["from"], params.get("text", ""))
+    text = params.get("text", "")
+    key = params.get("id") or "\x1f".join((params.get("ts", ""), params["from"], text))
+    rejected = await _acknowledge_reply(
+        request,
+        runtime,
+        params["from"],
+        text,
+        "kannel:" + hashlib.sha256(key.encode()).hexdigest(),
+        _unix_time(params.get("ts", "")),
+    )
     return rejected or web.Response(text="")
 
 
@@ -222,7 +247,12 @@ async def twilio_inbound(request: web.Request) -> web.Response:
     if not form.get("From"):
         return _reject(request, 400, "From is required")
     runtime = request.app[RUNTIME]
-    rejected = await _acknowledge_reply(request, runtime, form["From"], form.get("Body", ""))
+    sid = form.get("MessageSid") or form.get("SmsSid") or ""
+    if not sid:
+        return _reject(request, 400, "MessageSid is required")
+    rejected = await _acknowledge_reply(
+        request, runtime, form["From"], form.get("Body", ""), "twilio:" + sid
+    )
     return rejected or web.Response(text=_EMPTY_TWIML, content_type="text/xml")
 
 

@@ -6,6 +6,7 @@ same as static files, to host outside the organisation's own network during an o
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -163,22 +164,61 @@ def _text(parent: ET.Element, tag: str, text: str) -> ET.Element:
     return element
 
 
+class PublicCache:
+    """The rendered page and feed, by locale: a public page is read far more often than it
+    changes. Emptied when this process publishes a statement; ``ttl`` bounds how long a
+    publication made by another process (the CLI, another server) takes to show."""
+
+    ttl = 10.0
+
+    def __init__(self) -> None:
+        self.page: StatusPage | None = None
+        self._entries: dict[tuple[str, str], tuple[float, bytes]] = {}
+
+    def invalidate(self) -> None:
+        self._entries.clear()
+
+    def _page(self, rt: Runtime) -> StatusPage:
+        if self.page is None:
+            self.page = StatusPage(rt)
+            rt.service.published.append(self.invalidate)
+        return self.page
+
+    async def get(self, rt: Runtime, kind: str, wanted: str | None) -> bytes:
+        page = self._page(rt)
+        key = (kind, page.locale(wanted))
+        found = self._entries.get(key)
+        now = time.monotonic()
+        if found is not None and now - found[0] < self.ttl:
+            return found[1]
+        body = (await page.html(wanted)).encode() if kind == "html" else await page.atom(wanted)
+        self._entries[key] = (now, body)
+        return body
+
+
+PUBLIC_CACHE = web.AppKey("public_cache", PublicCache)
+
+
 async def status(request: web.Request) -> web.Response:
-    page = StatusPage(request.app[RUNTIME])
+    body = await request.app[PUBLIC_CACHE].get(
+        request.app[RUNTIME], "html", request.query.get("lang")
+    )
     return web.Response(
-        text=await page.html(request.query.get("lang")),
+        body=body,
         content_type="text/html",
+        charset="utf-8",
         headers={"Cache-Control": "max-age=30"},
     )
 
 
 async def feed(request: web.Request) -> web.Response:
-    page = StatusPage(request.app[RUNTIME])
-    return web.Response(
-        body=await page.atom(request.query.get("lang")), content_type="application/atom+xml"
+    body = await request.app[PUBLIC_CACHE].get(
+        request.app[RUNTIME], "atom", request.query.get("lang")
     )
+    return web.Response(body=body, content_type="application/atom+xml")
 
 
 def add_routes(app: web.Application) -> None:
+    app[PUBLIC_CACHE] = PublicCache()
     app.router.add_get("/status", status)
     app.router.add_get("/status/feed.atom", feed)

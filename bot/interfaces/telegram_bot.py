@@ -37,6 +37,7 @@ from bot.app import Runtime
 from bot.channels.telegram import ACK_PREFIX, MAX_LENGTH, NO_PREVIEW, split_html, utf16_len
 from bot.channels.telegram_request import AiohttpRequest, bot_urls
 from bot.config import ConfigError
+from bot.domain.acknowledgements import Acknowledgements
 from bot.domain.errors import InvalidInput, TocsinError
 from bot.domain.models import Actor, ChannelName, Delivery, DeliveryState
 from bot.interfaces.commands import execute, parse_command
@@ -232,7 +233,7 @@ class TelegramInbound:
         if query is None or query.data is None:
             return
         token = query.data.removeprefix(ACK_PREFIX)
-        delivery = await self.runtime.store.find_by_ack_token(token)
+        delivery = await Acknowledgements(self.runtime.service).find(token)
         chat = query.message.chat.id if query.message is not None else None
         if (
             delivery is None
@@ -273,7 +274,8 @@ class TelegramInbound:
                 )
             else:  # no room for the line: the button itself says who and when
                 done = InlineKeyboardButton(
-                    texts["already"].format(**fields), callback_data=ACK_PREFIX + delivery.ack_token
+                    texts["already"].format(**fields),
+                    callback_data=ACK_PREFIX + self.runtime.service.tokens.token(delivery),
                 )
                 await message.edit_reply_markup(InlineKeyboardMarkup([[done]]))
         except BadRequest as exc:  # e.g. "message is not modified" after a simultaneous press

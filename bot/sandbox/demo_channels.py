@@ -37,7 +37,11 @@ def configure(config: dict[str, Any], boxes: Sandboxes) -> None:
     channels["slack"]["api_url"] = boxes.extra["slack"].api_url
     channels["telegram"]["api_url"] = boxes.extra["telegram"].url
     channels["sms"]["url"] = boxes.extra["sms"].url
-    boxes.extra["sms"].inbound_url = config["server"]["public_url"] + "/sms/kannel/inbound"
+    boxes.extra["sms"].inbound_url = (
+        config["server"]["public_url"]
+        + "/sms/kannel/inbound?secret="
+        + boxes.secrets["TOCSIN_SMS_INBOUND_SECRET"]
+    )
     for user_id, (first, last) in TELEGRAM_NAMES.items():
         boxes.extra["telegram"].register(user_id, first, last)
 

@@ -22,7 +22,7 @@ from bot.domain.models import (
     Statement,
     TimelineEntry,
 )
-from bot.ports import FIRST_PAGE, Changes, Page
+from bot.ports import FIRST_PAGE, Changes, Page, StoredSession
 from bot.store.memcoordination import MemoryCoordination
 from bot.store.sqlbuckets import grant_size, granted_of, wait_after
 
@@ -376,3 +376,28 @@ class MemoryStore(MemoryCoordination):
     async def pause_bucket(self, key: str, until: float) -> None:
         _, updated, paused = self.buckets.get(key, (0.0, until, until))
         self.buckets[key] = (0.0, max(updated, until), max(paused, until))
+
+    # --- inbound replies and dashboard sessions ------------------------------------------
+    def _trust_tables(self) -> tuple[dict[str, datetime], dict[str, StoredSession]]:
+        tables: tuple[dict[str, datetime], dict[str, StoredSession]]
+        tables = self.__dict__.setdefault("_trust", ({}, {}))
+        return tables
+
+    async def remember_inbound(self, message_key: str, at: datetime) -> bool:
+        replies, _ = self._trust_tables()
+        if message_key in replies:
+            return False
+        replies[message_key] = at
+        return True
+
+    async def open_session(self, session: StoredSession) -> None:
+        self._trust_tables()[1][session.digest] = session
+
+    async def find_session(self, digest: str) -> StoredSession | None:
+        return self._trust_tables()[1].get(digest)
+
+    async def revoke_session(self, digest: str, at: datetime) -> None:
+        sessions = self._trust_tables()[1]
+        found = sessions.get(digest)
+        if found is not None and found.revoked_at is None:
+            sessions[digest] = replace(found, revoked_at=at)

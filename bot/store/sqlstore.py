@@ -7,6 +7,7 @@ the atomic commit of a domain change and the reads.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from bot.domain.errors import Conflict
 from bot.domain.models import (
@@ -16,7 +17,7 @@ from bot.domain.models import (
     Statement,
     TimelineEntry,
 )
-from bot.ports import FIRST_PAGE, Changes, Page
+from bot.ports import FIRST_PAGE, Changes, Page, StoredSession
 from bot.store import rows
 from bot.store.sqlbase import (
     _INSERT_INCIDENT,
@@ -166,3 +167,49 @@ class SqlStore(SqlAddressMoves, SqlCoordination, SqlBuckets, SqlQueue):
             provider_id,
         )
         return rows.delivery_from(row) if row else None
+
+    # --- inbound replies and dashboard sessions ------------------------------------------
+    async def remember_inbound(self, message_key: str, at: datetime) -> bool:
+        async with self.transaction() as conn:
+            added = await conn.execute(
+                "INSERT INTO inbound_replies (message_key, received_at) VALUES (?, ?) "
+                "ON CONFLICT (message_key) DO NOTHING",
+                message_key,
+                at.timestamp(),
+            )
+        return added == 1
+
+    async def open_session(self, session: StoredSession) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO dashboard_sessions (digest, token_name, csrf, created_at, "
+                "expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, NULL)",
+                session.digest,
+                session.token_name,
+                session.csrf,
+                session.created_at.timestamp(),
+                session.expires_at.timestamp(),
+            )
+
+    async def find_session(self, digest: str) -> StoredSession | None:
+        row = await self._one("SELECT * FROM dashboard_sessions WHERE digest = ?", digest)
+        if row is None:
+            return None
+        revoked = row["revoked_at"]
+        return StoredSession(
+            row["digest"],
+            row["token_name"],
+            row["csrf"],
+            rows._dt(row["created_at"]),
+            rows._dt(row["expires_at"]),
+            rows._dt(revoked) if revoked is not None else None,
+        )
+
+    async def revoke_session(self, digest: str, at: datetime) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                "UPDATE dashboard_sessions SET revoked_at = ? "
+                "WHERE digest = ? AND revoked_at IS NULL",
+                at.timestamp(),
+                digest,
+            )

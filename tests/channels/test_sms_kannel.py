@@ -269,6 +269,7 @@ def sms_settings(public_url: str, kannel: Kannel, number: str) -> Settings:
                     "username_env": "TEST_KANNEL_USER",
                     "password_env": "TEST_KANNEL_PASSWORD",
                     "sender": "APHP",
+                    "inbound_secret_env": "TEST_SMS_INBOUND_SECRET",
                 }
             },
             "audiences": {
@@ -307,7 +308,7 @@ async def serving(
 def kannel_env(monkeypatch: pytest.MonkeyPatch, kannel: Kannel) -> None:
     monkeypatch.setenv("TEST_KANNEL_USER", kannel.username)
     monkeypatch.setenv("TEST_KANNEL_PASSWORD", kannel.password)
-    monkeypatch.delenv("TOCSIN_SMS_INBOUND_SECRET", raising=False)
+    monkeypatch.setenv("TEST_SMS_INBOUND_SECRET", kannel.inbound_secret)
 
 
 @pytest.mark.kannel
@@ -395,7 +396,11 @@ async def test_the_post_carries_credentials_in_headers_never_in_the_url(
             sender="APHP",
         )
         message = outbound(
-            "+33612345678", "Fenêtre", ack_token="tok-1", status_url="https://tocsin.example.org"
+            "+33612345678",
+            "Fenêtre",
+            ack_token="tok-1",
+            callback_token="cb-1",
+            status_url="https://tocsin.example.org",
         )
         receipt = await channel.send(message)
         [request] = standin.requests
@@ -423,7 +428,7 @@ async def test_the_post_carries_credentials_in_headers_never_in_the_url(
         "X-Kannel-Coding": "2",
         "X-Kannel-DLR-Mask": "31",
         "X-Kannel-DLR-Url": "https://tocsin.example.org/sms/kannel/status"
-        "?t=tok-1&s=%d&a=%A&ts=%T&id=%F",
+        "?t=cb-1&s=%d&a=%A&ts=%T&id=%F",  # the callback credential, not the ack token
     }
 
 
@@ -506,8 +511,10 @@ async def test_throughput_and_time_to_delivery_report(
     try:
 
         async def one(i: int) -> None:
-            message = outbound(number, f"Message {i}", ack_token=f"tok{i}", status_url=status_url)
-            sent_at[message.ack_token] = time.perf_counter()
+            message = outbound(
+                number, f"Message {i}", callback_token=f"cb{i}", status_url=status_url
+            )
+            sent_at[message.callback_token] = time.perf_counter()
             await channel.send(message)
 
         start = time.perf_counter()

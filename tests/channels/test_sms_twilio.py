@@ -39,6 +39,7 @@ def outbound(text: str = TEXT, **changes: Any) -> OutboundMessage:
         "bodies": {"sms": text},
         "require_ack": True,
         "ack_token": "tok-42",
+        "callback_token": "cb-42",
         "status_url": "https://tocsin.example.org",
         "idempotency_key": "tocsin-42-tok42",
     }
@@ -92,7 +93,7 @@ async def test_creates_the_message_with_a_status_callback_and_a_reference(
     assert created.to == NUMBER
     assert created.from_ == "+33700000000"
     assert created.body == f"{TEXT}\nRéf. {reference(message)}"
-    assert created.status_callback == "https://tocsin.example.org/sms/twilio/status?t=tok-42"
+    assert created.status_callback == "https://tocsin.example.org/sms/twilio/status?t=cb-42"
     assert sms_encoding(created.body).encoding == "gsm7"
 
 

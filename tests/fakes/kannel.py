@@ -103,6 +103,9 @@ class InboundRelay:
         self._thread.join(timeout=5)
 
 
+INBOUND_QUERY = "from=%p&to=%P&text=%a&smsc=%i&id=%I&ts=%T"
+
+
 @dataclass
 class Kannel:
     """bearerbox + smsbox with a fake SMSC, all on 127.0.0.1; see the module docstring."""
@@ -113,6 +116,8 @@ class Kannel:
     admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     max_messages: int = 10
     relay: InboundRelay = field(default_factory=InboundRelay)
+    # What the ``get-url`` carries: Tocsin refuses inbound SMS without it.
+    inbound_secret: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     admin_port: int = 0
     smsbox_port: int = 0
     sendsms_port: int = 0
@@ -166,7 +171,7 @@ concatenation = true
 
 group = sms-service
 keyword = default
-get-url = "{self.relay.url}/sms/kannel/inbound?from=%p&to=%P&text=%a&smsc=%i"
+get-url = "{self.relay.url}/sms/kannel/inbound?secret={self.inbound_secret}&{INBOUND_QUERY}"
 max-messages = 0
 """
 

@@ -94,7 +94,7 @@ async def test_tokens_are_checked(api: Api) -> None:
     assert anonymous.status == 401
     status, answer = await post(api, body, who="viewer")
     assert status == 403
-    assert answer["error"] == "the responder role is required"
+    assert answer["error"] == "the alerts role is required"  # an alerts or responder token
     assert await api.store.list_incidents() == []
 
 

@@ -89,7 +89,7 @@ def test_declare_status_report_and_export(config: Path, tmp_path: Path) -> None:
         "cellule",
     )
     assert press.returncode == 2
-    assert "four-eyes" in press.stderr
+    assert "press role required" in press.stderr  # --as gives that person's roles, no more
     approved = tocsin(
         "statement",
         incident,
@@ -122,7 +122,11 @@ def test_declare_status_report_and_export(config: Path, tmp_path: Path) -> None:
         (["declare", "--title", "x", "--severity", "bad", "--system", "Orbis"], "severity"),
         (["declare", "--title", "x", "--severity", "major"], "systems"),
         (["declare", "--file", "/nonexistent.yaml"], "no such file"),
-        (["update", "INC-1999-0101-01", "--status", "identified"], "no incident"),
+        (
+            ["update", "INC-1999-0101-01", "--status", "identified", "--as", "cellule"],
+            "no incident",
+        ),
+        (["update", "INC-1999-0101-01", "--status", "identified", "--as", "mallory"], "--as"),
         (["report", "INC-1999-0101-01", "--format", "pdf"], "--format"),
         (["statement", "INC-1999-0101-01", "--kind", "memo"], "unknown kind"),
     ],

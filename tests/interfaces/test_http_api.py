@@ -49,7 +49,7 @@ async def test_declare_returns_the_incident_and_queues_deliveries(api: Api) -> N
     body = await response.json()
     assert body["counts"]["queued"] == 3
     recipients = sorted(d["recipient"] for d in body["deliveries"])
-    assert recipients == ["a•••@example.org", "http://127.0.0.1:9/hook", "staff@example.org"]
+    assert recipients == ["a•••@example.org", "http://127.0.0.1:9/…", "staff@example.org"]
 
 
 async def test_incident_ids_are_sequential_per_day(api: Api) -> None:
@@ -260,7 +260,7 @@ async def test_paging(api: Api) -> None:
     assert bad.status == 422
 
 
-async def test_ack_link_is_single_use(api: Api) -> None:
+async def test_ack_link_page_changes_nothing_and_post_acknowledges_once(api: Api) -> None:
     incident = await declare(api)
     [member] = [
         d for d in await api.store.deliveries(incident["id"]) if d.audience == "department-heads"
@@ -273,15 +273,29 @@ async def test_ack_link_is_single_use(api: Api) -> None:
             for d in claimed
         ]
     )
-    first = await api.client.get(f"/ack/{member.ack_token}")
+    link = f"/ack/{api.runtime.service.tokens.token(member)}"
+    # A mail scanner or a link preview fetches the link: nothing changes.
+    page = await api.client.get(link)
+    head = await api.client.head(link)
+    assert (page.status, head.status) == (200, 200)
+    assert "<form method='post'>" in await page.text()
+    assert page.headers["Cache-Control"] == "no-store"
+    unchanged = await api.store.get_delivery(member.id)
+    assert unchanged is not None and unchanged.state == DeliveryState.SENT
+
+    first = await api.client.post(link)
     assert first.status == 200
     assert "Lecture confirmée" in await first.text()
     acked = await api.store.get_delivery(member.id)
     assert acked is not None and acked.state == DeliveryState.ACKNOWLEDGED
-    again = await api.client.get(f"/ack/{member.ack_token}")
-    assert again.status == 200  # idempotent: still acknowledged once
-    unknown = await api.client.get("/ack/forged-token")
-    assert unknown.status == 404
+    attempts = (await api.store.attempts([member.id]))[member.id]
+    again = await api.client.post(link)
+    assert again.status == 200  # idempotent: says so, changes nothing
+    assert "déjà enregistrée" in await again.text()
+    assert (await api.store.attempts([member.id]))[member.id] == attempts
+    for forged in ("forged-token", f"{member.id}.AAAAAAAAAAAAAAAAAAAAAA", member.ack_token):
+        assert (await api.client.get(f"/ack/{forged}")).status == 404
+        assert (await api.client.post(f"/ack/{forged}")).status == 404
 
 
 async def test_open_routes_need_no_token(api: Api) -> None:

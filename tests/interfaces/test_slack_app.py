@@ -23,12 +23,15 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import RUNTIME, Runtime, build_app
 from bot.config import settings_from_dict
+from bot.domain.acknowledgements import Acknowledgements
 from bot.domain.clock import FakeClock
 from bot.domain.models import (
+    Actor,
     Delivery,
     DeliveryState,
     IncidentStatus,
     Outcome,
+    Role,
     StatementKind,
     StatementStatus,
 )
@@ -40,6 +43,8 @@ from tests.factories import T0, declaration
 
 TOKEN = "xoxb-tocsin-test"
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+CLAIRE_TOKEN = "claire-press-token-0123456789"
+CLAIRE_CELL_TOKEN = "claire-cell-token-0123456789"
 PRESS_TEXT = "Un problème technique touche le réseau. Aucun impact patient."
 LIVE_MENTION = re.compile(r"<(!channel|!here|!everyone|!subteam[^>]*|@[UW][A-Z0-9]+[^>]*)>")
 
@@ -57,8 +62,24 @@ def config(api_url: str) -> dict[str, Any]:
                 "U0CRISIS1": "responder",
                 "U0PRESS1": "press",
                 "U0PRESS2": "press",
+                "U0PRESS3": {"role": "press", "person": "claire"},
                 "S0ONCALL": "responder",
-            }
+            },
+            # Claire also has an API token: four-eyes must see one person, not two names.
+            "tokens": [
+                {
+                    "name": "press-api",
+                    "token_env": "TEST_PRESS_API_TOKEN",
+                    "role": "press",
+                    "person": "claire",
+                },
+                {
+                    "name": "cell-api",
+                    "token_env": "TEST_CELL_API_TOKEN",
+                    "role": "responder",
+                    "person": "claire",
+                },
+            ],
         },
         "delivery": {
             "poll_interval": "50ms",
@@ -151,6 +172,8 @@ def command_body(slack: SlackSandbox, text: str, user: str = "U0CRISIS1", key: s
 async def tocsin(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Tocsin]:
     monkeypatch.setenv("SLACK_BOT_TOKEN", TOKEN)
     monkeypatch.setenv("SLACK_SIGNING_SECRET", SECRET)
+    monkeypatch.setenv("TEST_PRESS_API_TOKEN", CLAIRE_TOKEN)
+    monkeypatch.setenv("TEST_CELL_API_TOKEN", CLAIRE_CELL_TOKEN)
     async with SlackSandbox(token=TOKEN) as slack:
         store = MemoryStore()
         app = build_app(settings_from_dict(config(slack.api_url)), store=store, with_scheduler=True)
@@ -556,6 +579,77 @@ async def test_press_draft_edit_and_four_eyes_approval(tocsin: Tocsin) -> None:
     assert all(b["type"] != "actions" for b in shown["blocks"])
 
 
+async def test_the_same_person_cannot_edit_in_the_api_and_approve_in_slack(
+    tocsin: Tocsin,
+) -> None:
+    await tocsin.command("declare Orbis critical Orbis est indisponible")
+    [incident] = await tocsin.store.list_incidents()
+    [draft] = [
+        s
+        for s in await tocsin.store.statements(incident.id)
+        if s.kind == StatementKind.PRESS and s.locale == "fr"
+    ]
+    claire = {"Authorization": f"Bearer {CLAIRE_TOKEN}"}
+
+    edited = await tocsin.client.put(
+        f"/api/v1/statements/{draft.id}", json={"text": PRESS_TEXT}, headers=claire
+    )
+    assert edited.status == 200
+    version = await edited.json()
+    assert version["author"] == "claire"
+
+    # Claire's Slack account is Claire: her own edit is not hers to approve.
+    await tocsin.interact(
+        _action(tocsin, "tocsin_press_approve", version["id"], "U0PRESS3", "same")
+    )
+    assert "four-eyes" in tocsin.replies("same")[0]
+    assert (await tocsin.store.get_statement(version["id"])).status == StatementStatus.DRAFT
+    # Nor through the API with the token, nor the other way round.
+    again = await tocsin.client.post(f"/api/v1/statements/{version['id']}/approve", headers=claire)
+    assert again.status == 403
+    assert (await tocsin.store.get_statement(version["id"])).status == StatementStatus.DRAFT
+    # Someone else may.
+    await tocsin.interact(_action(tocsin, "tocsin_press_approve", version["id"], "U0PRESS2", "ok"))
+    approved = await tocsin.store.get_statement(version["id"])
+    assert (approved.status, approved.approved_by) == (StatementStatus.PUBLISHED, "slack:U0PRESS2")
+
+
+async def test_a_press_approval_does_not_publish_a_public_twin_its_approver_wrote(
+    tocsin: Tocsin,
+) -> None:
+    # Claire declares with her responder token (she is the author of the drafts), a press
+    # officer rewrites the press draft, and Claire approves it with her press token: the
+    # public twin she wrote stays a draft.
+    declared = await tocsin.client.post(
+        "/api/v1/incidents",
+        json={"title": "Orbis indisponible", "systems": ["Orbis"], "severity": "critical"},
+        headers={"Authorization": f"Bearer {CLAIRE_CELL_TOKEN}"},
+    )
+    assert declared.status == 201
+    incident_id = (await declared.json())["id"]
+    [press] = [
+        s
+        for s in await tocsin.store.statements(incident_id)
+        if s.kind == StatementKind.PRESS and s.locale == "fr"
+    ]
+    assert press.author == "claire"
+    edited = await tocsin.runtime.service.edit_statement(
+        Actor("slack:U0PRESS1", Role.PRESS), press.id, PRESS_TEXT
+    )
+    claire = {"Authorization": f"Bearer {CLAIRE_TOKEN}"}
+
+    approved = await tocsin.client.post(f"/api/v1/statements/{edited.id}/approve", headers=claire)
+
+    assert approved.status == 200
+    [public] = [
+        s
+        for s in await tocsin.store.statements(incident_id)
+        if s.kind == StatementKind.PUBLIC and s.locale == "fr"
+    ]
+    assert public.author == "claire"
+    assert public.status == StatementStatus.DRAFT
+
+
 async def test_approve_by_someone_without_the_press_role_is_refused(tocsin: Tocsin) -> None:
     await tocsin.command("declare Orbis critical Orbis est indisponible")
     [incident] = await tocsin.store.list_incidents()
@@ -585,7 +679,7 @@ async def test_the_acknowledge_button_acknowledges_the_delivery(tocsin: Tocsin) 
     response = await tocsin.interact(_action(tocsin, "tocsin_ack", token, "U0HEAD1", "ack", dm))
 
     assert response.status == 200
-    delivery = await tocsin.store.find_by_ack_token(token)
+    delivery = await Acknowledgements(tocsin.runtime.service).find(token)
     assert delivery is not None
     assert delivery.state == DeliveryState.ACKNOWLEDGED
     assert delivery.acknowledged_by == "slack:U0HEAD1"
@@ -594,6 +688,26 @@ async def test_the_acknowledge_button_acknowledges_the_delivery(tocsin: Tocsin) 
     assert updated.updates == 1
     assert all(b["type"] != "actions" for b in updated.blocks)
     assert "Pris en compte par <@U0HEAD1> le " in updated.blocks[-1]["elements"][0]["text"]
+
+
+async def test_the_acknowledge_button_pressed_by_someone_else_changes_nothing(
+    tocsin: Tocsin,
+) -> None:
+    await tocsin.command("declare Orbis critical Orbis est indisponible")
+    await tocsin.slack.wait_until(
+        lambda: any(m.channel == "D0HEAD1" for m in tocsin.slack.messages)
+    )
+    [dm] = [m for m in tocsin.slack.messages if m.channel == "D0HEAD1"]
+    token = _button(dm, "tocsin_ack")["value"]
+
+    response = await tocsin.interact(_action(tocsin, "tocsin_ack", token, "U0CRISIS1", "other", dm))
+
+    assert response.status == 200
+    delivery = await Acknowledgements(tocsin.runtime.service).find(token)
+    assert delivery is not None
+    assert delivery.state != DeliveryState.ACKNOWLEDGED
+    assert tocsin.replies("other") == [f"This button is for {delivery.recipient}."]
+    assert tocsin.slack.calls_to("chat.update") == []
 
 
 async def test_an_unknown_acknowledgement_token_changes_nothing(tocsin: Tocsin) -> None:

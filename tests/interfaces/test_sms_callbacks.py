@@ -20,7 +20,9 @@ import pytest
 from aiohttp import web
 
 from bot.app import RUNTIME, Runtime, build_app, build_dispatcher
-from bot.config import Settings, settings_from_dict
+from bot.channels.sms import from_settings as sms_channel
+from bot.config import ConfigError, Settings, settings_from_dict
+from bot.domain.ack_tokens import CALLBACK, AckKeys
 from bot.domain.declarations import IncidentDraft
 from bot.domain.models import Actor, ChannelName, Delivery, DeliveryState, Role, Severity
 from bot.interfaces.sms_callbacks import is_ok_reply
@@ -30,6 +32,10 @@ from tests.fakes.http_standin import HttpStandin, Reply
 from tests.fakes.twilio import TwilioStandin, sign
 
 PHONE = "+33612345678"
+INBOUND = "inbound-secret-0123456789"  # what Kannel's get-url carries
+SECRET = {"secret": INBOUND}
+# Tokens as the app derives them: these tests run without TOCSIN_SECRET_KEY.
+TOKENS = AckKeys(b"")
 CRISIS_CELL = Actor("cellule-crise", Role.RESPONDER)
 
 
@@ -125,7 +131,8 @@ async def running(
 def kannel_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEST_KANNEL_USER", "tocsin")
     monkeypatch.setenv("TEST_KANNEL_PASSWORD", "kannel-pw")
-    monkeypatch.delenv("TOCSIN_SMS_INBOUND_SECRET", raising=False)
+    monkeypatch.setenv("TEST_SMS_INBOUND_SECRET", INBOUND)
+    monkeypatch.delenv("TOCSIN_SECRET_KEY", raising=False)
 
 
 @pytest.fixture
@@ -143,6 +150,7 @@ async def kannel_app(kannel_env: None, smsbox: HttpStandin) -> AsyncIterator[Run
         "username_env": "TEST_KANNEL_USER",
         "password_env": "TEST_KANNEL_PASSWORD",
         "sender": "APHP",
+        "inbound_secret_env": "TEST_SMS_INBOUND_SECRET",
     }
     async with running(lambda: sms) as run:
         assert (await run.sms()).state == DeliveryState.SENT
@@ -154,7 +162,7 @@ async def kannel_app(kannel_env: None, smsbox: HttpStandin) -> AsyncIterator[Run
 
 def dlr(delivery: Delivery, report: int, answer: str = "") -> dict[str, str]:
     return {
-        "t": delivery.ack_token,
+        "t": TOKENS.token(delivery, CALLBACK),
         "s": str(report),
         "a": answer,
         "ts": "1693390000",
@@ -264,7 +272,7 @@ async def test_an_ok_reply_acknowledges_the_senders_pending_delivery(
     kannel_app: Running, sender: str
 ) -> None:
     answer = await kannel_app.get(
-        "/sms/kannel/inbound", {"from": sender, "to": "36180", "text": "Ok !"}
+        "/sms/kannel/inbound", {**SECRET, "from": sender, "to": "36180", "text": "Ok !"}
     )
 
     delivery = await kannel_app.sms()
@@ -275,7 +283,7 @@ async def test_an_ok_reply_acknowledges_the_senders_pending_delivery(
 
 async def test_kannel_post_url_form_is_understood(kannel_app: Running) -> None:
     answer = await kannel_app.post(
-        "/sms/kannel/inbound",
+        f"/sms/kannel/inbound?secret={INBOUND}",
         data="ok".encode("utf-16-be"),
         headers={"Content-Type": "text/plain; charset=UTF-16BE", "X-Kannel-From": PHONE},
     )
@@ -288,7 +296,7 @@ async def test_kannel_post_url_form_is_understood(kannel_app: Running) -> None:
     ("sender", "text"), [(PHONE, "OK merci"), ("+33698765432", "OK")], ids=["not-ok", "stranger"]
 )
 async def test_other_replies_change_nothing(kannel_app: Running, sender: str, text: str) -> None:
-    answer = await kannel_app.get("/sms/kannel/inbound", {"from": sender, "text": text})
+    answer = await kannel_app.get("/sms/kannel/inbound", {**SECRET, "from": sender, "text": text})
 
     assert answer == (200, "")
     assert (await kannel_app.sms()).state == DeliveryState.SENT
@@ -298,43 +306,114 @@ async def test_other_replies_change_nothing(kannel_app: Running, sender: str, te
 async def test_a_reply_without_a_valid_sender_is_bad_input(
     kannel_app: Running, sender: str
 ) -> None:
-    status, _ = await kannel_app.get("/sms/kannel/inbound", {"from": sender, "text": "OK"})
+    status, _ = await kannel_app.get(
+        "/sms/kannel/inbound", {**SECRET, "from": sender, "text": "OK"}
+    )
 
     assert status == 400
     assert (await kannel_app.sms()).state == DeliveryState.SENT
 
 
-async def test_without_a_secret_only_direct_local_replies_are_accepted(
-    kannel_app: Running,
+async def test_without_an_inbound_secret_every_reply_is_refused(
+    kannel_env: None, smsbox: HttpStandin
 ) -> None:
-    status, body = await kannel_app.get(
-        "/sms/kannel/inbound",
-        {"from": PHONE, "text": "OK"},
-        headers={"X-Forwarded-For": "203.0.113.9"},
+    sms = {
+        "provider": "kannel",
+        "url": smsbox.url + "/cgi-bin/sendsms",
+        "username_env": "TEST_KANNEL_USER",
+        "password_env": "TEST_KANNEL_PASSWORD",
+        "sender": "APHP",
+    }
+    async with running(lambda: sms) as run:
+        # Even from this machine, with no proxy header: fail closed.
+        status, body = await run.get("/sms/kannel/inbound", {"from": PHONE, "text": "OK"})
+        assert status == 403
+        assert "inbound_secret_env" in body
+        assert (await run.sms()).state == DeliveryState.SENT
+
+
+@pytest.mark.parametrize("value", ["", "short-secret"], ids=["empty", "too-short"])
+def test_an_empty_or_short_inbound_secret_is_a_config_error(
+    kannel_env: None, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("TEST_SMS_INBOUND_SECRET", value)
+    settings = settings_for(
+        "http://127.0.0.1:9",
+        {
+            "provider": "kannel",
+            "sender": "APHP",
+            "username_env": "TEST_KANNEL_USER",
+            "password_env": "TEST_KANNEL_PASSWORD",
+            "inbound_secret_env": "TEST_SMS_INBOUND_SECRET",
+        },
     )
-
-    assert status == 403
-    assert "TOCSIN_SMS_INBOUND_SECRET" in body
-    assert (await kannel_app.sms()).state == DeliveryState.SENT
+    with pytest.raises(ConfigError, match=r"channels\.sms\.inbound_secret_env"):
+        sms_channel(settings, None)  # type: ignore[arg-type]
 
 
-async def test_with_a_secret_a_reply_must_carry_it(
-    kannel_app: Running, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("TOCSIN_SMS_INBOUND_SECRET", "inbound-secret-1")
+async def test_with_a_secret_a_reply_must_carry_it(kannel_app: Running) -> None:
     reply = {"from": PHONE, "text": "OK"}
     proxied = {"X-Forwarded-For": "203.0.113.9"}
 
     missing = await kannel_app.get("/sms/kannel/inbound", reply)
-    wrong = await kannel_app.get("/sms/kannel/inbound", {**reply, "secret": "inbound-secret-2"})
+    wrong = await kannel_app.get("/sms/kannel/inbound", {**reply, "secret": INBOUND + "x"})
+    empty = await kannel_app.get("/sms/kannel/inbound", {**reply, "secret": ""})
     state_after_refusals = (await kannel_app.sms()).state
-    right = await kannel_app.get(
-        "/sms/kannel/inbound", {**reply, "secret": "inbound-secret-1"}, headers=proxied
-    )
+    right = await kannel_app.get("/sms/kannel/inbound", {**reply, **SECRET}, headers=proxied)
 
-    assert (missing[0], wrong[0], right[0]) == (403, 403, 200)
+    assert (missing[0], wrong[0], empty[0], right[0]) == (403, 403, 403, 200)
     assert state_after_refusals == DeliveryState.SENT
     assert (await kannel_app.sms()).state == DeliveryState.ACKNOWLEDGED
+
+
+async def test_a_replayed_ok_acknowledges_nothing_more(kannel_app: Running) -> None:
+    reply = {**SECRET, "from": PHONE, "text": "OK", "id": "kannel-msg-1"}
+    assert await kannel_app.get("/sms/kannel/inbound", reply) == (200, "")
+    first = await kannel_app.sms()
+    assert first.state == DeliveryState.ACKNOWLEDGED
+    # A second delivery to the same number, awaiting its "OK".
+    await kannel_app.runtime.service.update(
+        CRISIS_CELL, kannel_app.incident_id, None, "Toujours indisponible."
+    )
+    await build_dispatcher(kannel_app.runtime).drain()
+    [pending] = [
+        d
+        for d in await kannel_app.store.deliveries(kannel_app.incident_id)
+        if d.channel == ChannelName.SMS and d.id != first.id
+    ]
+    assert pending.state == DeliveryState.SENT
+
+    assert await kannel_app.get("/sms/kannel/inbound", reply) == (200, "")  # the same reply
+
+    assert (await kannel_app.store.get_delivery(pending.id)).state == DeliveryState.SENT  # type: ignore[union-attr]
+
+
+async def test_an_ok_written_before_the_delivery_was_sent_acknowledges_nothing(
+    kannel_app: Running,
+) -> None:
+    delivery = await kannel_app.sms()
+    [sent] = [a.at for a in (await kannel_app.store.attempts([delivery.id]))[delivery.id]]
+    before = str(int(sent.timestamp()) - 600)  # ten minutes before: meant for another message
+    after = str(int(sent.timestamp()) + 60)
+    reply = {**SECRET, "from": PHONE, "text": "OK"}
+
+    early = await kannel_app.get("/sms/kannel/inbound", {**reply, "id": "m1", "ts": before})
+    assert early == (200, "")
+    assert (await kannel_app.sms()).state == DeliveryState.SENT
+
+    late = await kannel_app.get("/sms/kannel/inbound", {**reply, "id": "m2", "ts": after})
+    assert late == (200, "")
+    assert (await kannel_app.sms()).state == DeliveryState.ACKNOWLEDGED
+
+
+async def test_a_kannel_report_with_the_ack_token_is_refused(kannel_app: Running) -> None:
+    delivery = await kannel_app.sms()
+    forged = {**dlr(delivery, 2), "t": TOKENS.token(delivery)}  # the ack token, not the callback's
+
+    status, _ = await kannel_app.get("/sms/kannel/status", forged)
+
+    assert status == 403
+    assert (await kannel_app.sms()).state == DeliveryState.SENT
 
 
 async def test_twilio_routes_are_not_served_for_kannel(kannel_app: Running) -> None:
@@ -483,6 +562,37 @@ async def test_a_signed_ok_sms_acknowledges_and_gets_empty_twiml(
     assert (await twilio_app.sms()).state == DeliveryState.ACKNOWLEDGED
 
 
+async def test_a_replayed_signed_ok_acknowledges_nothing_more(
+    twilio: TwilioStandin, twilio_app: Running
+) -> None:
+    url = twilio_app.url + "/sms/twilio/inbound"
+    form = {
+        "MessageSid": "SM" + "0" * 32,
+        "AccountSid": twilio.account_sid,
+        "From": PHONE,
+        "To": "+33700000000",
+        "Body": "OK",
+    }
+    assert (await twilio.post_signed(url, form))[0] == 200
+    first = await twilio_app.sms()
+    assert first.state == DeliveryState.ACKNOWLEDGED
+    await twilio_app.runtime.service.update(
+        CRISIS_CELL, twilio_app.incident_id, None, "Toujours indisponible."
+    )
+    await build_dispatcher(twilio_app.runtime).drain()
+    [pending] = [
+        d
+        for d in await twilio_app.store.deliveries(twilio_app.incident_id)
+        if d.channel == ChannelName.SMS and d.id != first.id
+    ]
+
+    # The same signed request, captured and played again.
+    assert (await twilio.post_signed(url, form))[0] == 200
+
+    again = await twilio_app.store.get_delivery(pending.id)
+    assert again is not None and again.state == DeliveryState.SENT
+
+
 @pytest.mark.parametrize("signature", [None, "bm90IGEgc2lnbmF0dXJl"], ids=["missing", "wrong"])
 async def test_an_unsigned_inbound_sms_is_refused(
     twilio: TwilioStandin, twilio_app: Running, signature: str | None
@@ -517,9 +627,10 @@ async def test_the_sandbox_gateway_reports_delivery_and_plays_an_ok_reply(
             "username_env": "TEST_KANNEL_USER",
             "password_env": "TEST_KANNEL_PASSWORD",
             "sender": "APHP",
+            "inbound_secret_env": "TEST_SMS_INBOUND_SECRET",
         }
         async with running(lambda: sms) as run:
-            gateway.inbound_url = run.url + "/sms/kannel/inbound"
+            gateway.inbound_url = f"{run.url}/sms/kannel/inbound?secret={INBOUND}"
             [sent] = await gateway.wait_for(1)
             await gateway.reports_sent()
             delivered = await run.sms()

@@ -294,7 +294,9 @@ async def test_a_second_press_changes_nothing(tocsin: Tocsin) -> None:
     tocsin.clock.advance(60)
 
     # A stale client still showing the button presses it again.
-    again = tocsin.api.callback_update(message, 1001, data=f"ack:{first.ack_token}")
+    again = tocsin.api.callback_update(
+        message, 1001, data=f"ack:{tocsin.runtime.service.tokens.token(first)}"
+    )
     assert await tocsin.post(again) == 200
 
     assert tocsin.delivery(1001) == first
@@ -319,7 +321,7 @@ async def test_a_repeated_update_is_processed_once(tocsin: Tocsin) -> None:
 
 async def test_a_token_pressed_from_another_chat_acknowledges_nothing(tocsin: Tocsin) -> None:
     await broadcast_to_heads(tocsin)
-    token = tocsin.delivery(1001).ack_token
+    token = tocsin.runtime.service.tokens.token(tocsin.delivery(1001))
     [message_of_other] = tocsin.api.messages(1002)
 
     forged = tocsin.api.callback_update(message_of_other, 1002, data=f"ack:{token}")

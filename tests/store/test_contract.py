@@ -31,6 +31,7 @@ from bot.ports import (
     ProgressMessage,
     SiteQuorum,
     Store,
+    StoredSession,
 )
 from bot.store.memory import MemoryStore
 from bot.store.postgres import PostgresStore
@@ -738,3 +739,20 @@ async def test_a_paused_bucket_grants_nothing_until_the_pause_ends(store: Store)
     await store.pause_bucket("dest:slack:C0CRISIS", now + 2)
     granted, wait = await store.take_tokens("dest:slack:C0CRISIS", 1.0, 3, 1, now)
     assert (granted, round(wait, 6)) == (0, 2.0)
+
+
+async def test_an_inbound_reply_is_remembered_once(store: Store) -> None:
+    assert await store.remember_inbound("twilio:SM1", f.T0) is True
+    assert await store.remember_inbound("twilio:SM1", f.T0 + timedelta(seconds=5)) is False
+    assert await store.remember_inbound("twilio:SM2", f.T0) is True
+
+
+async def test_a_dashboard_session_is_kept_and_revoked(store: Store) -> None:
+    session = StoredSession("d1", "press-a", "csrf-1", f.T0, f.T0 + timedelta(hours=12))
+    assert await store.find_session("d1") is None
+    await store.open_session(session)
+    assert await store.find_session("d1") == session
+    await store.revoke_session("d1", f.T0 + timedelta(minutes=5))
+    await store.revoke_session("d1", f.T0 + timedelta(minutes=9))  # revoking again: no change
+    revoked = await store.find_session("d1")
+    assert revoked == replace(session, revoked_at=f.T0 + timedelta(minutes=5))

@@ -20,6 +20,26 @@ def _secret(settings: Settings, env_name: str) -> SecretStr:
     return secret
 
 
+MIN_INBOUND_SECRET = 16
+
+
+def inbound_secret(settings: Settings) -> bytes | None:
+    """Kannel's inbound secret, or None when ``channels.sms.inbound_secret_env`` is not set
+    (inbound SMS are then refused). A set key whose variable is missing, empty or shorter
+    than 16 characters is a :class:`~bot.config.ConfigError` naming the key."""
+    cfg = settings.channels.sms
+    if cfg is None or cfg.inbound_secret_env is None:
+        return None
+    secret = settings.secret(cfg.inbound_secret_env, required=False)
+    value = secret.get_secret_value() if secret is not None else ""
+    if len(value) < MIN_INBOUND_SECRET:
+        raise ConfigError(
+            f"channels.sms.inbound_secret_env: {cfg.inbound_secret_env} must be set to at least "
+            f"{MIN_INBOUND_SECRET} characters"
+        )
+    return value.encode()
+
+
 def from_settings(settings: Settings, session: aiohttp.ClientSession) -> Channel:
     """The SMS adapter of ``settings.channels.sms.provider``, over the shared ``session``.
 
@@ -30,6 +50,7 @@ def from_settings(settings: Settings, session: aiohttp.ClientSession) -> Channel
     if cfg is None:
         raise ConfigError("channels.sms is not configured")
     if cfg.provider == "kannel":
+        inbound_secret(settings)
         return KannelChannel(
             session,
             url=cfg.url,

@@ -34,7 +34,7 @@ DLR_MASK = 31
 _ACCEPTED = ("0", "3")
 
 
-def dlr_url(status_url: str, ack_token: str) -> str:
+def dlr_url(status_url: str, callback_token: str) -> str:
     """The ``dlr-url`` Kannel fills in: ``%d`` report type, ``%A`` the SMSC's answer, ``%T``
     the time (Unix seconds), ``%F`` the SMSC's message id.
 
@@ -42,7 +42,9 @@ def dlr_url(status_url: str, ack_token: str) -> str:
     a percent-encoded path as its own escapes.
     """
     base = status_url.rstrip("/").replace("%", "%%")
-    token = quote(ack_token, safe="").replace("%", "%%")
+    # The delivery's callback credential, never its acknowledgement token: gateway logs keep
+    # this URL.
+    token = quote(callback_token, safe="").replace("%", "%%")
     return f"{base}/sms/kannel/status?t={token}&s=%d&a=%A&ts=%T&id=%F"
 
 
@@ -106,7 +108,7 @@ class KannelChannel:
             headers["X-Kannel-From"] = self._sender
         if message.status_url:
             headers["X-Kannel-DLR-Mask"] = str(DLR_MASK)
-            headers["X-Kannel-DLR-Url"] = dlr_url(message.status_url, message.ack_token)
+            headers["X-Kannel-DLR-Url"] = dlr_url(message.status_url, message.callback_token)
         return headers
 
     async def send(self, message: OutboundMessage) -> Receipt:

@@ -57,7 +57,7 @@ _REMEMBERED = 10_000
 
 def reference(message: OutboundMessage) -> str:
     """A short code, stable across the attempts of one delivery, that ends its SMS text."""
-    key = message.idempotency_key or f"{message.delivery_id}:{message.ack_token}"
+    key = message.idempotency_key or f"tocsin-{message.delivery_id}"
     return base64.b32encode(hashlib.sha256(key.encode()).digest()).decode()[:6]
 
 
@@ -131,7 +131,7 @@ class TwilioChannel:
         if message.status_url:
             form["StatusCallback"] = (
                 f"{message.status_url.rstrip('/')}/sms/twilio/status"
-                f"?t={quote(message.ack_token, safe='')}"
+                f"?t={quote(message.callback_token, safe='')}"
             )
         return form
 

@@ -1,9 +1,13 @@
-"""Dashboard sessions: log in with an API token, get a signed cookie; CSRF token on every form.
+"""Dashboard sessions: log in with an API token; CSRF token on every form.
 
-The cookie holds who logged in (name, role), the session's CSRF token and an expiry, signed
-with HMAC-SHA256. The key comes from the environment variable ``auth.secret_key_env``; without
-it each process makes a random one, so a restart logs everybody out. The token itself is never
-stored in the cookie nor logged.
+A logged-in session lives on the server (the ``dashboard_sessions`` table, keyed by the
+SHA-256 of a random id): logout revokes it, and on every request it is checked against the
+current configuration, so a token removed from the configuration (or its variable unset) ends
+every session opened with it; the actor's name and role are read from the configuration then,
+never from the cookie. The cookie holds the session's random id, its CSRF token and an expiry,
+signed with HMAC-SHA256 (key from ``auth.secret_key_env``; without it each process makes a
+random one, so a restart logs everybody out). Failed logins are throttled per client (429).
+The token itself is never stored in the cookie nor logged.
 """
 
 from __future__ import annotations
@@ -15,34 +19,45 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass
-from urllib.parse import quote
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from aiohttp import web
 
 from bot.app import RUNTIME
 from bot.domain.models import Actor, Role
-from bot.interfaces.auth import role_or_none
+from bot.interfaces import throttle
 from bot.interfaces.web import pages
+from bot.ports import StoredSession
 
 log = logging.getLogger("tocsin.web")
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 COOKIE = "tocsin_session"
 LIFETIME_S = 12 * 3600
 
 
 @dataclass(frozen=True)
 class Session:
-    """A browser's session: anonymous (``actor`` None) until a token is accepted."""
+    """A browser's session: anonymous (``actor`` None) until a token is accepted; ``sid`` is
+    the random id of a logged-in session kept on the server."""
 
     actor: Actor | None
     csrf: str
     expires: float
+    sid: str | None = None
 
     @classmethod
-    def fresh(cls, actor: Actor | None = None) -> Session:
+    def fresh(cls, actor: Actor | None = None, sid: str | None = None) -> Session:
         """A new session with a new CSRF token (a login never keeps the old one)."""
-        return cls(actor, secrets.token_urlsafe(24), time.time() + LIFETIME_S)
+        return cls(actor, secrets.token_urlsafe(24), time.time() + LIFETIME_S, sid)
+
+
+def digest(sid: str) -> str:
+    """What the server keeps of a session id."""
+    return hashlib.sha256(sid.encode()).hexdigest()
 
 
 class SessionSigner:
@@ -56,9 +71,9 @@ class SessionSigner:
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
     def dumps(self, session: Session) -> str:
-        data = {"c": session.csrf, "e": int(session.expires)}
-        if session.actor is not None:
-            data.update(u=session.actor.name, r=session.actor.role.value)
+        data: dict[str, object] = {"c": session.csrf, "e": int(session.expires)}
+        if session.sid is not None:
+            data["s"] = session.sid
         payload = base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=")
         return f"{payload.decode()}.{self._mac(payload)}"
 
@@ -73,13 +88,9 @@ class SessionSigner:
             return None
         if expires < time.time():
             return None
-        actor = None
-        if "u" in data:
-            role = role_or_none(str(data.get("r")))
-            if role is None:
-                return None
-            actor = Actor(str(data["u"]), role)
-        return Session(actor, csrf, expires)
+        sid = data.get("s")
+        # Who is logged in is read from the server's record (see ``resolve``), never here.
+        return Session(None, csrf, expires, str(sid) if sid else None)
 
 
 SESSION = web.RequestKey("tocsin_session", Session)
@@ -97,13 +108,48 @@ def signer(request: web.Request) -> SessionSigner:
 
 
 def current(request: web.Request) -> Session:
-    """The request's session (a fresh anonymous one when the cookie is missing or bad)."""
+    """The request's session (a fresh anonymous one when the cookie is missing or bad);
+    a logged-in one was resolved by :func:`resolve` before the handler ran."""
     if SESSION in request:
         return request[SESSION]
     raw = request.cookies.get(COOKIE)
     session = (signer(request).loads(raw) if raw else None) or Session.fresh()
+    if session.sid is not None:  # not resolved against the server: anonymous
+        session = Session.fresh()
     request[SESSION] = session
     return session
+
+
+async def resolve(request: web.Request) -> None:
+    """Read a logged-in session from the server: unknown, revoked or expired, or opened with
+    a token the configuration no longer holds → an anonymous session."""
+    raw = request.cookies.get(COOKIE)
+    session = signer(request).loads(raw) if raw else None
+    if session is None or session.sid is None:
+        return
+    runtime = request.app[RUNTIME]
+    stored = await runtime.store.find_session(digest(session.sid))
+    now = runtime.clock.now()
+    actor = runtime.auth.by_token_name(stored.token_name) if stored is not None else None
+    if (
+        stored is None
+        or actor is None
+        or stored.revoked_at is not None
+        or stored.expires_at <= now
+        or not hmac.compare_digest(stored.csrf.encode(), session.csrf.encode())
+    ):
+        log.info("dashboard session refused: unknown, revoked, expired or token withdrawn")
+        request[SESSION] = Session.fresh()
+        return
+    request[SESSION] = replace(session, actor=actor)
+
+
+@web.middleware
+async def sessions(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Resolve the dashboard session (one read) before a page that has the cookie."""
+    if COOKIE in request.cookies and not request.path.startswith(("/api/", "/static/")):
+        await resolve(request)
+    return await handler(request)
 
 
 def remember(request: web.Request, response: web.StreamResponse, session: Session) -> None:
@@ -165,10 +211,21 @@ def forbidden(request: web.Request, message: str) -> web.HTTPForbidden:
 
 
 def _safe_next(value: str | None) -> str:
-    # Only local paths: an open redirect would let a link send a fresh login elsewhere.
-    if value and value.startswith("/") and not value.startswith(("//", "/\\")):
-        return value
-    return "/"
+    """A path of this site, or ``/``.
+
+    Only local paths: an open redirect would let a link send a fresh login elsewhere. Browsers
+    and yarl drop tabs and newlines and read ``\\`` as ``/``, so ``/<TAB>/evil.example`` would
+    become ``//evil.example``: any control character or backslash is refused, and the value
+    is rebuilt from its parsed path and query so that what is checked is what is sent.
+    """
+    if not value or any(ord(c) < 0x20 or ord(c) == 0x7F or c == "\\" for c in value):
+        return "/"
+    parsed = urlsplit(value)
+    if parsed.scheme or parsed.netloc or not parsed.path.startswith("/"):
+        return "/"
+    if parsed.path.startswith("//"):
+        return "/"
+    return urlunsplit(("", "", parsed.path, parsed.query, ""))
 
 
 async def login_page(request: web.Request) -> web.StreamResponse:
@@ -185,14 +242,38 @@ async def login(request: web.Request) -> web.StreamResponse:
     """``POST /login``: a valid token starts a session with that token's name and role."""
     form = await checked_form(request)
     target = _safe_next(form.get("next"))
-    actor = request.app[RUNTIME].auth.from_token(form.get("token", "").strip())
-    if actor is None:
+    runtime = request.app[RUNTIME]
+    limiter = request.app[throttle.THROTTLE]
+    client = throttle.client_of(request)
+    try:
+        limiter.check(client)
+    except throttle.TooManyAttempts as exc:
+        log.info("dashboard login throttled")
+        response = render(
+            request, "login.html.j2", next=target, error=str(exc).capitalize() + ".", status=429
+        )
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    found = runtime.auth.token_entry(f"Bearer {form.get('token', '').strip()}")
+    if found is None:
+        limiter.fail(client)
         log.info("dashboard login refused")
         response = render(request, "login.html.j2", next=target, error="Unknown token.", status=401)
         remember(request, response, current(request))
         return response
+    token_name, actor = found
     log.info("dashboard login: %s (%s)", actor.name, actor.role.value)
-    session = Session.fresh(actor)
+    session = Session.fresh(actor, sid=secrets.token_urlsafe(32))
+    now = runtime.clock.now()
+    await runtime.store.open_session(
+        StoredSession(
+            digest(session.sid or ""),
+            token_name,
+            session.csrf,
+            now,
+            now + timedelta(seconds=LIFETIME_S),
+        )
+    )
     request[SESSION] = session
     response = web.HTTPSeeOther(target)
     remember(request, response, session)
@@ -200,15 +281,21 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    """``POST /logout``: forget the session."""
+    """``POST /logout``: end the session on the server (a copy of the cookie no longer works)."""
     await checked_form(request)
+    session = current(request)
+    if session.sid is not None:
+        runtime = request.app[RUNTIME]
+        await runtime.store.revoke_session(digest(session.sid), runtime.clock.now())
     response = web.HTTPSeeOther("/login")
     response.del_cookie(COOKIE, path="/")
     raise response
 
 
 def add_routes(app: web.Application) -> None:
-    """Mount ``/login`` and ``/logout``."""
+    """Mount ``/login`` and ``/logout``, and the middleware that resolves sessions."""
+    throttle.install(app)
+    app.middlewares.append(sessions)
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)

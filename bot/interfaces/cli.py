@@ -41,7 +41,10 @@ __all__ = ["app", "cli_views", "main"]
 def main() -> None:
     """Entry point: maps failures to exit codes with a one-line reason on stderr."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a command's ``typer.Exit`` code: keep it.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (ConfigError, InvalidInput, NotFound, Forbidden, Conflict, BadInput) as exc:

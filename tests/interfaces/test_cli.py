@@ -165,3 +165,19 @@ def test_templates_check_and_preview() -> None:
     assert "templates: ok" in checked.stdout
     preview = tocsin("templates", "preview")
     assert preview.returncode == 0 and "sms/declared.fr.sms.j2" in preview.stdout
+
+
+def test_templates_check_exits_2_naming_the_broken_template(config: Path, tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "message_templates", templates)
+    broken = sorted((templates / "internal").glob("declared.fr.*.j2"))[0]
+    broken.write_text("{% if %}\n", encoding="utf-8")
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text + "\ntemplates_dir: templates\n", encoding="utf-8")
+    result = tocsin("templates", "check", "--config", str(config))
+    assert result.returncode == 2, result.stdout
+    assert broken.name in result.stderr
+    assert (
+        tocsin("templates", "check", "--config", str(ROOT / "examples" / "tocsin.yaml")).returncode
+        == 0
+    )

@@ -19,6 +19,7 @@ from bot.config import ConfigError, Settings
 from bot.domain.declarations import IncidentDraft
 from bot.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, TocsinError
 from bot.domain.models import StatementKind
+from bot.interfaces import check as check  # registers `tocsin check` on the app
 from bot.interfaces import cli_views  # registers status, report, claims… on the app
 from bot.interfaces.cli_support import (
     DEFAULT_CONFIG,

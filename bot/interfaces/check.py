@@ -20,6 +20,7 @@ from typing import Annotated
 
 import aiohttp
 import typer
+from rich.text import Text
 
 from bot.channels.checks import CheckResult, failure_reason
 from bot.config import ConfigError, Settings
@@ -37,11 +38,12 @@ def check_command(
     results = run(deployment_checks(config))
     if as_json:
         document = {"ok": all(r.ok for r in results), "checks": [asdict(r) for r in results]}
-        console.print_json(json.dumps(document, ensure_ascii=False))
+        sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
     else:
         for result in results:
-            mark = "[green]✓[/green]" if result.ok else "[red]✗[/red]"
-            console.print(f"{mark} {result.name}: {result.reason}", highlight=False)
+            mark = ("✓", "green") if result.ok else ("✗", "red")
+            line = Text.assemble(mark, f" {result.name}: {result.reason}")
+            console.print(line, highlight=False, soft_wrap=True)
     # sys.exit, not typer.Exit: main() runs the app with standalone_mode=False, where click
     # returns an Exit's code instead of raising it.
     sys.exit(0 if all(r.ok for r in results) else 1)

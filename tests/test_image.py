@@ -279,48 +279,67 @@ def runtime_environment(target: Path) -> Path:
     return target / "bin" / "python"
 
 
-@pytest.mark.timeout(180)
-def test_the_installed_wheel_serves_the_compose_configuration_from_another_folder(
-    tmp_path: Path, built: Path
-) -> None:
-    python = runtime_environment(tmp_path / "venv")
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory, built: Path) -> Path:
+    """The runtime stage: the wheel installed with --no-deps over the locked runtime only."""
+    root = tmp_path_factory.mktemp("runtime-stage")
+    python = runtime_environment(root / "venv")
+    install = ["install", "--quiet", "--no-deps", "--no-index", str(built)]
     subprocess.run(
-        [
-            *PIP,
-            "--python",
-            str(python),
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-index",
-            str(built),
-        ],
-        check=True,
-        timeout=120,
-        capture_output=True,
+        [*PIP, "--python", str(python), *install], check=True, timeout=120, capture_output=True
     )
-    tocsin = python.parent / "tocsin"
-    workdir = tmp_path / "srv"
-    workdir.mkdir()
+    return python
+
+
+def clean_environment(python: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
 
+
+def test_the_runtime_stage_has_the_package_and_no_stand_in(installed: Path, tmp_path: Path) -> None:
+    probe = (
+        "import bot, importlib.util as u; print(bot.__file__);"
+        " print(u.find_spec('aiosmtpd'), u.find_spec('pytest'), u.find_spec('tocsin_sandbox'))"
+    )
     where = subprocess.run(
-        [
-            str(python),
-            "-c",
-            "import bot, importlib.util as u; print(bot.__file__);"
-            " print(u.find_spec('aiosmtpd'), u.find_spec('pytest'), u.find_spec('tocsin_sandbox'))",
-        ],
-        cwd=workdir,
-        env=env,
+        [str(installed), "-c", probe],
+        cwd=tmp_path,
+        env=clean_environment(installed),
         check=True,
         capture_output=True,
         text=True,
         timeout=30,
     ).stdout.splitlines()
-    assert where[0].startswith(str(tmp_path / "venv")), where
+    assert where[0].startswith(str(installed.parents[1])), where
     assert where[1] == "None None None"
+
+
+def test_the_demo_without_its_extra_says_how_to_install_it(installed: Path, tmp_path: Path) -> None:
+    demo = subprocess.run(
+        [str(installed.parent / "tocsin"), "demo", "--exit", "--port", "0"],
+        cwd=tmp_path,
+        env=clean_environment(installed),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert demo.returncode == 1
+    assert demo.stdout == ""
+    assert demo.stderr.count("\n") == 1
+    assert "pip install 'tocsin[demo]'" in demo.stderr
+
+
+@pytest.mark.timeout(120)
+def test_the_installed_wheel_serves_the_compose_configuration_from_another_folder(
+    tmp_path: Path, installed: Path
+) -> None:
+    python = installed
+    tocsin = python.parent / "tocsin"
+    workdir = tmp_path / "srv"
+    workdir.mkdir()
+    env = clean_environment(python)
 
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
     config = yaml.safe_load(compose["configs"]["tocsin-config"]["content"])

@@ -12,7 +12,10 @@ LOCK    = --generate-hashes --python-version 3.11 --python-platform x86_64-unkno
 
 # The locked versions (requirements/dev.txt: runtime + dev + the demo's stand-ins, with hashes),
 # then tocsin and its stand-ins (sandbox/, the `demo` extra) from this checkout, editable.
-$(BIN)/tocsin: pyproject.toml sandbox/pyproject.toml requirements/dev.txt
+# (The stand-ins' __init__.py is a prerequisite too: an editable install maps the packages it
+# found when it ran.)
+$(BIN)/tocsin: pyproject.toml sandbox/pyproject.toml requirements/dev.txt \
+               $(wildcard sandbox/tocsin_sandbox/__init__.py)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11+)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -24,9 +24,6 @@ from bot.channels.sms import KannelChannel, TwilioChannel
 from bot.channels.telegram import TelegramChannel, build_bot
 from bot.channels.webhook import WebhookChannel
 from bot.config import WebhookChannelSettings
-from bot.sandbox.slack_api import SlackSandbox
-from bot.sandbox.smtp import SandboxSmtp
-from bot.sandbox.telegram_api import TelegramSandbox
 from tests.channels.test_email import settings_for
 from tests.channels.test_sms_kannel import (
     kannel,
@@ -38,6 +35,9 @@ from tests.channels.test_sms_kannel import (
 )
 from tests.fakes.kannel import FakePhone, Kannel
 from tests.fakes.twilio import TwilioStandin
+from tocsin_sandbox.slack_api import SlackSandbox
+from tocsin_sandbox.smtp import SandboxSmtp
+from tocsin_sandbox.telegram_api import TelegramSandbox
 
 __all__ = ["kannel", "phone", "session"]  # fixtures reused from the Kannel channel tests
 

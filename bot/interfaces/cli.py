@@ -331,9 +331,9 @@ def demo(
 ) -> None:
     """The Orbis outage of 30 August 2023, end to end, on local sandbox gateways."""
     try:  # the stand-ins are a distribution of their own (sandbox/), absent from servers
-        from bot.sandbox.demo import run_demo
+        from tocsin_sandbox.demo import run_demo
     except ModuleNotFoundError as exc:
-        if exc.name not in {"bot.sandbox", "bot.sandbox.demo", "aiosmtpd"}:
+        if exc.name not in {"tocsin_sandbox", "tocsin_sandbox.demo", "aiosmtpd"}:
             raise
         err.print(
             "error: the demo's stand-ins are not installed: pip install 'tocsin[demo]'"

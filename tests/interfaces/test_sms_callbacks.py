@@ -24,10 +24,10 @@ from bot.config import Settings, settings_from_dict
 from bot.domain.declarations import IncidentDraft
 from bot.domain.models import Actor, ChannelName, Delivery, DeliveryState, Role, Severity
 from bot.interfaces.sms_callbacks import is_ok_reply
-from bot.sandbox.sms_gateway import GatewaySms, SmsGateway, expand_dlr_url
 from bot.store.memory import MemoryStore
 from tests.fakes.http_standin import HttpStandin, Reply
 from tests.fakes.twilio import TwilioStandin, sign
+from tocsin_sandbox.sms_gateway import GatewaySms, SmsGateway, expand_dlr_url
 
 PHONE = "+33612345678"
 CRISIS_CELL = Actor("cellule-crise", Role.RESPONDER)

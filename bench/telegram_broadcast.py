@@ -35,7 +35,7 @@ from telegram.request import HTTPXRequest
 from bot.channels.telegram import TelegramChannel, build_bot
 from bot.domain.models import ChannelName
 from bot.ports import OutboundMessage
-from bot.sandbox.telegram_api import TelegramSandbox
+from tocsin_sandbox.telegram_api import TelegramSandbox
 
 TOKEN = "100001:bench-token"
 CONCURRENCY = 50

@@ -12,13 +12,47 @@ from typing import Any
 
 import pytest
 
+from tests.pg_cluster import ThrowawayCluster
+from tests.pg_cluster import free_port as pg_free_port
+
 os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 # Every log line of the whole suite is scanned for phone numbers, addresses and secrets.
 pytest_plugins = ["tests.log_capture"]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
-PG_ADMIN_URL = os.environ.get("TOCSIN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+# --- PostgreSQL: the one place the suite's server address is decided ------------------------
+# TOCSIN_TEST_PG when set; else the machine's server on 127.0.0.1:5432 (PGPORT) when it lets
+# `postgres` in without a password; else a throwaway cluster of the suite's own
+# (tests/pg_cluster.py), started on first use: nothing depends on the machine's pg_hba.conf.
+MACHINE_PG_URL = f"postgresql://postgres@127.0.0.1:{os.environ.get('PGPORT', '5432')}/postgres"
+
+
+def _trusted(url: str) -> bool:
+    import asyncio
+
+    import asyncpg
+
+    async def attempt() -> bool:
+        try:
+            conn = await asyncpg.connect(url, timeout=3)
+        except Exception:  # refused, no such server, or a password/peer rule: not trusted
+            return False
+        await conn.close()
+        return True
+
+    return asyncio.run(attempt())
+
+
+_THROWAWAY: ThrowawayCluster | None = None
+if "TOCSIN_TEST_PG" in os.environ:
+    PG_ADMIN_URL = os.environ["TOCSIN_TEST_PG"]
+elif _trusted(MACHINE_PG_URL):
+    PG_ADMIN_URL = MACHINE_PG_URL
+else:
+    _THROWAWAY = ThrowawayCluster(pg_free_port())
+    PG_ADMIN_URL = _THROWAWAY.admin_url
 
 
 def require(condition: bool, what: str) -> None:
@@ -61,7 +95,12 @@ def _no_real_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def _pg_available() -> bool:
+    import asyncio
+
     import asyncpg
+
+    if _THROWAWAY is not None and not await asyncio.to_thread(_THROWAWAY.start):
+        return False
 
     try:
         conn = await asyncpg.connect(PG_ADMIN_URL, timeout=3)
@@ -83,7 +122,10 @@ async def pg_database() -> AsyncIterator[str]:
     """Create a fresh database, yield its URL, drop it (CI fails if PostgreSQL is missing)."""
     import asyncpg
 
-    require(await _pg_available(), "PostgreSQL on 127.0.0.1:5432")
+    where = "a throwaway cluster" if _THROWAWAY is not None else PG_ADMIN_URL.split("@")[-1]
+    if _THROWAWAY is not None and _THROWAWAY.problem:
+        where += f" ({_THROWAWAY.problem})"
+    require(await _pg_available(), f"PostgreSQL ({where})")
     name = f"tocsin_test_{secrets.token_hex(6)}"
     admin = await asyncpg.connect(PG_ADMIN_URL)
     try:

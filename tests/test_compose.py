@@ -139,7 +139,7 @@ def test_dependencies_wait_for_health(compose: dict[str, Any]) -> None:
 def test_dockerfile_copies_what_exists_and_runs_tocsin() -> None:
     text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     for line in text.splitlines():
-        if line.startswith("COPY "):
+        if line.startswith("COPY ") and not line.startswith("COPY --from="):
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
     assert 'ENTRYPOINT ["tocsin"]' in text
@@ -169,3 +169,22 @@ def test_example_alertmanager_configuration_passes_amtool() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("unit", "command"), [("tocsin", "serve"), ("tocsin-worker", "worker")])
+def test_systemd_units_run_tocsin_as_its_own_user_with_secrets_from_a_file(
+    unit: str, command: str
+) -> None:
+    text = (ROOT / "examples" / f"{unit}.service").read_text(encoding="utf-8")
+    service = dict(
+        line.split("=", 1)
+        for line in text.split("[Service]", 1)[1].split("[Install]", 1)[0].splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    assert service["ExecStart"].split()[-1] == command
+    assert service["ExecStart"].split()[0].endswith("/bin/tocsin")
+    assert service["User"] == "tocsin"
+    assert service["EnvironmentFile"] == "/etc/tocsin/tocsin.env"
+    assert service["Environment"] == "TOCSIN_CONFIG=/etc/tocsin/tocsin.yaml"
+    assert service["Restart"] == "on-failure"
+    assert "WantedBy=multi-user.target" in text

@@ -15,6 +15,7 @@ from email.utils import formatdate, make_msgid, parseaddr
 import aiosmtplib
 from pydantic import SecretStr
 
+from bot.channels.checks import CheckResult, failure_reason
 from bot.config import EmailChannelSettings
 from bot.domain.errors import ChannelError, PermanentError, TransientError
 from bot.domain.masking import scrub
@@ -273,6 +274,41 @@ class EmailChannel:
         except asyncio.CancelledError:
             client.close()  # a command may be half-sent: the session is unusable
             raise
+
+    async def check(self) -> CheckResult:
+        """Connect, EHLO, STARTTLS and AUTH as configured, then QUIT: no message is sent."""
+        settings = self._settings
+        client = aiosmtplib.SMTP(
+            hostname=settings.host,
+            port=settings.port,
+            username=self._username,
+            password=self._password,
+            timeout=settings.timeout,
+            use_tls=settings.use_tls,
+            start_tls=settings.starttls,
+            tls_context=self._tls_context,
+        )
+        steps = ["EHLO"]
+        if settings.starttls or settings.use_tls:
+            steps.append("STARTTLS" if settings.starttls else "TLS")
+        if self._username is not None:
+            steps.append("AUTH")
+        try:
+            await client.connect()
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            return CheckResult("email", False, f"AUTH refused ({exc.code})")
+        except aiosmtplib.SMTPResponseException as exc:
+            return CheckResult("email", False, f"refused ({exc.code})")
+        except (aiosmtplib.SMTPException, OSError, TimeoutError, ssl.SSLError) as exc:
+            return CheckResult("email", False, failure_reason(exc))
+        finally:
+            if not client.is_connected:
+                client.close()
+        try:
+            await client.quit()
+        except (aiosmtplib.SMTPException, OSError):
+            client.close()
+        return CheckResult("email", True, " + ".join(steps) + " ok")
 
 
 def _with_ack_link(body: str, prompt: str, url: str) -> str:

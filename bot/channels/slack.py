@@ -34,6 +34,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.channels import slack_blocks
+from bot.channels.checks import CheckResult, failure_reason
 from bot.channels.http_errors import exception_error, parse_retry_after
 from bot.config import Settings
 from bot.domain.errors import ChannelError, PermanentError, TransientError, UnknownOutcome
@@ -265,6 +266,19 @@ class SlackChannel:
 
     async def close(self) -> None:
         """Nothing to release: the session belongs to the caller."""
+
+    async def check(self) -> CheckResult:
+        """``auth.test``: is the bot token accepted? (Sends nothing.)"""
+        try:
+            answer = await self._client.auth_test()
+        except Exception as exc:
+            error = slack_error(exc)
+            if error is None:
+                raise
+            if error.code is None:  # no answer from Slack: the reason may quote the host
+                return CheckResult("slack", False, failure_reason(exc))
+            return CheckResult("slack", False, f"auth.test refused: {error.code}")
+        return CheckResult("slack", True, f"auth.test ok (workspace {answer.get('team')!s})")
 
 
 def slack_error(exc: BaseException) -> ChannelError | None:

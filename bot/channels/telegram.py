@@ -43,12 +43,14 @@ from telegram.error import (
     BadRequest,
     ChatMigrated,
     InvalidToken,
+    NetworkError,
     RetryAfter,
     TelegramError,
     TimedOut,
 )
 from telegram.error import Forbidden as TelegramForbidden
 
+from bot.channels.checks import CheckResult, failure_reason
 from bot.channels.telegram_request import AiohttpRequest, bot_urls, last_status, redact
 from bot.config import ConfigError, Settings
 from bot.domain.errors import ChannelError, PermanentError, TransientError, UnknownOutcome
@@ -284,6 +286,18 @@ class TelegramChannel:
 
     async def close(self) -> None:
         """Nothing to release: the HTTP session belongs to the caller."""
+
+    async def check(self) -> CheckResult:
+        """``getMe``: is the bot token accepted? (Sends nothing.)"""
+        try:
+            me = await self._bot.get_me()
+        except NetworkError as exc:  # no answer from Telegram (TimedOut is one too)
+            return CheckResult("telegram", False, failure_reason(exc.__cause__ or exc))
+        except TelegramError as exc:
+            return CheckResult("telegram", False, f"getMe refused: {redact(exc.message)}")
+        except (OSError, TimeoutError, aiohttp.ClientError) as exc:
+            return CheckResult("telegram", False, failure_reason(exc))
+        return CheckResult("telegram", True, f"getMe ok (@{me.username})")
 
 
 def _chat_id(address: str) -> int | str:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
 from bot.channels import slack_blocks as kit
+from bot.channels.checks import CheckResult, failure_reason
 from bot.channels.email import ack_prompt
 from bot.channels.http_errors import MAX_BODY, response_error, translated_errors
 from bot.config import WebhookChannelSettings
@@ -119,6 +121,25 @@ class WebhookChannel:
 
     async def close(self) -> None:
         """Nothing to release: the session belongs to the caller."""
+
+    async def check(self, urls: Iterable[str]) -> list[CheckResult]:
+        """A ``HEAD`` to one URL per distinct host: does the receiver answer at all? Any
+        answer below 500 passes (many receivers allow POST only); the line names the host
+        only, since a webhook's path is its secret."""
+        by_host: dict[str, str] = {}
+        for url in urls:
+            by_host.setdefault(self.provider_key(url), url)
+        results = []
+        for key, url in sorted(by_host.items()):
+            name = key.replace("webhook:", "webhook ", 1)
+            try:
+                async with self._session.head(url, timeout=self._timeout) as answer:
+                    status = answer.status
+            except (OSError, TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                results.append(CheckResult(name, False, failure_reason(exc)))
+                continue
+            results.append(CheckResult(name, status < 500, f"answers HTTP {status}"))
+        return results
 
 
 async def _provider_id(response: aiohttp.ClientResponse) -> str | None:

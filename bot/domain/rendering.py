@@ -12,6 +12,7 @@ remember a filter. HTML, Telegram and Slack autoescape; subject, text and SMS do
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -82,6 +83,18 @@ __all__ = [
 _LOCALE = re.compile(r"^[a-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})?$")
 
 
+def packaged_templates() -> Path:
+    """The message templates shipped with the package.
+
+    An installed wheel carries them as ``bot/message_templates/`` (see ``setup.py``); an
+    editable checkout reads the top-level ``message_templates/`` folder in place.
+    """
+    installed = importlib.resources.files(bot) / "message_templates"
+    if installed.is_dir():
+        return Path(str(installed))
+    return Path(bot.__file__).resolve().parent.parent / "message_templates"
+
+
 class StatementRenderer:
     """Renders statements of every kind, event, locale and format from the templates folder,
     in Jinja2's immutable sandbox, with undefined variables as errors.
@@ -97,7 +110,7 @@ class StatementRenderer:
         timezone: str = "Europe/Paris",
         sms_max_segments: int = 2,
     ) -> None:
-        self._dir = Path(templates_dir or Path(bot.__file__).parent / "message_templates")
+        self._dir = Path(templates_dir or packaged_templates())
         self._root = os.path.abspath(self._dir)
         try:
             ZoneInfo(timezone)

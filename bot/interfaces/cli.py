@@ -19,6 +19,7 @@ from bot.config import ConfigError, Settings
 from bot.domain.declarations import IncidentDraft
 from bot.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, TocsinError
 from bot.domain.models import StatementKind
+from bot.interfaces import check as check  # registers `tocsin check` on the app
 from bot.interfaces import cli_views  # registers status, report, claims… on the app
 from bot.interfaces.cli_support import (
     DEFAULT_CONFIG,
@@ -335,7 +336,19 @@ def demo(
     port: Annotated[int, typer.Option(help="Dashboard port (0: any free port).")] = 8080,
 ) -> None:
     """The Orbis outage of 30 August 2023, end to end, on local sandbox gateways."""
-    from bot.sandbox.demo import run_demo
+    try:  # the stand-ins are a distribution of their own (sandbox/), absent from servers
+        from tocsin_sandbox.demo import run_demo
+    except ModuleNotFoundError as exc:
+        if exc.name not in {"tocsin_sandbox", "tocsin_sandbox.demo", "aiosmtpd"}:
+            raise
+        err.print(
+            "error: the demo's stand-ins are not installed: pip install 'tocsin[demo]'"
+            " (in a checkout: make demo, or pip install -e ./sandbox)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
 
     code = run(run_demo(console, exit_when_done=exit_when_done, port=port))
     raise typer.Exit(code)

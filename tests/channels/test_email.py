@@ -17,7 +17,7 @@ from bot.config import EmailChannelSettings
 from bot.domain.errors import PermanentError, TransientError
 from bot.domain.models import ChannelName, DeliveryState
 from bot.ports import Channel, OutboundMessage
-from bot.sandbox.smtp import ReceivedMail, SandboxSmtp
+from tocsin_sandbox.smtp import ReceivedMail, SandboxSmtp
 
 FROM = "Cellule de crise <cellule-crise@example.org>"
 TO = "a.martin@example.org"

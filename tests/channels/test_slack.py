@@ -27,9 +27,9 @@ from bot.domain.declarations import IncidentDraft
 from bot.domain.errors import PermanentError, TransientError, UnknownOutcome
 from bot.domain.models import Actor, ChannelName, DeliveryState, Role, Severity
 from bot.ports import Channel, OutboundMessage, Receipt
-from bot.sandbox.slack_api import SlackSandbox
 from bot.store.memory import MemoryStore
 from tests.fakes.http_standin import HttpStandin, Reply
+from tocsin_sandbox.slack_api import SlackSandbox
 
 TOKEN = "xoxb-test-token"
 LIVE_MENTION = re.compile(r"<(!channel|!here|!everyone|!subteam[^>]*|@[UW][A-Z0-9]+[^>]*)>")

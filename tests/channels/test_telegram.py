@@ -26,10 +26,10 @@ from bot.domain.models import (
     StatementKind,
 )
 from bot.ports import Changes, Channel, OutboundMessage, Receipt
-from bot.sandbox.telegram_api import Failure, TelegramSandbox, visible_text
 from bot.store.memory import MemoryStore
 from tests.factories import T0, incident, new_delivery, statement
 from tests.fakes.http_standin import HttpStandin, Reply
+from tocsin_sandbox.telegram_api import Failure, TelegramSandbox, visible_text
 
 TOKEN = "123456:TEST-token-never-logged"
 BODY = "<b>Panne Orbis</b>\nUtilisez les procédures papier &amp; le SAMU reste disponible."

@@ -26,11 +26,11 @@ from bot.domain.errors import TransientError, UnknownOutcome
 from bot.domain.models import ChannelName, DeliveryState
 from bot.interfaces import serialize
 from bot.ports import OutboundMessage, Receipt
-from bot.sandbox.slack_api import SlackSandbox
-from bot.sandbox.telegram_api import Failure, TelegramSandbox, visible_text
 from bot.store.memory import MemoryStore
 from tests import factories
 from tests.interfaces.api_support import auth, running_api
+from tocsin_sandbox.slack_api import SlackSandbox
+from tocsin_sandbox.telegram_api import Failure, TelegramSandbox, visible_text
 
 SLACK_TOKEN = "xoxb-test-token"
 TELEGRAM_TOKEN = "123456:TEST-token-never-logged"

@@ -14,8 +14,8 @@ from bot.config import WebhookChannelSettings
 from bot.domain.errors import PermanentError, TransientError
 from bot.domain.models import ChannelName, DeliveryState
 from bot.ports import Channel, OutboundMessage, Receipt
-from bot.sandbox.webhook_sink import WebhookSink
 from tests.fakes.http_standin import HttpStandin, Reply
+from tocsin_sandbox.webhook_sink import WebhookSink
 
 HOOK = "/hooks/T0CRISIS/B0/secret"
 

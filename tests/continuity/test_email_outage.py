@@ -11,10 +11,10 @@ from bot.delivery.retry import RetryPolicy
 from bot.delivery.worker import DispatchConfig, Dispatcher
 from bot.domain.clock import FakeClock
 from bot.domain.models import ChannelName, DeliveryPolicy, DeliveryState, StatementKind
-from bot.sandbox.smtp import SandboxSmtp
 from bot.store.memory import MemoryStore
 from tests import factories as f
 from tests.fakes.channels import RecordingChannel
+from tocsin_sandbox.smtp import SandboxSmtp
 
 POLICY = DeliveryPolicy(
     channels=(ChannelName.EMAIL, ChannelName.SMS), kind=StatementKind.DEPARTMENT_HEADS

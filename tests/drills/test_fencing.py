@@ -20,11 +20,11 @@ from aiohttp import web
 
 from bot.domain.models import ChannelName, DeliveryState
 from bot.ports import Page, Store
-from bot.sandbox.smtp import SandboxSmtp
 from bot.store import open_store
 from tests import factories
 from tests.conftest import pg_database
 from tests.drills import WorkerProcess, fan_out, wait_until, write_config
+from tocsin_sandbox.smtp import SandboxSmtp
 
 INCIDENT = "INC-2023-0830-01"
 

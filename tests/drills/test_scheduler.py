@@ -4,7 +4,7 @@ leading ``serve`` is killed.
 
 Each drill writes a configuration, starts ``python -m bot serve`` (and ``worker``) against
 SQLite or PostgreSQL and the local stand-ins (the webhook sink in its own process, the SMTP
-and Slack stand-ins of ``bot/sandbox``), acts over HTTP as a client would, and counts what
+and Slack stand-ins of ``tocsin_sandbox``), acts over HTTP as a client would, and counts what
 the stand-ins received.
 """
 
@@ -28,12 +28,12 @@ import pytest
 
 from bot.domain.models import DeliveryState
 from bot.ports import Store
-from bot.sandbox.slack_api import SlackSandbox
-from bot.sandbox.smtp import SandboxSmtp
 from bot.store.postgres import PostgresStore
 from bot.store.sqlite import SqliteStore
 from tests.conftest import pg_database
 from tests.drills import ROOT, Sink, WorkerProcess, wait_until, write_config
+from tocsin_sandbox.slack_api import SlackSandbox
+from tocsin_sandbox.smtp import SandboxSmtp
 
 TOKEN_ENV = {
     "TOCSIN_DRILL_TOKEN": "drill-responder-token-0123456789",

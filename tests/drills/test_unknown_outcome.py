@@ -18,10 +18,10 @@ import pytest
 
 from bot.domain.models import ChannelName, DeliveryState
 from bot.ports import Store
-from bot.sandbox.slack_api import SlackSandbox
 from bot.store import open_store
 from tests import factories
 from tests.drills import WorkerProcess, wait_until, write_config
+from tocsin_sandbox.slack_api import SlackSandbox
 
 INCIDENT = "INC-2023-0830-01"
 TOKEN = "xoxb-drill-token"

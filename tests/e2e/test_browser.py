@@ -13,11 +13,11 @@ from aiohttp import web
 from playwright.async_api import Page, async_playwright, expect
 
 from bot.domain.models import StatementStatus
-from bot.sandbox.smtp import SandboxSmtp
-from bot.sandbox.webhook_sink import WebhookSink
 from tests.conftest import require
 from tests.interfaces.api_support import TOKENS, auth, base_config
 from tests.interfaces.web_support import running_web
+from tocsin_sandbox.smtp import SandboxSmtp
+from tocsin_sandbox.webhook_sink import WebhookSink
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]

@@ -88,6 +88,7 @@ class TwilioStandin:
         self.auth_token = auth_token or secrets.token_hex(16)
         self.messages: list[TwilioMessage] = []
         self.create_requests = 0
+        self.account_requests = 0
         self.list_requests: list[dict[str, str]] = []
         self._failures: deque[Failure] = deque()
         self._runner: web.AppRunner | None = None
@@ -112,6 +113,7 @@ class TwilioStandin:
         path = f"/2010-04-01/Accounts/{self.account_sid}/Messages.json"
         app.router.add_post(path, self._create)
         app.router.add_get(path, self._list)
+        app.router.add_get(f"/2010-04-01/Accounts/{self.account_sid}.json", self._account)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -183,6 +185,15 @@ class TwilioStandin:
             return _error(400, 21603, "A 'From' phone number is required.")
         message = self._new(form)
         return web.json_response(message.resource(self.account_sid), status=201)
+
+    async def _account(self, request: web.Request) -> web.Response:
+        """``GET /Accounts/{sid}.json``: the account resource (``tocsin check`` fetches it)."""
+        self.account_requests += 1
+        if not self._authorised(request):
+            return _error(401, 20003, "Authenticate")
+        return web.json_response(
+            {"sid": self.account_sid, "status": "active", "type": "Full", "friendly_name": "Tocsin"}
+        )
 
     async def _list(self, request: web.Request) -> web.Response:
         if not self._authorised(request):

@@ -105,7 +105,7 @@ async def api_with_mail(
     monkeypatch: pytest.MonkeyPatch, **config_over: Any
 ) -> AsyncIterator[tuple[Api, Any]]:
     """A running app with its worker, sending e-mail to a real local SMTP server."""
-    from bot.sandbox.smtp import SandboxSmtp
+    from tocsin_sandbox.smtp import SandboxSmtp
 
     smtp = SandboxSmtp()
     await smtp.start()

@@ -11,12 +11,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from bot.domain.models import Attempt, Delivery, DeliveryState, Outcome
 from bot.interfaces.metrics import METRICS, Metrics
 from bot.ports import Changes
-from bot.sandbox.smtp import SandboxSmtp
-from bot.sandbox.webhook_sink import WebhookSink
 from bot.store.memory import MemoryStore
 from tests import factories
 from tests.interfaces.api_support import Api, auth, base_config
 from tests.interfaces.web_support import log_in, running_web
+from tocsin_sandbox.smtp import SandboxSmtp
+from tocsin_sandbox.webhook_sink import WebhookSink
 
 ORBIS = {"title": "Orbis indisponible", "systems": ["Orbis"], "severity": "critical"}
 

@@ -37,9 +37,9 @@ from bot.domain.models import (
 )
 from bot.interfaces.slack_app import SLACK, SlackInbound
 from bot.interfaces.slack_progress import SlackProgress
-from bot.sandbox.slack_api import SlackMessage, SlackSandbox
 from bot.store.memory import MemoryStore
 from tests.factories import T0, declaration
+from tocsin_sandbox.slack_api import SlackMessage, SlackSandbox
 
 TOKEN = "xoxb-tocsin-test"
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"

@@ -26,10 +26,10 @@ from bot.domain.ack_tokens import CALLBACK, AckKeys
 from bot.domain.declarations import IncidentDraft
 from bot.domain.models import Actor, ChannelName, Delivery, DeliveryState, Role, Severity
 from bot.interfaces.sms_callbacks import is_ok_reply
-from bot.sandbox.sms_gateway import GatewaySms, SmsGateway, expand_dlr_url
 from bot.store.memory import MemoryStore
 from tests.fakes.http_standin import HttpStandin, Reply
 from tests.fakes.twilio import TwilioStandin, sign
+from tocsin_sandbox.sms_gateway import GatewaySms, SmsGateway, expand_dlr_url
 
 PHONE = "+33612345678"
 INBOUND = "inbound-secret-0123456789"  # what Kannel's get-url carries

@@ -21,9 +21,9 @@ from bot.domain.clock import FakeClock
 from bot.domain.models import ChannelName, Delivery, DeliveryPolicy, DeliveryState, StatementKind
 from bot.interfaces.telegram_bot import POLLING_ENV, REFUSAL, UNKNOWN_ACK, WEBHOOK_PATH
 from bot.ports import Changes, Channel, OutboundMessage, Receipt
-from bot.sandbox.telegram_api import SECRET_HEADER, TelegramSandbox
 from bot.store.memory import MemoryStore
 from tests.factories import T0, incident, new_delivery, statement
+from tocsin_sandbox.telegram_api import SECRET_HEADER, TelegramSandbox
 
 TOKEN = "123456:TEST-inbound-token"
 SECRET = "webhook-secret-0123456789"

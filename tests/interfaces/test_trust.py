@@ -10,13 +10,13 @@ import pytest
 
 from bot.domain.models import ChannelName, DeliveryState
 from bot.interfaces.web.session import COOKIE
-from bot.sandbox.webhook_sink import WebhookSink
 from bot.store.memory import MemoryStore
 from tests.fakes.http_standin import HttpStandin, Reply
 from tests.interfaces.api_support import auth, base_config, settle
 from tests.interfaces.test_dashboard import browser
 from tests.interfaces.web_support import csrf_of, log_in, running_web
 from tests.log_capture import find_leaks
+from tocsin_sandbox.webhook_sink import WebhookSink
 
 ORBIS = {"title": "Orbis indisponible", "systems": ["Orbis"], "severity": "critical"}
 MACHINE_TOKENS = {

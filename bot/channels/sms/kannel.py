@@ -19,6 +19,7 @@ from urllib.parse import quote
 import aiohttp
 from pydantic import SecretStr
 
+from bot.channels.checks import CheckResult, failure_reason
 from bot.channels.http_errors import MAX_BODY, excerpt, response_error
 from bot.domain.errors import PermanentError, TransientError, UnknownOutcome
 from bot.domain.masking import mask_phone
@@ -153,3 +154,26 @@ class KannelChannel:
 
     async def close(self) -> None:
         """Nothing to release: the session belongs to the caller."""
+
+    async def check(self) -> CheckResult:
+        """A ``sendsms`` request with our credentials and no receiver: smsbox checks the
+        credentials first (403 "Authorization failed") and only then refuses the missing
+        receiver (400 "Missing receiver(s) number(s)"), so nothing is ever sent."""
+        headers = {
+            "Content-Type": "text/plain; charset=UTF-8",
+            "X-Kannel-Username": self._username.get_secret_value(),
+            "X-Kannel-Password": self._password.get_secret_value(),
+        }
+        name = "sms (kannel)"
+        try:
+            async with self._session.post(
+                self._url, data=b"", headers=headers, timeout=self._timeout
+            ) as response:
+                body = (await response.content.read(MAX_BODY)).decode("utf-8", "replace")
+        except (OSError, TimeoutError, aiohttp.ClientError) as exc:
+            return CheckResult(name, False, failure_reason(exc))
+        if response.status == 400 and "receiver" in body.lower():
+            return CheckResult(name, True, "credentials accepted (probe without receiver)")
+        if response.status == 403:
+            return CheckResult(name, False, "credentials refused (403 Authorization failed)")
+        return CheckResult(name, False, f"unexpected answer: HTTP {response.status}")

@@ -27,6 +27,7 @@ from urllib.parse import quote
 import aiohttp
 from pydantic import SecretStr
 
+from bot.channels.checks import CheckResult, failure_reason
 from bot.channels.http_errors import MAX_BODY, excerpt, parse_retry_after
 from bot.domain.errors import ChannelError, PermanentError, TransientError, UnknownOutcome
 from bot.domain.masking import mask_phone
@@ -238,6 +239,26 @@ class TwilioChannel:
 
     async def close(self) -> None:
         """Nothing to release: the session belongs to the caller."""
+
+    async def check(self) -> CheckResult:
+        """``GET /2010-04-01/Accounts/{sid}.json``: are the account SID and token accepted?"""
+        url = self._messages_url.removesuffix("/Messages.json") + ".json"
+        headers = {"Authorization": self._authorization.get_secret_value()}
+        name = "sms (twilio)"
+        try:
+            async with self._session.get(url, headers=headers, timeout=self._timeout) as answer:
+                status = answer.status
+                data = await answer.json(content_type=None) if status < 500 else None
+        except (OSError, TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            return CheckResult(name, False, failure_reason(exc))
+        if status == 200:
+            state = data.get("status") if isinstance(data, dict) else None
+            if state not in (None, "active"):
+                return CheckResult(name, False, f"account is {state}")
+            return CheckResult(name, True, "account fetched")
+        code = data.get("code") if isinstance(data, dict) else None
+        detail = f" (error {code})" if code else ""
+        return CheckResult(name, False, f"account fetch refused: HTTP {status}{detail}")
 
 
 def _receipt_of(item: dict[str, Any]) -> Receipt:

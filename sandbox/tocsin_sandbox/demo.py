@@ -32,9 +32,9 @@ from bot.domain.declarations import IncidentDraft
 from bot.domain.models import Actor, ChannelName, DeliveryState, Role, StatementKind
 from bot.interfaces.progress import PENDING, follow_fan_out, report_table
 from bot.logs import configure_logging
-from bot.sandbox import demo_channels
-from bot.sandbox.smtp import SandboxSmtp
-from bot.sandbox.webhook_sink import WebhookSink
+from tocsin_sandbox import demo_channels
+from tocsin_sandbox.smtp import SandboxSmtp
+from tocsin_sandbox.webhook_sink import WebhookSink
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CELL = Actor("cellule-crise", Role.RESPONDER)

@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from bot.sandbox.server import LocalServer
+from tocsin_sandbox.server import LocalServer
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from bot.sandbox.server import LocalServer
+from tocsin_sandbox.server import LocalServer
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.sandbox.server import LocalServer
+from tocsin_sandbox.server import LocalServer
 
 METHODS = (
     "auth.test",

@@ -2,7 +2,7 @@
 can be programmed to answer with, the messages the bot has sent, how Telegram reads their HTML,
 and the users, chats and updates (messages, button presses) Telegram would send the bot.
 
-:class:`TelegramUpdates` is the base of :class:`~bot.sandbox.telegram_api.TelegramSandbox`,
+:class:`TelegramUpdates` is the base of :class:`~tocsin_sandbox.telegram_api.TelegramSandbox`,
 which serves the Bot API itself.
 """
 

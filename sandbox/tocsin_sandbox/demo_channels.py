@@ -8,13 +8,13 @@ import aiohttp
 from rich.console import Console
 
 from bot.domain.models import ChannelName, DeliveryState
-from bot.sandbox.slack_api import SlackSandbox
-from bot.sandbox.sms_gateway import SmsGateway
-from bot.sandbox.telegram_api import TelegramSandbox
+from tocsin_sandbox.slack_api import SlackSandbox
+from tocsin_sandbox.sms_gateway import SmsGateway
+from tocsin_sandbox.telegram_api import TelegramSandbox
 
 if TYPE_CHECKING:
     from bot.app import Runtime
-    from bot.sandbox.demo import Sandboxes
+    from tocsin_sandbox.demo import Sandboxes
 
 FACTORIES: list[tuple[str, Any]] = [
     ("slack", lambda boxes: SlackSandbox(token=boxes.secrets["SLACK_BOT_TOKEN"])),

@@ -20,7 +20,7 @@ Failures are programmed per chat::
 ``press_ack`` plays a department head pressing "Pris en compte" on the latest message of their
 chat: it builds the callback-query update Telegram would send and POSTs it to the webhook with
 the secret header. ``message_update``/``callback_update`` build such updates for other uses
-(see :mod:`bot.sandbox.telegram_updates`, which also holds the failure and message types).
+(see :mod:`tocsin_sandbox.telegram_updates`, which also holds the failure and message types).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bot.sandbox.server import LocalServer
-from bot.sandbox.telegram_updates import (
+from tocsin_sandbox.server import LocalServer
+from tocsin_sandbox.telegram_updates import (
     MAX_LENGTH,
     SECRET_HEADER,
     ApiError,

@@ -6,20 +6,21 @@ Loaded once in ``main`` (or a test) and passed down; nothing reads configuration
 from __future__ import annotations
 
 import os
-import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BeforeValidator,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
+from bot.channels.registry import specs
 from bot.config_base import ConfigError, Duration, Strict, parse_duration
 from bot.config_channels import (
     Channels,
@@ -29,6 +30,7 @@ from bot.config_channels import (
     SmsChannelSettings,
     TelegramChannelSettings,
     WebhookChannelSettings,
+    channel_keys,
 )
 from bot.domain.models import ChannelName, DeliveryPolicy, Role, Severity, StatementKind
 from bot.domain.phone import normalise_phone
@@ -129,84 +131,100 @@ class DeliverySettings(Strict):
     ack_ttl: Duration = 7 * 86400.0
 
 
-DESTINATION_KINDS: dict[str, ChannelName] = {
-    "slack_channel": ChannelName.SLACK,
-    "telegram_chat": ChannelName.TELEGRAM,
-    "email_list": ChannelName.EMAIL,
-    "webhook": ChannelName.WEBHOOK,
-}
-
-
 class Destination(Strict):
-    """A channel, group or list reached as one delivery."""
+    """A channel, group or list reached as one delivery: exactly one channel's destination
+    key (``slack_channel``, ``telegram_chat``, ``email_list``, ``webhook``… as each channel
+    declares) with its address."""
 
-    slack_channel: str | None = None
-    telegram_chat: str | None = None
-    email_list: str | None = None
-    webhook: str | None = None
+    model_config = ConfigDict(extra="allow", frozen=True)
+
     name: str | None = None
     locale: str | None = None
 
-    @field_validator("telegram_chat", "slack_channel", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _as_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) else value
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Destination:
-        given = [key for key in DESTINATION_KINDS if getattr(self, key) is not None]
+    def _exactly_one(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        values, given, refused = channel_keys(
+            data,
+            fixed=("name", "locale"),
+            key_of=lambda spec: spec.destination_key,
+            read=lambda spec: spec.destination_address,
+            title="Destination",
+            defer_refusals=True,
+        )
         if len(given) != 1:
+            keys = [key for key in values if key not in ("name", "locale")]
             raise ValueError(
                 "a destination needs exactly one of "
-                + ", ".join(DESTINATION_KINDS)
+                + ", ".join(keys)
                 + f" (got {', '.join(given) or 'none'})"
             )
-        if self.webhook is not None and not self.webhook.startswith(("http://", "https://")):
-            raise ValueError("webhook must be an http:// or https:// URL")
-        return self
+        if refused:
+            raise ValueError(refused[0])
+        return values
+
+    def _given(self) -> tuple[ChannelName, str]:
+        for spec in specs():
+            key = spec.destination_key
+            if key is not None and (address := (self.model_extra or {}).get(key)):
+                return spec.name, str(address)
+        raise LookupError("a destination without a channel")  # the validator forbids it
 
     @property
     def channel(self) -> ChannelName:
-        return next(DESTINATION_KINDS[k] for k in DESTINATION_KINDS if getattr(self, k))
+        return self._given()[0]
 
     @property
     def address(self) -> str:
-        return next(str(getattr(self, k)) for k in DESTINATION_KINDS if getattr(self, k))
+        return self._given()[1]
+
+    if TYPE_CHECKING:
+        # A channel's destination key (``destination.slack_channel``): its address or None.
+        def __getattr__(self, name: str) -> Any: ...
 
 
 class Member(Strict):
-    """A person, reached on the first channel of the audience policy that works for them."""
+    """A person, reached on the first channel of the audience policy that works for them;
+    their address on a channel is under the key that channel declares (``phone``, ``email``,
+    ``telegram``, ``slack``…)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     name: str
     site: str | None = None
     locale: str | None = None
-    telegram: str | None = None
-    phone: str | None = None
-    email: str | None = None
-    slack: str | None = None
     deputy: bool = False
 
-    @field_validator("telegram", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _telegram_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) else value
-
-    @field_validator("email")
-    @classmethod
-    def _email(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
-            raise ValueError("not an e-mail address")
-        return value
+    def _addresses(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        values, _, _ = channel_keys(
+            data,
+            fixed=("name", "site", "locale", "deputy"),
+            key_of=lambda spec: spec.member_key,
+            read=lambda spec: spec.member_address,
+            title="Member",
+            defer_refusals=False,
+        )
+        return values
 
     def contacts(self) -> dict[str, str]:
         """Addresses by channel name."""
-        pairs = {
-            ChannelName.TELEGRAM: self.telegram,
-            ChannelName.SMS: self.phone,
-            ChannelName.EMAIL: self.email,
-            ChannelName.SLACK: self.slack,
-        }
-        return {k.value: v for k, v in pairs.items() if v}
+        extra = self.model_extra or {}
+        found = {}
+        for spec in specs():
+            address = extra.get(spec.member_key) if spec.member_key else None
+            if address:
+                found[str(spec.name)] = str(address)
+        return found
+
+    if TYPE_CHECKING:
+        # A channel's member key (``member.phone``): the address, or None.
+        def __getattr__(self, name: str) -> Any: ...
 
 
 class Policy(Strict):

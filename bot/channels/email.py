@@ -6,21 +6,47 @@ import asyncio
 import hashlib
 import html
 import logging
+import re
 import ssl
 import time
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate, make_msgid, parseaddr
+from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
-from pydantic import SecretStr
+from pydantic import ConfigDict, Field, SecretStr
 
 from bot.channels.checks import CheckResult, failure_reason
-from bot.config import EmailChannelSettings
+from bot.channels.spec import ChannelSpec, RateLimits, built_check
+from bot.config_base import Duration, Strict
 from bot.domain.errors import ChannelError, PermanentError, TransientError
-from bot.domain.masking import scrub
+from bot.domain.masking import mask_email, scrub
 from bot.domain.models import ChannelName, DeliveryState
 from bot.ports import OutboundMessage, Receipt
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from bot.config import Settings
+
+
+class EmailChannelSettings(Strict):
+    """``channels.email``: the SMTP relay."""
+
+    host: str = "127.0.0.1"
+    port: int = 25
+    starttls: bool = False
+    use_tls: bool = False
+    username_env: str | None = None
+    password_env: str | None = None
+    ca_file: str | None = None
+    from_: str = Field(default="tocsin@example.org", alias="from")
+    timeout: Duration = 10.0
+    limits: RateLimits = RateLimits()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
 
 log = logging.getLogger(__name__)
 
@@ -329,3 +355,40 @@ def _as_document(body: str, title: str, locale: str) -> str:
         f'<head><meta charset="utf-8"><title>{html.escape(title)}</title></head>\n'
         f"<body>\n{body.rstrip()}\n</body>\n</html>\n"
     )
+
+
+def from_settings(settings: Settings, session: aiohttp.ClientSession) -> EmailChannel:
+    """The SMTP adapter of ``channels.email``; credentials from the variables it names."""
+    cfg = settings.channels.get(SPEC)
+    if cfg is None:
+        raise ValueError("channels.email is not configured")
+    return EmailChannel(
+        cfg,
+        username=settings.secret(cfg.username_env, required=False),
+        password=settings.secret(cfg.password_env, required=False),
+        ca_file=str(settings.resolve_path(cfg.ca_file)) if cfg.ca_file else None,
+    )
+
+
+_ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+def member_address(value: Any) -> Any:
+    """A member's e-mail address, refused when it is not one."""
+    if isinstance(value, str) and not _ADDRESS.fullmatch(value):
+        raise ValueError("not an e-mail address")
+    return value
+
+
+SPEC = ChannelSpec(
+    name=ChannelName.EMAIL,
+    settings_model=EmailChannelSettings,
+    from_settings=from_settings,
+    formats=("subject", "text", "html"),
+    destination_key="email_list",
+    member_key="email",
+    mask=mask_email,
+    destination_address=lambda value: value,
+    member_address=member_address,
+    check=built_check(from_settings),
+)

@@ -27,7 +27,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -36,10 +36,29 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.channels import slack_blocks
 from bot.channels.checks import CheckResult, failure_reason
 from bot.channels.http_errors import exception_error, parse_retry_after
-from bot.config import Settings
+from bot.channels.spec import ChannelSpec, RateLimits, built_check
+from bot.config_base import Duration, Strict
 from bot.domain.errors import ChannelError, PermanentError, TransientError, UnknownOutcome
 from bot.domain.models import ChannelName, DeliveryState
 from bot.ports import OutboundMessage, Receipt
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+
+
+class SlackChannelSettings(Strict):
+    """``channels.slack``: the bot's credentials and the Web API."""
+
+    bot_token_env: str = "SLACK_BOT_TOKEN"  # noqa: S105 (a variable name)
+    signing_secret_env: str = "SLACK_SIGNING_SECRET"  # noqa: S105 (a variable name)
+    api_url: str = "https://slack.com/api/"
+    incident_channel: str | None = None
+    press_channel: str | None = None
+    # Seconds to wait for Slack's answer; past it the post's outcome is unknown and the next
+    # attempt first looks for the message in the conversation's history.
+    timeout: Duration = 10.0
+    limits: RateLimits = RateLimits()
+
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +112,7 @@ PERMANENT_ERRORS = frozenset(
 def slack_client(settings: Settings, session: aiohttp.ClientSession) -> AsyncWebClient:
     """The Web API client over the shared session, at the configured base URL, without the
     SDK's retries (ours decide, and a 429 must reach the rate limiter)."""
-    cfg = settings.channels.slack
+    cfg = settings.channels.get(SPEC)
     if cfg is None:
         raise ValueError("channels.slack is not configured")
     token = settings.secret(cfg.bot_token_env)
@@ -335,6 +354,17 @@ def _header(headers: Any, name: str) -> str | None:
 
 def from_settings(settings: Settings, session: aiohttp.ClientSession) -> SlackChannel:
     """The Slack channel of this configuration, over the shared HTTP session."""
-    cfg = settings.channels.slack
+    cfg = settings.channels.get(SPEC)
     timeout = cfg.timeout if cfg is not None else 10.0
     return SlackChannel(slack_client(settings, session), timeout=timeout)
+
+
+SPEC = ChannelSpec(
+    name=ChannelName.SLACK,
+    settings_model=SlackChannelSettings,
+    from_settings=from_settings,
+    formats=("slack", "text"),
+    destination_key="slack_channel",
+    member_key="slack",
+    check=built_check(from_settings),
+)

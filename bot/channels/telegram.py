@@ -52,6 +52,7 @@ from telegram.error import Forbidden as TelegramForbidden
 
 from bot.channels.checks import CheckResult, failure_reason
 from bot.channels.telegram_request import AiohttpRequest, bot_urls, last_status, redact
+from bot.channels.telegram_spec import SPEC
 from bot.config import ConfigError, Settings
 from bot.domain.errors import ChannelError, PermanentError, TransientError, UnknownOutcome
 from bot.domain.models import ChannelName, DeliveryState
@@ -350,7 +351,7 @@ def build_bot(
 
 def from_settings(settings: Settings, session: aiohttp.ClientSession) -> TelegramChannel:
     """The channel for ``channels.telegram`` (token from the environment)."""
-    cfg = settings.channels.telegram
+    cfg = settings.channels.get(SPEC)
     if cfg is None:
         raise ConfigError("channels.telegram is not configured")
     token = settings.secret(cfg.token_env)

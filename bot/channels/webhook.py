@@ -6,7 +6,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from yarl import URL
@@ -15,10 +15,23 @@ from bot.channels import slack_blocks as kit
 from bot.channels.checks import CheckResult, failure_reason
 from bot.channels.email import ack_prompt
 from bot.channels.http_errors import MAX_BODY, response_error, translated_errors
-from bot.config import WebhookChannelSettings
+from bot.channels.spec import ChannelSpec, RateLimits
+from bot.config_base import Duration, Strict
 from bot.domain.errors import PermanentError
+from bot.domain.masking import mask_url
 from bot.domain.models import ChannelName, DeliveryState
 from bot.ports import OutboundMessage, Receipt
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+
+
+class WebhookChannelSettings(Strict):
+    """``channels.webhook``: always on; each destination's URL is its own."""
+
+    timeout: Duration = 10.0
+    limits: RateLimits = RateLimits()
+
 
 log = logging.getLogger(__name__)
 
@@ -155,3 +168,29 @@ async def _provider_id(response: aiohttp.ClientResponse) -> str | None:
     if isinstance(data, dict) and isinstance(data.get("id"), str | int) and data["id"] != "":
         return str(data["id"])
     return response.headers.get("X-Request-Id")
+
+
+def from_settings(settings: Settings, session: aiohttp.ClientSession) -> WebhookChannel:
+    """The webhook adapter, over the shared session."""
+    return WebhookChannel(session, settings.channels.get(SPEC) or WebhookChannelSettings())
+
+
+def destination_address(value: Any) -> Any:
+    """A destination's webhook URL, refused unless http(s)."""
+    if isinstance(value, str) and not value.startswith(("http://", "https://")):
+        raise ValueError("webhook must be an http:// or https:// URL")
+    return value
+
+
+# No ``check``: ``tocsin check`` sends one HEAD per webhook host instead (``check_hosts``).
+SPEC = ChannelSpec(
+    name=ChannelName.WEBHOOK,
+    settings_model=WebhookChannelSettings,
+    from_settings=from_settings,
+    formats=("subject", "text"),
+    destination_key="webhook",
+    mask=mask_url,
+    mask_always=True,
+    destination_address=destination_address,
+    always_on=True,
+)

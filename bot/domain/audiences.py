@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from bot.domain.channel_facts import facts_for
 from bot.domain.models import (
     ChannelName,
     Delivery,
@@ -72,8 +73,9 @@ def new_ack_token() -> str:
 
 
 def statement_kind_for(channel: ChannelName, audience_kind: StatementKind) -> StatementKind:
-    """SMS always carries the short ``sms`` statement; other channels the audience's kind."""
-    return StatementKind.SMS if channel == ChannelName.SMS else audience_kind
+    """The statement a channel carries: its own when it declares one (SMS: the short ``sms``
+    statement), else the audience's kind."""
+    return facts_for(channel).statement_kind or audience_kind
 
 
 def next_channel(

@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 import phonenumbers
 
+from bot.domain.channel_facts import facts_for
 from bot.domain.models import ChannelName
 
 _EMAIL = re.compile(r"(?<![\w.+-])([\w.+-])[\w.+-]*@([\w-]+(?:\.[\w-]+)+)")
@@ -66,17 +67,16 @@ def mask_url(url: str) -> str:
 
 
 def mask_address(channel: ChannelName | str, address: str, *, personal: bool) -> str:
-    """Mask a member's phone or e-mail and every webhook URL; list addresses, chat and channel
-    ids are shown as is."""
-    if channel == ChannelName.WEBHOOK:
-        return mask_url(address)
-    if not personal:
+    """Mask an address as its channel declares: a member's phone or e-mail, and every webhook
+    URL; list addresses, chat and channel ids are shown as is. An address of a channel no
+    longer registered is not shown."""
+    try:
+        facts = facts_for(channel)
+    except LookupError:
+        return "•••"
+    if facts.mask is None or not (personal or facts.mask_always):
         return address
-    if channel == ChannelName.SMS:
-        return mask_phone(address)
-    if channel == ChannelName.EMAIL:
-        return mask_email(address)
-    return address
+    return facts.mask(address)
 
 
 def _mask_phones(text: str, region: str) -> str:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 
 class Severity(StrEnum):
@@ -78,14 +78,52 @@ PROGRESS_RANK: Mapping[DeliveryState, int] = {
 }
 
 
-class ChannelName(StrEnum):
-    """Outbound channels."""
+class ChannelName(str):
+    """An outbound channel's name: an open set, one per registered channel module
+    (``bot/channels/registry.py``); the built-in ones are constants here. A plain string
+    underneath, so that comparisons, dictionary keys, JSON and SQL see ``"sms"``; ``.value``
+    is kept for code written when this was an enumeration."""
 
-    EMAIL = "email"
-    WEBHOOK = "webhook"
-    SLACK = "slack"
-    TELEGRAM = "telegram"
-    SMS = "sms"
+    __slots__ = ()
+
+    EMAIL: ClassVar[ChannelName]
+    WEBHOOK: ClassVar[ChannelName]
+    SLACK: ClassVar[ChannelName]
+    TELEGRAM: ClassVar[ChannelName]
+    SMS: ClassVar[ChannelName]
+
+    @property
+    def value(self) -> str:
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return f"ChannelName({str.__repr__(self)})"
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        """In settings and API models a channel name must be a registered channel's."""
+        from pydantic_core import core_schema
+
+        from bot.domain.channel_facts import known_channel
+
+        return core_schema.no_info_after_validator_function(
+            known_channel,
+            core_schema.str_schema(),
+            serialization=core_schema.plain_serializer_function_ser_schema(str),
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> dict[str, Any]:
+        from bot.domain.channel_facts import registered_names
+
+        return {"enum": list(registered_names()), "title": "ChannelName", "type": "string"}
+
+
+ChannelName.EMAIL = ChannelName("email")
+ChannelName.WEBHOOK = ChannelName("webhook")
+ChannelName.SLACK = ChannelName("slack")
+ChannelName.TELEGRAM = ChannelName("telegram")
+ChannelName.SMS = ChannelName("sms")
 
 
 class Role(StrEnum):

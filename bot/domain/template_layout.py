@@ -8,19 +8,40 @@ in ``claims.<locale>.yaml`` and labels (severity, status, cause) in ``labels.<lo
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.domain.channel_facts import all_facts, message_formats
 from bot.domain.errors import TocsinError
 from bot.domain.models import StatementKind
 
 EVENTS = ("declared", "update", "resolved", "correction")
+# The built-in channels' formats; KIND_FORMATS is what the registered channels read.
 MESSAGE_FORMATS = ("subject", "text", "html", "slack", "telegram")
-KIND_FORMATS: Mapping[StatementKind, tuple[str, ...]] = {
-    kind: ("sms",) if kind is StatementKind.SMS else MESSAGE_FORMATS for kind in StatementKind
-}
 ALL_FORMATS = (*MESSAGE_FORMATS, "sms")
+
+
+class _KindFormats(Mapping[StatementKind, tuple[str, ...]]):
+    """The formats each statement kind is rendered in, from the registered channels' facts:
+    a kind some channel always carries (``sms``) in that channel's formats, every other kind
+    in the base formats plus each channel's own (``slack``, ``telegram``…)."""
+
+    def __getitem__(self, kind: StatementKind) -> tuple[str, ...]:
+        kind = StatementKind(kind)
+        own = [facts for facts in all_facts() if facts.statement_kind is kind]
+        if own:
+            return tuple(dict.fromkeys(fmt for facts in own for fmt in facts.formats))
+        return message_formats()
+
+    def __iter__(self) -> Iterator[StatementKind]:
+        return iter(StatementKind)
+
+    def __len__(self) -> int:
+        return len(StatementKind)
+
+
+KIND_FORMATS: Mapping[StatementKind, tuple[str, ...]] = _KindFormats()
 
 # Claims every deployment understands; ``claims.<locale>.yaml`` must word each of them.
 BUILTIN_CLAIMS = ("no_patient_impact", "not_a_cyberattack", "data_not_compromised")

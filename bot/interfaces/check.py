@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
@@ -23,6 +22,8 @@ import typer
 from rich.text import Text
 
 from bot.channels.checks import CheckResult, failure_reason
+from bot.channels.registry import specs
+from bot.channels.spec import Check
 from bot.config import ConfigError, Settings
 from bot.interfaces.cli_support import DEFAULT_CONFIG, ConfigOpt, app, console, run, settings_from
 
@@ -109,43 +110,15 @@ async def channel_checks(settings: Settings, session: aiohttp.ClientSession) -> 
     from bot.channels.webhook import WebhookChannel
 
     cfg = settings.channels
-    builders: list[tuple[str, Callable[[], Awaitable[CheckResult]]]] = []
-    if cfg.slack is not None:
-        from bot.channels.slack import from_settings as slack_channel
-
-        builders.append(("slack", lambda: slack_channel(settings, session).check()))
-    if cfg.telegram is not None:
-        from bot.channels.telegram import from_settings as telegram_channel
-
-        builders.append(("telegram", lambda: telegram_channel(settings, session).check()))
-    if cfg.sms is not None:
-        from bot.channels.sms import KannelChannel, TwilioChannel
-        from bot.channels.sms import from_settings as sms_channel
-
-        def sms_check() -> Awaitable[CheckResult]:
-            channel = sms_channel(settings, session)
-            assert isinstance(channel, KannelChannel | TwilioChannel)
-            return channel.check()
-
-        builders.append((f"sms ({cfg.sms.provider})", sms_check))
-    if cfg.email is not None:
-        from bot.channels.email import EmailChannel
-
-        email = cfg.email
-
-        def email_check() -> Awaitable[CheckResult]:
-            return EmailChannel(
-                email,
-                username=settings.secret(email.username_env, required=False),
-                password=settings.secret(email.password_env, required=False),
-                ca_file=str(settings.resolve_path(email.ca_file)) if email.ca_file else None,
-            ).check()
-
-        builders.append(("email", email_check))
+    builders: list[tuple[str, Check]] = []
+    for spec in specs():
+        section = cfg.section(spec.name)
+        if section is not None and spec.check is not None:
+            builders.append((spec.label(section), spec.check))
     results: list[CheckResult] = []
     for name, check in builders:
         try:
-            results.append(await check())
+            results.append(await check(settings, session))
         except ConfigError as exc:  # a credential's variable is missing from the environment
             results.append(CheckResult(name, False, str(exc).replace("\n", "; ")))
         except (OSError, TimeoutError, aiohttp.ClientError) as exc:

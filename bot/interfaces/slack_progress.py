@@ -21,8 +21,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.channels import slack_blocks as kit
 from bot.channels.http_errors import parse_retry_after
-from bot.config import Settings
-from bot.domain.models import PENDING_STATES, DeliveryState
+from bot.config import Settings, SlackChannelSettings
+from bot.domain.models import PENDING_STATES, ChannelName, DeliveryState
 from bot.ports import Clock, ProgressMessage, Store
 
 log = logging.getLogger("tocsin.slack.progress")
@@ -51,15 +51,15 @@ WORDS = {
 
 def incident_channel(settings: Settings) -> str | None:
     """``channels.slack.incident_channel``, else the crisis cell's first Slack channel."""
-    cfg = settings.channels.slack
+    cfg: SlackChannelSettings | None = settings.channels.slack
     if cfg is None:
         return None
     if cfg.incident_channel:
         return cfg.incident_channel
     crisis = settings.audiences.get("crisis-cell")
     for destination in crisis.destinations if crisis else ():
-        if destination.slack_channel:
-            return destination.slack_channel
+        if destination.channel == ChannelName.SLACK:
+            return destination.address
     return None
 
 

@@ -2,15 +2,43 @@
 
 from __future__ import annotations
 
-import aiohttp
-from pydantic import SecretStr
+from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import Field, SecretStr
+
+from bot.channels.checks import CheckResult
 from bot.channels.sms.kannel import KannelChannel
 from bot.channels.sms.twilio import TwilioChannel
-from bot.config import ConfigError, Settings
+from bot.channels.spec import ChannelSpec, RateLimits
+from bot.config_base import ConfigError, Strict
+from bot.domain.masking import mask_phone
+from bot.domain.models import ChannelName, StatementKind
 from bot.ports import Channel
 
-__all__ = ["KannelChannel", "TwilioChannel", "from_settings"]
+if TYPE_CHECKING:
+    import aiohttp
+
+    from bot.config import Settings
+
+__all__ = ["SPEC", "KannelChannel", "SmsChannelSettings", "TwilioChannel", "from_settings"]
+
+
+class SmsChannelSettings(Strict):
+    """``channels.sms``: Kannel's smsbox or a Twilio-compatible API."""
+
+    provider: Literal["kannel", "twilio"] = "kannel"
+    url: str = "http://127.0.0.1:13013/cgi-bin/sendsms"
+    username_env: str = "KANNEL_USER"
+    password_env: str = "KANNEL_PASSWORD"  # noqa: S105 (a variable name)
+    account_sid_env: str = "TWILIO_ACCOUNT_SID"
+    auth_token_env: str = "TWILIO_AUTH_TOKEN"  # noqa: S105 (a variable name)
+    api_url: str = "https://api.twilio.com"
+    sender: str | None = None
+    max_segments: int = Field(default=2, ge=1, le=10)
+    limits: RateLimits = RateLimits()
+    # Kannel's ``get-url`` must carry ``secret=<this variable's value>``; without it inbound
+    # SMS are refused (Kannel does not authenticate the calls it makes).
+    inbound_secret_env: str | None = None
 
 
 def _secret(settings: Settings, env_name: str) -> SecretStr:
@@ -27,7 +55,7 @@ def inbound_secret(settings: Settings) -> bytes | None:
     """Kannel's inbound secret, or None when ``channels.sms.inbound_secret_env`` is not set
     (inbound SMS are then refused). A set key whose variable is missing, empty or shorter
     than 16 characters is a :class:`~bot.config.ConfigError` naming the key."""
-    cfg = settings.channels.sms
+    cfg = settings.channels.get(SPEC)
     if cfg is None or cfg.inbound_secret_env is None:
         return None
     secret = settings.secret(cfg.inbound_secret_env, required=False)
@@ -46,7 +74,7 @@ def from_settings(settings: Settings, session: aiohttp.ClientSession) -> Channel
     Credentials come from the environment variables the configuration names; a missing one is
     a :class:`~bot.config.ConfigError` naming the variable.
     """
-    cfg = settings.channels.sms
+    cfg = settings.channels.get(SPEC)
     if cfg is None:
         raise ConfigError("channels.sms is not configured")
     if cfg.provider == "kannel":
@@ -67,3 +95,29 @@ def from_settings(settings: Settings, session: aiohttp.ClientSession) -> Channel
         sender=cfg.sender,
         max_segments=cfg.max_segments,
     )
+
+
+async def check(settings: Settings, session: aiohttp.ClientSession) -> CheckResult:
+    """The provider's cheapest authenticated request (none sends a message)."""
+    channel = from_settings(settings, session)
+    assert isinstance(channel, KannelChannel | TwilioChannel)
+    return await channel.check()
+
+
+def member_address(value: Any) -> Any:
+    """A member's phone number (already normalised to E.164 when the settings were read)."""
+    return value
+
+
+SPEC = ChannelSpec(
+    name=ChannelName.SMS,
+    settings_model=SmsChannelSettings,
+    from_settings=from_settings,
+    formats=("sms",),
+    member_key="phone",
+    mask=mask_phone,
+    statement_kind=StatementKind.SMS,
+    member_address=member_address,
+    check=check,
+    check_label=lambda cfg: f"sms ({cfg.provider})",
+)

@@ -119,8 +119,8 @@ class StatementRenderer:
         self.timezone = timezone
         self.sms_max_segments = sms_max_segments
         self._yaml_cache: dict[str, Mapping[str, Any]] = {}
-        loader = FileSystemLoader(self._root)
-        self._envs = {fmt: self._environment(fmt, loader) for fmt in ALL_FORMATS}
+        self._loader = FileSystemLoader(self._root)
+        self._envs = {fmt: self._environment(fmt, self._loader) for fmt in ALL_FORMATS}
 
     @property
     def templates_dir(self) -> Path:
@@ -248,6 +248,8 @@ class StatementRenderer:
         """
         values = {**context, "locale": locale}
         try:
+            if fmt not in self._envs:  # a registered channel's own format: plain text
+                self._envs[fmt] = self._environment(fmt, self._loader)
             output = self._envs[fmt].get_template(name).render(values)
         except TemplateSyntaxError as exc:
             file = exc.name or self._relative(exc.filename or "") or name

@@ -343,3 +343,139 @@ NOW = datetime(2023, 8, 30, 9, 0, tzinfo=UTC)
 )
 def test_retry_after_forms(header: str | None, seconds: float | None) -> None:
     assert parse_retry_after(header, now=NOW) == seconds
+
+
+def test_every_http_channel_has_a_row() -> None:
+    """Each registered channel but e-mail (SMTP, tested against a real relay) speaks HTTP:
+    each has a row, and the SMS channel one per provider it can be configured with."""
+    from typing import get_args
+
+    from bot.channels.registry import specs
+    from bot.channels.sms import SmsChannelSettings
+
+    covered = {adapter.message("http://127.0.0.1").channel for adapter in ADAPTERS}
+    http_channels = {spec.name for spec in specs()} - {ChannelName.EMAIL}
+    assert http_channels <= covered
+    providers = set(get_args(SmsChannelSettings.model_fields["provider"].annotation))
+    assert providers <= {adapter.name for adapter in ADAPTERS}
+
+
+@dataclass(frozen=True)
+class ProviderCase:
+    """An answer only one provider gives, and what it must be classified as."""
+
+    adapter: str
+    name: str
+    reply: Callable[[], Reply]
+    expect: Expect
+    receipt: Receipt | None = None
+
+
+def _slack_error(code: str) -> Callable[[], Reply]:
+    return lambda: Reply(200, {"ok": False, "error": code})
+
+
+def _telegram_error(status: int, description: str) -> Callable[[], Reply]:
+    return lambda: Reply(status, {"ok": False, "error_code": status, "description": description})
+
+
+def _twilio_error(status: int, code: int, message: str) -> Callable[[], Reply]:
+    return lambda: Reply(status, {"code": code, "message": message, "status": status})
+
+
+PROVIDER_CASES = [
+    ProviderCase(
+        "webhook", "408 request timeout", lambda: Reply(408), Expect(TransientError, "408")
+    ),
+    ProviderCase("webhook", "410 gone", lambda: Reply(410), Expect(PermanentError, "410")),
+    # Slack answers HTTP 200 with ``ok: false`` and names the error.
+    ProviderCase(
+        "slack",
+        "channel_not_found",
+        _slack_error("channel_not_found"),
+        Expect(PermanentError, "channel_not_found"),
+    ),
+    ProviderCase(
+        "slack",
+        "not_in_channel",
+        _slack_error("not_in_channel"),
+        Expect(PermanentError, "not_in_channel"),
+    ),
+    ProviderCase(
+        "slack",
+        "ratelimited in the body",
+        _slack_error("ratelimited"),
+        Expect(TransientError, "ratelimited", scope="destination"),
+    ),
+    ProviderCase(
+        "slack",
+        "internal_error",
+        _slack_error("internal_error"),
+        Expect(TransientError, "internal_error"),
+    ),
+    ProviderCase(
+        "telegram",
+        "blocked by the user",
+        _telegram_error(403, "Forbidden: bot was blocked by the user"),
+        Expect(PermanentError, "403"),
+    ),
+    ProviderCase(
+        "telegram",
+        "chat not found",
+        _telegram_error(400, "Bad Request: chat not found"),
+        Expect(PermanentError, "400"),
+    ),
+    # Kannel answers in its body: 0 accepted, 3 queued for later; anything else is refused.
+    ProviderCase(
+        "kannel",
+        "queued for later delivery",
+        lambda: Reply(202, text="3: Queued for later delivery"),
+        Expect(Receipt),
+        Receipt(None, DeliveryState.SENT, "3"),
+    ),
+    ProviderCase(
+        "kannel",
+        "authorization failed",
+        lambda: Reply(403, text="Authorization failed for sendsms"),
+        Expect(PermanentError, "403"),
+    ),
+    ProviderCase(
+        "twilio",
+        "invalid number",
+        _twilio_error(400, 21211, "The 'To' number is not a valid phone number."),
+        Expect(PermanentError, "21211"),
+    ),
+    ProviderCase(
+        "twilio",
+        "unsubscribed recipient",
+        _twilio_error(400, 21610, "Attempt to send to unsubscribed recipient"),
+        Expect(PermanentError, "21610"),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", PROVIDER_CASES, ids=lambda c: f"{c.adapter}: {c.name}")
+async def test_provider_specific_answers(
+    case: ProviderCase, session: aiohttp.ClientSession, standin: HttpStandin
+) -> None:
+    adapter = next(a for a in ADAPTERS if a.name == case.adapter)
+    standin.script(adapter.path, case.reply())
+    channel = adapter.build(session, standin.url)
+    outcome: Receipt | ChannelError
+    try:
+        outcome = await channel.send(adapter.message(standin.url))
+    except ChannelError as exc:
+        outcome = exc
+    finally:
+        await channel.close()
+
+    assert len(standin.requests_to(adapter.path)) == 1
+    if case.expect.outcome is Receipt:
+        assert outcome == case.receipt
+        return
+    assert type(outcome) is case.expect.outcome, f"got {outcome!r}"
+    assert isinstance(outcome, ChannelError)
+    assert outcome.code == case.expect.code
+    if case.expect.scope is not None:
+        assert isinstance(outcome, TransientError)
+        assert outcome.scope == case.expect.scope

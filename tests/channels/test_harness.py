@@ -9,7 +9,10 @@ create call is not idempotent (Slack, Telegram, Kannel, Twilio; a webhook resend
 same ``Idempotency-Key``, so its hang stays transient). To add an adapter, add an
 :class:`Adapter` row: how to build it, what to send, how its provider answers success and
 failure, what receipt a success gives, and where its provider's facts differ from the
-table's defaults (``overrides``).
+table's defaults (``overrides``). ``PROVIDER_CASES`` then feeds each adapter the answers only
+its provider gives (Slack's ``ok: false`` codes, Telegram's blocked bot, Kannel's queued
+answer, Twilio's error codes); ``test_every_http_channel_has_a_row`` fails when a registered
+HTTP channel (or an SMS provider) has no row.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 
+# What every entry point does through the configuration: make the channels known to the
+# domain (masking, audiences, rendering formats), so that a domain test may run alone.
+import bot.channels.registry  # noqa: F401
 from tests.pg_cluster import ThrowawayCluster
 from tests.pg_cluster import free_port as pg_free_port
 

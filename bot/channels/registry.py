@@ -74,7 +74,8 @@ def spec_for(name: str) -> ChannelSpec[Any] | None:
     return _SPECS.get(str(name))
 
 
-def _load_entry_points() -> None:
+def load_entry_points() -> None:
+    """Register the channels other installed packages declare (``tocsin.channels``)."""
     for point in entry_points(group=ENTRY_POINT_GROUP):
         spec = point.load()
         if not isinstance(spec, ChannelSpec):
@@ -85,7 +86,7 @@ def _load_entry_points() -> None:
 
 for _spec in BUILT_IN:
     register(_spec)
-_load_entry_points()
+load_entry_points()
 
 
 def build_channels(

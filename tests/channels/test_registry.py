@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from bot.app import build_dispatcher, open_runtime
+from bot.channels import registry
 from bot.channels.registry import build_channels, registered, spec_for, specs
 from bot.channels.spec import ChannelSpec, RateLimits
 from bot.config import ConfigError, settings_from_dict
@@ -196,3 +198,19 @@ def test_build_channels_builds_every_configured_channel(toy: ChannelSpec[ToySett
     settings = settings_from_dict(CONFIG)
     built = build_channels(settings, session=None)  # type: ignore[arg-type]
     assert set(built) == {ChannelName.WEBHOOK, TOY}
+
+
+def test_another_package_adds_a_channel_through_an_entry_point(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    point = EntryPoint("toy", f"{__name__}:TOY_SPEC", registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(
+        registry, "entry_points", lambda group: [point] if group == point.group else []
+    )
+    try:
+        registry.load_entry_points()
+        assert spec_for(TOY) is TOY_SPEC
+        assert settings_from_dict(CONFIG).channels.get(TOY_SPEC) is not None
+    finally:
+        registry.unregister(TOY)
+    assert spec_for(TOY) is None

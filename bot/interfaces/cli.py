@@ -7,7 +7,6 @@ Shared pieces live in :mod:`bot.interfaces.cli_support`; the reporting commands 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -92,10 +91,8 @@ def serve(
 
     settings = settings_from(config)
     configure_logging()
-    if telegram_polling:
-        os.environ["TOCSIN_TELEGRAM_POLLING"] = "1"
     web.run_app(
-        build_app(settings, with_scheduler=True),
+        build_app(settings, with_scheduler=True, telegram_polling=telegram_polling),
         host=host or settings.server.host,
         port=port or settings.server.port,
         print=None,

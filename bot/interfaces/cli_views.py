@@ -184,7 +184,7 @@ def status_page_export(
         from bot.interfaces.status_page import StatusPage
 
         async with open_runtime(settings, with_channels=False) as rt:
-            return await StatusPage(rt).files()
+            return await StatusPage(rt.settings, rt.queries).files()
 
     site = run(go())
     folder.mkdir(parents=True, exist_ok=True)

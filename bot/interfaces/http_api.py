@@ -14,7 +14,6 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.app import RUNTIME, Runtime
 from bot.domain.acknowledgements import Acknowledgements
 from bot.domain.declarations import IncidentDraft
 from bot.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, TocsinError
@@ -24,6 +23,14 @@ from bot.domain.rendering import TemplateError
 from bot.domain.report import build_report
 from bot.domain.statements import PressDesk
 from bot.interfaces import openapi, report_format, serialize, throttle
+from bot.interfaces.deps import (
+    AUTH,
+    CHANNEL_NAMES,
+    QUERIES,
+    SERVICE,
+    STARTED_AT,
+    WORKER_ALIVE,
+)
 from bot.interfaces.idempotency import idempotent
 from bot.ports import IdempotencyKey, Page
 
@@ -83,10 +90,6 @@ def _rejected(request: web.Request, status: int, message: str, detail: Any = Non
     return error(status, message, detail)
 
 
-def runtime(request: web.Request) -> Runtime:
-    return request.app[RUNTIME]
-
-
 def authorise(request: web.Request, role: Role) -> Actor:
     """The caller's actor, or 401 (no/unknown token) / 403 (missing role); a client whose
     unknown tokens keep coming gets 429 for a while (see :mod:`throttle`)."""
@@ -95,7 +98,7 @@ def authorise(request: web.Request, role: Role) -> Actor:
     client = throttle.client_of(request)
     if header and limiter is not None:
         limiter.check(client)
-    actor = runtime(request).auth.from_bearer(header)
+    actor = request.app[AUTH].from_bearer(header)
     if actor is None:
         if header and limiter is not None:
             limiter.fail(client)
@@ -127,27 +130,28 @@ def page(request: web.Request) -> Page:
 async def declare(request: web.Request) -> web.Response:
     actor = authorise(request, Role.RESPONDER)
     body = await json_body(request)
-    rt = runtime(request)
+    service, queries = request.app[SERVICE], request.app[QUERIES]
 
     async def act(key: IdempotencyKey | None) -> tuple[int, Any]:
         draft = IncidentDraft.from_mapping(body)
-        incident = await rt.service.declare(actor, draft, idempotency=key)
-        timeline = await rt.store.timeline(incident.id)
+        incident = await service.declare(actor, draft, idempotency=key)
+        timeline = await queries.timeline(actor, incident.id)
         return 201, serialize.incident_json(incident, timeline)
 
-    return await idempotent(request, rt, actor, body, act)
+    return await idempotent(request, actor, body, act)
 
 
 async def list_incidents(request: web.Request) -> web.Response:
-    authorise(request, Role.VIEWER)
-    incidents = await runtime(request).store.list_incidents(page(request))
+    actor = authorise(request, Role.VIEWER)
+    incidents = await request.app[QUERIES].incidents(actor, page(request))
     return web.json_response({"incidents": [serialize.incident_json(i) for i in incidents]})
 
 
 async def get_incident(request: web.Request) -> web.Response:
-    authorise(request, Role.VIEWER)
-    incident = await runtime(request).service.get(request.match_info["id"])
-    timeline = await runtime(request).store.timeline(incident.id)
+    actor = authorise(request, Role.VIEWER)
+    queries = request.app[QUERIES]
+    incident = await queries.incident(actor, request.match_info["id"])
+    timeline = await queries.timeline(actor, incident.id)
     return web.json_response(serialize.incident_json(incident, timeline))
 
 
@@ -166,10 +170,10 @@ async def update_incident(request: web.Request) -> web.Response:
     unknown = sorted(set(body) - {"status", "message"})
     if unknown:
         raise InvalidInput("unknown field(s)", detail=dict.fromkeys(unknown, "unknown field"))
-    rt = runtime(request)
+    service = request.app[SERVICE]
 
     async def act(key: IdempotencyKey | None) -> tuple[int, Any]:
-        incident = await rt.service.update(
+        incident = await service.update(
             actor,
             request.match_info["id"],
             _optional_text(body, "status"),
@@ -178,7 +182,7 @@ async def update_incident(request: web.Request) -> web.Response:
         )
         return 201, serialize.incident_json(incident)
 
-    return await idempotent(request, rt, actor, body, act)
+    return await idempotent(request, actor, body, act)
 
 
 async def resolve_incident(request: web.Request) -> web.Response:
@@ -186,7 +190,7 @@ async def resolve_incident(request: web.Request) -> web.Response:
     body = await json_body(request) if request.can_read_body else {}
     if not isinstance(body, dict):
         raise InvalidInput("the body must be an object")
-    incident = await runtime(request).service.resolve(
+    incident = await request.app[SERVICE].resolve(
         actor, request.match_info["id"], _optional_text(body, "message")
     )
     return web.json_response(serialize.incident_json(incident), status=201)
@@ -194,15 +198,16 @@ async def resolve_incident(request: web.Request) -> web.Response:
 
 async def confirm_incident(request: web.Request) -> web.Response:
     actor = authorise(request, Role.RESPONDER)
-    incident = await runtime(request).service.confirm(actor, request.match_info["id"])
+    incident = await request.app[SERVICE].confirm(actor, request.match_info["id"])
     return web.json_response(serialize.incident_json(incident), status=201)
 
 
 # --- statements --------------------------------------------------------------------------
 async def list_statements(request: web.Request) -> web.Response:
-    authorise(request, Role.VIEWER)
-    incident = await runtime(request).service.get(request.match_info["id"])
-    statements = await runtime(request).store.statements(incident.id)
+    actor = authorise(request, Role.VIEWER)
+    queries = request.app[QUERIES]
+    incident = await queries.incident(actor, request.match_info["id"])
+    statements = await queries.statements(actor, incident.id)
     return web.json_response({"statements": [serialize.statement_json(s) for s in statements]})
 
 
@@ -211,7 +216,7 @@ async def edit_statement(request: web.Request) -> web.Response:
     body = await json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("text"), str):
         raise InvalidInput("text is required", detail={"text": "a non-empty string"})
-    statement = await runtime(request).service.edit_statement(
+    statement = await request.app[SERVICE].edit_statement(
         actor, request.match_info["id"], body["text"]
     )
     return web.json_response(serialize.statement_json(statement))
@@ -219,13 +224,13 @@ async def edit_statement(request: web.Request) -> web.Response:
 
 async def approve_statement(request: web.Request) -> web.Response:
     actor = authorise(request, Role.PRESS)
-    statement = await runtime(request).service.approve_statement(actor, request.match_info["id"])
+    statement = await request.app[SERVICE].approve_statement(actor, request.match_info["id"])
     return web.json_response(serialize.statement_json(statement))
 
 
 async def statement_versions(request: web.Request) -> web.Response:
     authorise(request, Role.VIEWER)
-    desk = PressDesk(runtime(request).service)
+    desk = PressDesk(request.app[SERVICE])
     versions = await desk.versions(request.match_info["id"])
     diff = await desk.diff(request.match_info["id"], request.query.get("against"))
     return web.json_response(
@@ -236,7 +241,7 @@ async def statement_versions(request: web.Request) -> web.Response:
 # --- claims ------------------------------------------------------------------------------
 async def list_claims(request: web.Request) -> web.Response:
     authorise(request, Role.VIEWER)
-    views = await runtime(request).service.claims(request.match_info["id"])
+    views = await request.app[SERVICE].claims(request.match_info["id"])
     return web.json_response(
         {
             "claims": [
@@ -259,9 +264,9 @@ async def retract_claim(request: web.Request) -> web.Response:
     body = await json_body(request)
     if not isinstance(body, dict) or set(body) - {"reason"}:
         raise InvalidInput('the body must be {"reason": ...}', detail={"reason": "required"})
-    rt = runtime(request)
-    incident = await rt.service.get(request.match_info["id"])
-    drafts = await rt.service.retract_claim(
+    service = request.app[SERVICE]
+    incident = await service.get(request.match_info["id"])
+    drafts = await service.retract_claim(
         actor, incident.id, request.match_info["key"], body.get("reason", "")
     )
     main = next((d for d in drafts if d.locale == incident.locale), drafts[0])
@@ -273,12 +278,12 @@ async def retract_claim(request: web.Request) -> web.Response:
 
 # --- deliveries --------------------------------------------------------------------------
 async def list_deliveries(request: web.Request) -> web.Response:
-    authorise(request, Role.VIEWER)
-    rt = runtime(request)
-    incident = await rt.service.get(request.match_info["id"])
-    deliveries = await rt.store.deliveries(incident.id, page(request))
-    attempts = await rt.store.attempts([d.id for d in deliveries])
-    counts = await rt.store.delivery_counts(incident.id)
+    actor = authorise(request, Role.VIEWER)
+    queries = request.app[QUERIES]
+    incident = await queries.incident(actor, request.match_info["id"])
+    deliveries = await queries.deliveries(actor, incident.id, page(request))
+    attempts = await queries.attempts(actor, [d.id for d in deliveries])
+    counts = await queries.delivery_counts(actor, incident.id)
     return web.json_response(
         {
             "counts": serialize.counts_json(counts),
@@ -328,7 +333,7 @@ def _ack_html(locale: str, title: str, body: str) -> web.Response:
 
 
 async def _link_delivery(request: web.Request) -> Delivery | None:
-    delivery = await Acknowledgements(runtime(request).service).find(request.match_info["token"])
+    delivery = await Acknowledgements(request.app[SERVICE]).find(request.match_info["token"])
     if delivery is None or delivery.channel not in _LINK_CHANNELS:
         return None
     return delivery
@@ -343,8 +348,12 @@ async def acknowledgement_page(request: web.Request) -> web.Response:
     texts = ACK_PAGE.get(delivery.locale, ACK_PAGE["en"])
     if delivery.state == DeliveryState.ACKNOWLEDGED:
         return _ack_html(delivery.locale, texts["done"], f"<p>{html.escape(texts['already'])}</p>")
-    incident = await runtime(request).store.get_incident(delivery.incident_id)
-    intro = texts["intro"].format(title=incident.title if incident else delivery.incident_id)
+    # The link is the capability: it may show its own incident's title, nothing more.
+    try:
+        title = (await request.app[SERVICE].get(delivery.incident_id)).title
+    except NotFound:
+        title = delivery.incident_id
+    intro = texts["intro"].format(title=title)
     body = (
         f"<p>{html.escape(intro)}</p><form method='post'>"
         f"<button type='submit'>{html.escape(texts['button'])}</button></form>"
@@ -361,14 +370,14 @@ async def acknowledge_link(request: web.Request) -> web.Response:
     texts = ACK_PAGE.get(delivery.locale, ACK_PAGE["en"])
     if delivery.state == DeliveryState.ACKNOWLEDGED:
         return _ack_html(delivery.locale, texts["done"], f"<p>{html.escape(texts['already'])}</p>")
-    await runtime(request).service.acknowledge(request.match_info["token"], by="e-mail link")
+    await request.app[SERVICE].acknowledge(request.match_info["token"], by="e-mail link")
     return _ack_html(delivery.locale, texts["done"], f"<p>{html.escape(texts['thanks'])}</p>")
 
 
 # --- continuity -------------------------------------------------------------------------
 async def list_sites(request: web.Request) -> web.Response:
     authorise(request, Role.VIEWER)
-    views = await site_views(runtime(request).service, request.match_info["id"])
+    views = await site_views(request.app[SERVICE], request.match_info["id"])
     return web.json_response(
         [
             {
@@ -389,7 +398,7 @@ async def report(request: web.Request) -> web.Response:
     fmt = request.query.get("format", "json")
     if fmt not in ("json", "md", "html"):
         raise InvalidInput("format must be json, md or html", detail={"format": fmt})
-    data = await build_report(runtime(request).service, request.match_info["id"])
+    data = await build_report(request.app[SERVICE], request.match_info["id"])
     if fmt == "md":
         return web.Response(text=report_format.to_markdown(data), content_type="text/markdown")
     if fmt == "html":
@@ -398,16 +407,19 @@ async def report(request: web.Request) -> web.Response:
 
 
 async def list_channels(request: web.Request) -> web.Response:
-    authorise(request, Role.VIEWER)
-    rt = runtime(request)
-    recorded = {name: (state, since) for name, state, since, _ in await rt.store.channel_health()}
-    started = rt.started_at
-    names = {f"{c.value}" for c in rt.channels} | set(recorded)
+    actor = authorise(request, Role.VIEWER)
+    queries = request.app[QUERIES]
+    recorded = {h.name: (h.state, h.since) for h in await queries.channel_health(actor)}
+    started = request.app[STARTED_AT]
+    channel_names: frozenset[str] = request.app[CHANNEL_NAMES]
+    names = set(channel_names) | set(recorded)
     # Addresses the provider moved (a Telegram group become a supergroup), under that channel:
     # the configuration still names the old one.
     moves: dict[str, list[dict[str, str | None]]] = {}
-    for channel, old, new, at in await rt.store.address_moves():
-        moves.setdefault(channel, []).append({"from": old, "to": new, "since": serialize.iso(at)})
+    for move in await queries.address_moves(actor):
+        moves.setdefault(move.channel, []).append(
+            {"from": move.old, "to": move.new, "since": serialize.iso(move.at)}
+        )
     return web.json_response(
         [
             {
@@ -427,9 +439,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    rt = runtime(request)
-    store_ok = await rt.store.ping()
-    worker_ok = rt.worker_task is None or not rt.worker_task.done()
+    store_ok = await request.app[QUERIES].ready()
+    worker_ok = request.app[WORKER_ALIVE]()
     status = 200 if store_ok and worker_ok else 503
     return web.json_response({"store": store_ok, "worker": worker_ok}, status=status)
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Mapping
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.channels import slack_blocks as kit
 from bot.domain.acknowledgements import Acknowledgements
@@ -26,6 +27,7 @@ from bot.domain.errors import InvalidInput, NotFound, TocsinError
 from bot.domain.models import Actor, ChannelName, Delivery, Role
 from bot.domain.rendering import BUILTIN_CLAIMS
 from bot.interfaces.commands import USAGE, Command, execute, parse_command
+from bot.interfaces.deps import ChatDeps
 from bot.interfaces.slack_payloads import (
     action_value,
     explain,
@@ -35,20 +37,34 @@ from bot.interfaces.slack_payloads import (
     view_metadata,
 )
 
-if TYPE_CHECKING:
-    from bot.interfaces.slack_app import SlackInbound
-
 log = logging.getLogger("tocsin.slack")
 
 REFUSAL = "You are not allowed to use /incident. Ask the crisis cell to add you."
 INTERNAL_ERROR = "Something went wrong on Tocsin's side; the details are in its log."
 
 
+class Inbound(Protocol):
+    """What the listeners use of :class:`~bot.interfaces.slack_app.SlackInbound`."""
+
+    deps: ChatDeps
+    client: AsyncWebClient
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None: ...
+
+    async def actor(self, user_id: str) -> Actor | None: ...
+
+    async def reply(self, response_url: Any, text: str) -> None: ...
+
+    async def replace(self, response_url: Any, text: str, blocks: list[dict[str, Any]]) -> None: ...
+
+    async def respond(self, response_url: Any, message: dict[str, Any]) -> None: ...
+
+
 class SlackListeners:
     """The bolt listeners of one :class:`~bot.interfaces.slack_app.SlackInbound`: who may do
     what, and what each command, form and button does."""
 
-    def __init__(self, inbound: SlackInbound) -> None:
+    def __init__(self, inbound: Inbound) -> None:
         self.inbound = inbound
         self.deps = inbound.deps
         self.client = inbound.client

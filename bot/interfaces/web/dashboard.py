@@ -11,13 +11,14 @@ from typing import Any
 
 from aiohttp import web
 
+import bot.interfaces.web.pages as pages
+import bot.interfaces.web.session as session
 from bot.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from bot.domain.masking import scrub
 from bot.domain.models import Actor, Incident, Role, Statement, StatementKind, StatementStatus
 from bot.domain.queries import IncidentQueries
 from bot.interfaces import serialize
 from bot.interfaces.deps import QUERIES, SERVICE, SETTINGS
-from bot.interfaces.web import pages, session
 from bot.ports import Page
 
 log = logging.getLogger("tocsin.web")

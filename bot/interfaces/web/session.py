@@ -26,10 +26,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from aiohttp import web
 
+import bot.interfaces.web.pages as pages
 from bot.domain.models import Actor, Role
 from bot.interfaces import throttle
 from bot.interfaces.deps import AUTH, CLOCK, RECORDS, SETTINGS
-from bot.interfaces.web import pages
 from bot.ports import StoredSession
 
 log = logging.getLogger("tocsin.web")
@@ -96,9 +96,19 @@ class SessionSigner:
 SESSION = web.RequestKey("tocsin_session", Session)
 
 
+@dataclass
+class SignerSlot:
+    """This application's session signer, made on first use."""
+
+    signer: SessionSigner | None = None
+
+
+SIGNER = web.AppKey("session_signer", SignerSlot)
+
+
 def signer(request: web.Request) -> SessionSigner:
     """This application's signer, keyed from the environment (or at random) on first use."""
-    state = request.app[pages.WEB]
+    state = request.app[SIGNER]
     if state.signer is None:
         settings = request.app[SETTINGS]
         secret = settings.secret(settings.auth.secret_key_env, required=False)
@@ -291,6 +301,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
 def add_routes(app: web.Application) -> None:
     """Mount ``/login`` and ``/logout``, and the middleware that resolves sessions."""
     throttle.install(app)
+    app[SIGNER] = SignerSlot()
     app.middlewares.append(sessions)
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login)

@@ -23,7 +23,9 @@ from bot.domain.models import Actor, Incident, IncidentStatus, Role, Severity
 from bot.domain.queries import IncidentQueries
 from bot.domain.services import IncidentService
 from bot.interfaces import http_api
+from bot.interfaces.api_models import AlertAnswer
 from bot.interfaces.deps import QUERIES, SERVICE, SETTINGS
+from bot.interfaces.openapi import operation
 
 log = logging.getLogger("tocsin.alerts")
 
@@ -267,6 +269,12 @@ class AlertIngest:
 INGEST = web.AppKey("alert_ingest", AlertIngest)
 
 
+@operation(
+    "Alertmanager webhook (version 4) → a draft incident (nothing sent)",
+    AlertAnswer,
+    role=Role.ALERTS,
+    body=WebhookMessage,
+)
 async def receive(request: web.Request) -> web.Response:
     """``POST /api/v1/alerts/alertmanager``: a responder token, a version-4 body."""
     http_api.authorise(request, Role.ALERTS)  # an ``alerts`` token, or a responder's

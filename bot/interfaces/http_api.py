@@ -22,6 +22,7 @@ from bot.domain.quorum import site_views
 from bot.domain.rendering import TemplateError
 from bot.domain.report import build_report
 from bot.domain.statements import PressDesk
+from bot.interfaces import api_models as m
 from bot.interfaces import openapi, report_format, serialize, throttle
 from bot.interfaces.deps import (
     AUTH,
@@ -32,6 +33,7 @@ from bot.interfaces.deps import (
     WORKER_ALIVE,
 )
 from bot.interfaces.idempotency import idempotent
+from bot.interfaces.openapi import PAGED, operation
 from bot.ports import IdempotencyKey, Page
 
 log = logging.getLogger("tocsin.http")
@@ -115,18 +117,30 @@ async def json_body(request: web.Request) -> Any:
         raise MalformedRequest("malformed JSON") from None
 
 
+MAX_OFFSET = 1_000_000_000
+
+
 def page(request: web.Request) -> Page:
     try:
         limit = int(request.query.get("limit", "1000"))
         offset = int(request.query.get("offset", "0"))
     except ValueError:
         raise InvalidInput("limit and offset must be integers") from None
-    if not (1 <= limit <= 1000) or offset < 0:
-        raise InvalidInput("limit must be 1–1000 and offset ≥ 0")
+    # An offset past any real table still fits the databases' 64-bit integers.
+    if not (1 <= limit <= 1000) or not (0 <= offset <= MAX_OFFSET):
+        raise InvalidInput(f"limit must be 1–1000 and offset 0–{MAX_OFFSET}")
     return Page(limit, offset)
 
 
 # --- incidents ---------------------------------------------------------------------------
+@operation(
+    "Declare an incident",
+    m.Incident,
+    status=201,
+    role=Role.RESPONDER,
+    body=m.Declaration,
+    idempotent=True,
+)
 async def declare(request: web.Request) -> web.Response:
     actor = authorise(request, Role.RESPONDER)
     body = await json_body(request)
@@ -141,12 +155,14 @@ async def declare(request: web.Request) -> web.Response:
     return await idempotent(request, actor, body, act)
 
 
+@operation("List incidents", m.IncidentList, role=Role.VIEWER, query=PAGED)
 async def list_incidents(request: web.Request) -> web.Response:
     actor = authorise(request, Role.VIEWER)
     incidents = await request.app[QUERIES].incidents(actor, page(request))
     return web.json_response({"incidents": [serialize.incident_json(i) for i in incidents]})
 
 
+@operation("One incident with its timeline", m.Incident, role=Role.VIEWER)
 async def get_incident(request: web.Request) -> web.Response:
     actor = authorise(request, Role.VIEWER)
     queries = request.app[QUERIES]
@@ -155,29 +171,26 @@ async def get_incident(request: web.Request) -> web.Response:
     return web.json_response(serialize.incident_json(incident, timeline))
 
 
-def _optional_text(body: Any, key: str) -> str | None:
-    value = body.get(key)
-    if value is not None and not isinstance(value, str):
-        raise InvalidInput(f"{key} must be a string", detail={key: "a string"})
-    return value
-
-
+@operation(
+    "Status change and/or message",
+    m.Incident,
+    status=201,
+    role=Role.RESPONDER,
+    body=m.IncidentUpdate,
+    idempotent=True,
+)
 async def update_incident(request: web.Request) -> web.Response:
     actor = authorise(request, Role.RESPONDER)
     body = await json_body(request)
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be an object")
-    unknown = sorted(set(body) - {"status", "message"})
-    if unknown:
-        raise InvalidInput("unknown field(s)", detail=dict.fromkeys(unknown, "unknown field"))
+    change = m.parse(m.IncidentUpdate, body)
     service = request.app[SERVICE]
 
     async def act(key: IdempotencyKey | None) -> tuple[int, Any]:
         incident = await service.update(
             actor,
             request.match_info["id"],
-            _optional_text(body, "status"),
-            _optional_text(body, "message"),
+            change.status,
+            change.message,
             idempotency=key,
         )
         return 201, serialize.incident_json(incident)
@@ -185,17 +198,25 @@ async def update_incident(request: web.Request) -> web.Response:
     return await idempotent(request, actor, body, act)
 
 
+@operation(
+    "Resolve an incident",
+    m.Incident,
+    status=201,
+    role=Role.RESPONDER,
+    body=m.Resolution,
+    body_required=False,
+)
 async def resolve_incident(request: web.Request) -> web.Response:
     actor = authorise(request, Role.RESPONDER)
     body = await json_body(request) if request.can_read_body else {}
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be an object")
+    resolution = m.parse(m.Resolution, body)
     incident = await request.app[SERVICE].resolve(
-        actor, request.match_info["id"], _optional_text(body, "message")
+        actor, request.match_info["id"], resolution.message
     )
     return web.json_response(serialize.incident_json(incident), status=201)
 
 
+@operation("Confirm a draft incident", m.Incident, status=201, role=Role.RESPONDER)
 async def confirm_incident(request: web.Request) -> web.Response:
     actor = authorise(request, Role.RESPONDER)
     incident = await request.app[SERVICE].confirm(actor, request.match_info["id"])
@@ -203,6 +224,7 @@ async def confirm_incident(request: web.Request) -> web.Response:
 
 
 # --- statements --------------------------------------------------------------------------
+@operation("Rendered statements", m.StatementList, role=Role.VIEWER)
 async def list_statements(request: web.Request) -> web.Response:
     actor = authorise(request, Role.VIEWER)
     queries = request.app[QUERIES]
@@ -211,23 +233,29 @@ async def list_statements(request: web.Request) -> web.Response:
     return web.json_response({"statements": [serialize.statement_json(s) for s in statements]})
 
 
+@operation("Edit a draft (new version)", m.Statement, role=Role.PRESS, body=m.StatementEdit)
 async def edit_statement(request: web.Request) -> web.Response:
     actor = authorise(request, Role.PRESS)
-    body = await json_body(request)
-    if not isinstance(body, dict) or not isinstance(body.get("text"), str):
-        raise InvalidInput("text is required", detail={"text": "a non-empty string"})
+    edit = m.parse(m.StatementEdit, await json_body(request))
     statement = await request.app[SERVICE].edit_statement(
-        actor, request.match_info["id"], body["text"]
+        actor, request.match_info["id"], edit.text
     )
     return web.json_response(serialize.statement_json(statement))
 
 
+@operation("Approve a draft (four-eyes: not its author)", m.Statement, role=Role.PRESS)
 async def approve_statement(request: web.Request) -> web.Response:
     actor = authorise(request, Role.PRESS)
     statement = await request.app[SERVICE].approve_statement(actor, request.match_info["id"])
     return web.json_response(serialize.statement_json(statement))
 
 
+@operation(
+    "Every version of a statement, and a diff",
+    m.StatementVersions,
+    role=Role.VIEWER,
+    query=(("against", {"type": "string"}),),
+)
 async def statement_versions(request: web.Request) -> web.Response:
     authorise(request, Role.VIEWER)
     desk = PressDesk(request.app[SERVICE])
@@ -239,6 +267,7 @@ async def statement_versions(request: web.Request) -> web.Response:
 
 
 # --- claims ------------------------------------------------------------------------------
+@operation("Claims made, and who received them", m.ClaimList, role=Role.VIEWER)
 async def list_claims(request: web.Request) -> web.Response:
     authorise(request, Role.VIEWER)
     views = await request.app[SERVICE].claims(request.match_info["id"])
@@ -259,15 +288,20 @@ async def list_claims(request: web.Request) -> web.Response:
     )
 
 
+@operation(
+    "Retract a claim: a correction draft for the audiences that received it",
+    m.Correction,
+    status=201,
+    role=Role.RESPONDER,
+    body=m.Retraction,
+)
 async def retract_claim(request: web.Request) -> web.Response:
     actor = authorise(request, Role.RESPONDER)
-    body = await json_body(request)
-    if not isinstance(body, dict) or set(body) - {"reason"}:
-        raise InvalidInput('the body must be {"reason": ...}', detail={"reason": "required"})
+    retraction = m.parse(m.Retraction, await json_body(request))
     service = request.app[SERVICE]
     incident = await service.get(request.match_info["id"])
     drafts = await service.retract_claim(
-        actor, incident.id, request.match_info["key"], body.get("reason", "")
+        actor, incident.id, request.match_info["key"], retraction.reason
     )
     main = next((d for d in drafts if d.locale == incident.locale), drafts[0])
     data = serialize.statement_json(main)
@@ -277,6 +311,7 @@ async def retract_claim(request: web.Request) -> web.Response:
 
 
 # --- deliveries --------------------------------------------------------------------------
+@operation("Deliveries and counts by state", m.Deliveries, role=Role.VIEWER, query=PAGED)
 async def list_deliveries(request: web.Request) -> web.Response:
     actor = authorise(request, Role.VIEWER)
     queries = request.app[QUERIES]
@@ -375,6 +410,7 @@ async def acknowledge_link(request: web.Request) -> web.Response:
 
 
 # --- continuity -------------------------------------------------------------------------
+@operation("Per-site confirmations", m.Sites, role=Role.VIEWER)
 async def list_sites(request: web.Request) -> web.Response:
     authorise(request, Role.VIEWER)
     views = await site_views(request.app[SERVICE], request.match_info["id"])
@@ -393,6 +429,13 @@ async def list_sites(request: web.Request) -> web.Response:
     )
 
 
+@operation(
+    "Post-incident report",
+    m.Report,
+    role=Role.VIEWER,
+    query=(("format", {"type": "string", "enum": ["json", "md", "html"], "default": "json"}),),
+    also=(("text/markdown", {"type": "string"}), ("text/html", {"type": "string"})),
+)
 async def report(request: web.Request) -> web.Response:
     authorise(request, Role.VIEWER)
     fmt = request.query.get("format", "json")
@@ -406,6 +449,7 @@ async def report(request: web.Request) -> web.Response:
     return web.json_response(data)
 
 
+@operation("Provider health", m.Channels, role=Role.VIEWER)
 async def list_channels(request: web.Request) -> web.Response:
     actor = authorise(request, Role.VIEWER)
     queries = request.app[QUERIES]
@@ -434,10 +478,12 @@ async def list_channels(request: web.Request) -> web.Response:
 
 
 # --- operations --------------------------------------------------------------------------
+@operation("Liveness", m.Health)
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+@operation("Readiness (store reachable, worker alive)", m.Readiness)
 async def readyz(request: web.Request) -> web.Response:
     store_ok = await request.app[QUERIES].ready()
     worker_ok = request.app[WORKER_ALIVE]()
@@ -445,8 +491,9 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"store": store_ok, "worker": worker_ok}, status=status)
 
 
+@operation("This document", m.Document)
 async def openapi_document(request: web.Request) -> web.Response:
-    return web.json_response(openapi.document())
+    return web.json_response(openapi.document(request.app))
 
 
 def add_routes(app: web.Application) -> None:

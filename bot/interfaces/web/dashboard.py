@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp_sse import EventSourceResponse
 
 import bot.interfaces.web.pages as pages
 import bot.interfaces.web.session as session
@@ -182,37 +183,30 @@ async def events(request: web.Request) -> web.StreamResponse:
     queries = request.app[QUERIES]
     incident = await _incident(request, actor)
     state = request.app[pages.WEB]
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-store",
-            "X-Accel-Buffering": "no",
-        }
-    )
+    # aiohttp-sse keeps the stream alive (a comment every KEEPALIVE_S) and drops a client that
+    # stops reading; "\n" as separator is what every EventSource reads.
+    response = EventSourceResponse(sep="\n", ping_interval=KEEPALIVE_S)
+    response.headers["Cache-Control"] = "no-store"
     await response.prepare(request)
     loop = asyncio.get_running_loop()
     last: dict[str, Any] | None = None
-    quiet_since = loop.time()
-    try:
-        await response.write(b"retry: 2000\n\n")
-        while not state.closing.is_set():
-            if request.transport is None or request.transport.is_closing():
-                break  # the browser went away
-            data = await progress(queries, actor, incident.id)
-            if data != last:
-                payload = json.dumps(data, separators=(",", ":"))
-                await response.write(f"event: progress\ndata: {payload}\n\n".encode())
-                last, quiet_since = data, loop.time()
-            elif loop.time() - quiet_since > KEEPALIVE_S:
-                await response.write(b": keepalive\n\n")
-                quiet_since = loop.time()
-            started = loop.time()
-            await state.pulse.wait(POLL_S, state.closing)
-            gap = MIN_GAP_S - (loop.time() - started)
-            if gap > 0 and not state.closing.is_set():
-                await asyncio.sleep(gap)  # throttling pushes, not synchronising
-    except ConnectionResetError:
-        pass  # the browser went away
+    async with response:
+        try:
+            await response.write(b"retry: 2000\n\n")
+            while not state.closing.is_set() and response.is_connected():
+                if request.transport is None or request.transport.is_closing():
+                    break  # the browser went away
+                data = await progress(queries, actor, incident.id)
+                if data != last:
+                    await response.send(json.dumps(data, separators=(",", ":")), event="progress")
+                    last = data
+                started = loop.time()
+                await state.pulse.wait(POLL_S, state.closing)
+                gap = MIN_GAP_S - (loop.time() - started)
+                if gap > 0 and not state.closing.is_set():
+                    await asyncio.sleep(gap)  # throttling pushes, not synchronising
+        except ConnectionResetError:
+            pass  # the browser went away
     return response
 
 

@@ -160,6 +160,11 @@ class IncidentQueries:
         self._may_read(actor)
         return [AddressMove(*row) for row in await self._store.address_moves()]
 
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return once deliveries may have changed (another process's worker included), or
+        after ``timeout`` seconds: for views that follow a fan-out."""
+        await self._store.wait_for_work(timeout)
+
     # --- public and operational reads (no personal data) ---------------------------------
     async def published_statements(self, limit: int) -> list[tuple[Incident, list[Statement]]]:
         """Declared incidents with their published, approved public statements (newest

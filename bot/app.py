@@ -29,17 +29,7 @@ from bot.domain.models import Actor, ChannelName, Role
 from bot.domain.queries import IncidentQueries
 from bot.domain.rendering import StatementRenderer
 from bot.domain.services import IncidentService, OrganisationInfo
-from bot.interfaces import (
-    alerts,
-    deps,
-    http_api,
-    metrics,
-    slack_app,
-    sms_callbacks,
-    status_page,
-    telegram_bot,
-)
-from bot.interfaces import web as dashboard
+from bot.interfaces import deps
 from bot.interfaces.deps import ChatDeps
 from bot.ports import Channel, Clock, Store
 from bot.runtime import Runtime
@@ -246,6 +236,12 @@ def build_app(
     """The aiohttp application: API, webhooks, dashboard, status page, the worker, and (in
     ``tocsin serve``) the scheduler of periodic work, run by one ``serve`` per deployment.
     ``telegram_polling`` polls the Bot API instead of taking its webhook (development)."""
+    # Imported here: the CLI's other commands open a runtime without serving HTTP, and each
+    # chat interface only where its channel is configured (python-telegram-bot and
+    # slack-bolt take a noticeable part of a second to import).
+    from bot.interfaces import alerts, http_api, metrics, status_page
+    from bot.interfaces import web as dashboard
+
     app = web.Application(client_max_size=1024 * 1024, middlewares=http_api.middlewares())
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -269,10 +265,16 @@ def build_app(
     metrics.add_routes(app)
     dashboard.add_routes(app)
     if settings.channels.slack is not None:
+        from bot.interfaces import slack_app
+
         slack_app.add_routes(app)
     if settings.channels.telegram is not None:
+        from bot.interfaces import telegram_bot
+
         telegram_bot.add_routes(app)
     if settings.channels.sms is not None:
+        from bot.interfaces import sms_callbacks
+
         sms_callbacks.add_routes(app)
     return app
 
@@ -293,10 +295,15 @@ def provide(app: web.Application, runtime: Runtime) -> None:
 async def _start_inbound(app: web.Application, runtime: Runtime, *, telegram_polling: bool) -> None:
     """Start the interfaces that run alongside the server: the worker's observers, the Slack
     bolt app and the Telegram application (over the runtime's shared HTTP session)."""
+    from bot.interfaces import metrics
+    from bot.interfaces import web as dashboard
+
     metrics.setup(app, runtime.dispatcher)
     dashboard.setup(app, runtime.dispatcher)
     settings = runtime.settings
     if settings.channels.slack is not None:
+        from bot.interfaces import slack_app
+
         slack_app.setup(
             app,
             chat(runtime),
@@ -304,6 +311,8 @@ async def _start_inbound(app: web.Application, runtime: Runtime, *, telegram_pol
             scheduler=runtime.scheduler,
         )
     if settings.channels.telegram is not None:
+        from bot.interfaces import telegram_bot
+
         await telegram_bot.setup(app, chat(runtime), polling=telegram_polling)
 
 

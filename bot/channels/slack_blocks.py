@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from bot.domain.declarations import CAUSES
+from bot.domain.template_layout import CAUSES
 
 ACK_ACTION = "tocsin_ack"
 ACK_LABEL = "Acknowledge / Pris en compte"

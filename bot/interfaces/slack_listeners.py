@@ -20,7 +20,6 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.errors import SlackApiError
 
 from bot.channels import slack_blocks as kit
-from bot.domain.acknowledgements import Acknowledgements
 from bot.domain.declarations import IncidentDraft
 from bot.domain.errors import InvalidInput, NotFound, TocsinError
 from bot.domain.models import Actor, ChannelName, Delivery, Role
@@ -268,7 +267,7 @@ class SlackListeners:
     async def _acknowledge(self, body: Mapping[str, Any]) -> None:
         user_id = str(body.get("user", {}).get("id", ""))
         token = action_value(body)
-        found = await Acknowledgements(self.runtime.service).find(token)
+        found = await self.runtime.service.acknowledgements.find(token)
         if found is None or found.channel != ChannelName.SLACK:
             await self.inbound.reply(
                 body.get("response_url"), "unknown or expired acknowledgement link"

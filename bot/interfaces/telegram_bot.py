@@ -37,7 +37,6 @@ from bot.app import Runtime
 from bot.channels.telegram import ACK_PREFIX, MAX_LENGTH, NO_PREVIEW, split_html, utf16_len
 from bot.channels.telegram_request import AiohttpRequest, bot_urls
 from bot.config import ConfigError
-from bot.domain.acknowledgements import Acknowledgements
 from bot.domain.errors import InvalidInput, TocsinError
 from bot.domain.models import Actor, ChannelName, Delivery, DeliveryState
 from bot.interfaces.commands import execute, parse_command
@@ -233,7 +232,7 @@ class TelegramInbound:
         if query is None or query.data is None:
             return
         token = query.data.removeprefix(ACK_PREFIX)
-        delivery = await Acknowledgements(self.runtime.service).find(token)
+        delivery = await self.runtime.service.acknowledgements.find(token)
         chat = query.message.chat.id if query.message is not None else None
         if (
             delivery is None

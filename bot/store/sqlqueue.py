@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import bot.store.rows as rows
 from bot.domain.models import (
     PENDING_STATES,
     PROGRESS_RANK,
@@ -16,7 +17,6 @@ from bot.domain.models import (
     NewDelivery,
     Outcome,
 )
-from bot.store import rows
 from bot.store.queries import query
 from bot.store.sqlbase import (
     _ACKABLE,

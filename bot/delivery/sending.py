@@ -20,6 +20,7 @@ from bot.delivery.queue import LeaseLost, Release
 from bot.delivery.ratelimit import RateLimiter
 from bot.delivery.retry import RetryPolicy, with_quick_retries
 from bot.delivery.routing import Router
+from bot.delivery.statements import StatementSource
 from bot.domain.ack_tokens import AckKeys
 from bot.domain.errors import PermanentError, TransientError, UnknownOutcome
 from bot.domain.masking import scrub_provider_error
@@ -42,6 +43,7 @@ class Sender:
         channels: Mapping[ChannelName, Channel],
         clock: Clock,
         *,
+        statements: StatementSource,
         router: Router,
         breakers: CircuitBreakers,
         limiter: RateLimiter,
@@ -55,6 +57,7 @@ class Sender:
         self.store = store  # for the address moves a provider reports
         self.channels = channels
         self.clock = clock
+        self.statements = statements
         self.router = router
         self.breakers = breakers
         self.limiter = limiter
@@ -74,7 +77,7 @@ class Sender:
         row's lease lapsed before or during the send (nothing is to be written then)."""
         now = self.clock.now()
         channel = self.channels.get(delivery.channel)
-        statement = self.router.statements.get(delivery.statement_id)
+        statement = self.statements.get(delivery.statement_id)
         if channel is None or statement is None:
             reason = (
                 ("channel not configured: " + delivery.channel.value)

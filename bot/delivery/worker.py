@@ -95,6 +95,7 @@ class Dispatcher:
             store,
             self.channels,
             clock,
+            statements=self.statements,
             router=self.router,
             breakers=self.breakers,
             limiter=self.limiter,

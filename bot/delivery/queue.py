@@ -19,7 +19,7 @@ import heapq
 import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -216,10 +216,6 @@ class Queue:
         claimed = await self.store.claim_due(token, self.clock.now(), self.lease_seconds, limit)
         held = self.leases.granted(token, (d.id for d in claimed), since)
         return len(claimed), [d for d in claimed if d.id not in held]
-
-    def sending(self, delivery_id: int) -> AbstractContextManager[None]:
-        """The guard of one send (:meth:`Leases.sending`)."""
-        return self.leases.sending(delivery_id)
 
     def settle(self, delivery: Delivery, result: Outcome | Release) -> None:
         """Buffer the decided outcome or release of a claimed row for the next write."""

@@ -101,7 +101,7 @@ class Dispatcher:
             limiter=self.limiter,
             retry=self.retry,
             outages=self.outages,
-            guard=self.queue.sending,
+            guard=self.queue.leases.sending,
             public_url=public_url.rstrip("/"),
             inline_wait_max=self.config.inline_wait_max,
             tokens=tokens,

@@ -70,10 +70,10 @@ class IncidentService:
         self.renderer = renderer
         self.clock = clock
         self.org = org
-        self.audiences = dict(audiences)
         self.default_audiences = tuple(default_audiences)
         self.usable_channels = usable_channels
-        self.publisher = Publisher(store, clock, self.audiences, usable_channels)
+        self.publisher = Publisher(store, clock, audiences, usable_channels)
+        self.audiences = self.publisher.audiences  # one mapping, shared with the publisher
         self.published = self.publisher.published  # called after each publication
         self.press_desk = PressDesk(self.publisher, renderer)
         self.claims_registry = ClaimsRegistry(self.publisher, renderer, org)

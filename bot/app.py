@@ -212,8 +212,8 @@ def build_dispatcher(runtime: Runtime) -> Dispatcher:
         ),
         # Every worker of the deployment shares each provider's and destination's budget.
         limiter=RateLimiter(clock=lambda: runtime.clock.now().timestamp(), shared=runtime.store),
+        tokens=runtime.service.tokens,
     )
-    dispatcher.tokens = runtime.service.tokens
     system = Actor("tocsin", Role.ADMIN)
 
     async def note(incident_id: str, action: str, detail: dict[str, Any]) -> None:

@@ -14,14 +14,12 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.domain.acknowledgements import Acknowledgements
 from bot.domain.declarations import IncidentDraft
 from bot.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, TocsinError
 from bot.domain.models import Actor, ChannelName, Delivery, DeliveryState, Role
 from bot.domain.quorum import site_views
 from bot.domain.rendering import TemplateError
 from bot.domain.report import build_report
-from bot.domain.statements import PressDesk
 from bot.interfaces import api_models as m
 from bot.interfaces import openapi, report_format, serialize, throttle
 from bot.interfaces.deps import (
@@ -258,7 +256,7 @@ async def approve_statement(request: web.Request) -> web.Response:
 )
 async def statement_versions(request: web.Request) -> web.Response:
     authorise(request, Role.VIEWER)
-    desk = PressDesk(request.app[SERVICE])
+    desk = request.app[SERVICE].press_desk
     versions = await desk.versions(request.match_info["id"])
     diff = await desk.diff(request.match_info["id"], request.query.get("against"))
     return web.json_response(
@@ -368,7 +366,7 @@ def _ack_html(locale: str, title: str, body: str) -> web.Response:
 
 
 async def _link_delivery(request: web.Request) -> Delivery | None:
-    delivery = await Acknowledgements(request.app[SERVICE]).find(request.match_info["token"])
+    delivery = await request.app[SERVICE].acknowledgements.find(request.match_info["token"])
     if delivery is None or delivery.channel not in _LINK_CHANNELS:
         return None
     return delivery

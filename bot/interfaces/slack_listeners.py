@@ -21,7 +21,6 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.channels import slack_blocks as kit
-from bot.domain.acknowledgements import Acknowledgements
 from bot.domain.declarations import IncidentDraft
 from bot.domain.errors import InvalidInput, NotFound, TocsinError
 from bot.domain.models import Actor, ChannelName, Delivery, Role
@@ -284,7 +283,7 @@ class SlackListeners:
     async def _acknowledge(self, body: Mapping[str, Any]) -> None:
         user_id = str(body.get("user", {}).get("id", ""))
         token = action_value(body)
-        found = await Acknowledgements(self.deps.service).find(token)
+        found = await self.deps.service.acknowledgements.find(token)
         if found is None or found.channel != ChannelName.SLACK:
             await self.inbound.reply(
                 body.get("response_url"), "unknown or expired acknowledgement link"

@@ -34,7 +34,6 @@ from bot.channels.sms.signature import valid_twilio_signature
 from bot.channels.sms.twilio import TWILIO_STATES
 from bot.config import ConfigError, Settings, SmsChannelSettings
 from bot.domain.ack_tokens import CALLBACK
-from bot.domain.acknowledgements import Acknowledgements
 from bot.domain.masking import mask_phone, scrub
 from bot.domain.models import ChannelName, DeliveryState
 from bot.domain.phone import normalise_phone
@@ -101,7 +100,7 @@ async def _report(
 ) -> web.Response | None:
     """Hand a delivery report to the service; a 403 answer if the token is not an SMS one."""
     service = request.app[SERVICE]
-    delivery = await Acknowledgements(service).find(token, CALLBACK) if token else None
+    delivery = await service.acknowledgements.find(token, CALLBACK) if token else None
     if delivery is None or delivery.channel != ChannelName.SMS:
         return _reject(request, 403, "unknown delivery token")
     await service.delivery_report(token, state, outcome=outcome, code=code, error=error)
@@ -147,7 +146,7 @@ async def _acknowledge_reply(
     if not is_ok_reply(text):
         log.info("SMS reply from %s is not an acknowledgement", mask_phone(number))
         return None
-    delivery = await Acknowledgements(request.app[SERVICE]).by_reply(
+    delivery = await request.app[SERVICE].acknowledgements.by_reply(
         ChannelName.SMS, number, REPLY_BY, written_at
     )
     log.info(

@@ -35,7 +35,6 @@ from telegram.ext import (
 from bot.channels.telegram import ACK_PREFIX, MAX_LENGTH, NO_PREVIEW, split_html, utf16_len
 from bot.channels.telegram_request import AiohttpRequest, bot_urls
 from bot.config import ConfigError
-from bot.domain.acknowledgements import Acknowledgements
 from bot.domain.errors import InvalidInput, NotFound, TocsinError
 from bot.domain.models import Actor, ChannelName, Delivery, DeliveryState
 from bot.interfaces.commands import execute, parse_command
@@ -231,7 +230,7 @@ class TelegramInbound:
         if query is None or query.data is None:
             return
         token = query.data.removeprefix(ACK_PREFIX)
-        delivery = await Acknowledgements(self.deps.service).find(token)
+        delivery = await self.deps.service.acknowledgements.find(token)
         chat = query.message.chat.id if query.message is not None else None
         if (
             delivery is None

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,19 @@ from bot.delivery.ratelimit import RateLimiter
 from bot.delivery.retry import RetryPolicy
 from bot.delivery.scheduler import Scheduler, add_incident_checks
 from bot.delivery.worker import DispatchConfig, Dispatcher
+from bot.domain.access import Authenticator, ChatPrincipal, TokenPrincipal
 from bot.domain.ack_tokens import AckKeys
 from bot.domain.audiences import Audience, Person, Target
 from bot.domain.clock import SystemClock
 from bot.domain.masking import set_region
 from bot.domain.models import Actor, ChannelName, Role
+from bot.domain.queries import IncidentQueries
 from bot.domain.rendering import StatementRenderer
 from bot.domain.services import IncidentService, OrganisationInfo
-from bot.interfaces.auth import Authenticator
+from bot.interfaces import deps
+from bot.interfaces.deps import ChatDeps
 from bot.ports import Channel, Clock, Store
+from bot.runtime import Runtime
 from bot.store import open_store
 
 log = logging.getLogger("tocsin.app")
@@ -88,6 +91,20 @@ def build_service(
     )
 
 
+def build_authenticator(settings: Settings) -> Authenticator:
+    """Who may call, from ``auth``: each token's secret read from its environment variable."""
+    tokens = []
+    for entry in settings.auth.tokens:
+        secret = settings.secret(entry.token_env, required=False)
+        value = secret.get_secret_value() if secret is not None else ""
+        tokens.append(TokenPrincipal(entry.name, value, entry.role, entry.person))
+    return Authenticator(
+        tokens,
+        {k: ChatPrincipal(u.role, u.person) for k, u in settings.auth.slack_users.items()},
+        {k: ChatPrincipal(u.role, u.person) for k, u in settings.auth.telegram_users.items()},
+    )
+
+
 def ack_keys(settings: Settings) -> AckKeys:
     """The deployment's token keys, from ``auth.secret_key_env``. Without that variable the
     tokens are derived from the database alone (a copy of it could then acknowledge)."""
@@ -101,26 +118,7 @@ def ack_keys(settings: Settings) -> AckKeys:
     return AckKeys(key, timedelta(seconds=settings.delivery.ack_ttl))
 
 
-@dataclass
-class Runtime:
-    """Everything a running Tocsin holds; one per process."""
-
-    settings: Settings
-    store: Store
-    renderer: StatementRenderer
-    clock: Clock
-    service: IncidentService
-    auth: Authenticator
-    session: aiohttp.ClientSession | None = None
-    channels: dict[ChannelName, Channel] = field(default_factory=dict)
-    dispatcher: Dispatcher | None = None
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    worker_task: asyncio.Task[None] | None = None
-    scheduler: Scheduler | None = None
-    scheduler_task: asyncio.Task[None] | None = None
-
-
+# The whole runtime, for the entry points (CLI, demo) and tests; no interface reads it.
 RUNTIME = web.AppKey("runtime", Runtime)
 
 ChannelFactory = Callable[[Settings, aiohttp.ClientSession], dict[ChannelName, Channel]]
@@ -148,7 +146,8 @@ async def open_runtime(
         renderer=renderer,
         clock=clock,
         service=build_service(settings, store, renderer, clock),
-        auth=Authenticator(settings),
+        queries=IncidentQueries(store),
+        auth=build_authenticator(settings),
     )
     try:
         await store.migrate()
@@ -213,8 +212,8 @@ def build_dispatcher(runtime: Runtime) -> Dispatcher:
         ),
         # Every worker of the deployment shares each provider's and destination's budget.
         limiter=RateLimiter(clock=lambda: runtime.clock.now().timestamp(), shared=runtime.store),
+        tokens=runtime.service.tokens,
     )
-    dispatcher.tokens = runtime.service.tokens
     system = Actor("tocsin", Role.ADMIN)
 
     async def note(incident_id: str, action: str, detail: dict[str, Any]) -> None:
@@ -222,9 +221,6 @@ def build_dispatcher(runtime: Runtime) -> Dispatcher:
 
     dispatcher.timeline_note = note
     return dispatcher
-
-
-Setup = Callable[[web.Application, Runtime], Awaitable[None] | None]
 
 
 def build_app(
@@ -235,9 +231,14 @@ def build_app(
     with_worker: bool = True,
     with_scheduler: bool = False,
     channel_factory: ChannelFactory | None = None,
+    telegram_polling: bool = False,
 ) -> web.Application:
     """The aiohttp application: API, webhooks, dashboard, status page, the worker, and (in
-    ``tocsin serve``) the scheduler of periodic work, run by one ``serve`` per deployment."""
+    ``tocsin serve``) the scheduler of periodic work, run by one ``serve`` per deployment.
+    ``telegram_polling`` polls the Bot API instead of taking its webhook (development)."""
+    # Imported here: the CLI's other commands open a runtime without serving HTTP, and each
+    # chat interface only where its channel is configured (python-telegram-bot and
+    # slack-bolt take a noticeable part of a second to import).
     from bot.interfaces import alerts, http_api, metrics, status_page
     from bot.interfaces import web as dashboard
 
@@ -253,10 +254,8 @@ def build_app(
             channel_factory=channel_factory,
         ) as runtime:
             app[RUNTIME] = runtime
-            for setup in _inbound_setups(settings):
-                result = setup(app, runtime)
-                if result is not None:
-                    await result
+            provide(app, runtime)
+            await _start_inbound(app, runtime, telegram_polling=telegram_polling)
             yield
 
     app.cleanup_ctx.append(runtime_ctx)
@@ -265,28 +264,6 @@ def build_app(
     alerts.add_routes(app)
     metrics.add_routes(app)
     dashboard.add_routes(app)
-    _add_inbound_routes(app, settings)
-    return app
-
-
-def _inbound_setups(settings: Settings) -> list[Setup]:
-    """Inbound interfaces that need the runtime (Slack bolt app, Telegram application…)."""
-    from bot.interfaces import metrics
-    from bot.interfaces import web as dashboard
-
-    setups: list[Setup] = [metrics.setup, dashboard.setup]
-    if settings.channels.slack is not None:
-        from bot.interfaces import slack_app
-
-        setups.append(slack_app.setup)
-    if settings.channels.telegram is not None:
-        from bot.interfaces import telegram_bot
-
-        setups.append(telegram_bot.setup)
-    return setups
-
-
-def _add_inbound_routes(app: web.Application, settings: Settings) -> None:
     if settings.channels.slack is not None:
         from bot.interfaces import slack_app
 
@@ -299,3 +276,54 @@ def _add_inbound_routes(app: web.Application, settings: Settings) -> None:
         from bot.interfaces import sms_callbacks
 
         sms_callbacks.add_routes(app)
+    return app
+
+
+def provide(app: web.Application, runtime: Runtime) -> None:
+    """Hand the interfaces the collaborators their handlers use (see :mod:`bot.interfaces.deps`)."""
+    app[deps.SETTINGS] = runtime.settings
+    app[deps.SERVICE] = runtime.service
+    app[deps.QUERIES] = runtime.queries
+    app[deps.AUTH] = runtime.auth
+    app[deps.CLOCK] = runtime.clock
+    app[deps.RECORDS] = runtime.store
+    app[deps.CHANNEL_NAMES] = frozenset(c.value for c in runtime.channels)
+    app[deps.STARTED_AT] = runtime.started_at
+    app[deps.WORKER_ALIVE] = runtime.worker_alive
+
+
+async def _start_inbound(app: web.Application, runtime: Runtime, *, telegram_polling: bool) -> None:
+    """Start the interfaces that run alongside the server: the worker's observers, the Slack
+    bolt app and the Telegram application (over the runtime's shared HTTP session)."""
+    from bot.interfaces import metrics
+    from bot.interfaces import web as dashboard
+
+    metrics.setup(app, runtime.dispatcher)
+    dashboard.setup(app, runtime.dispatcher)
+    settings = runtime.settings
+    if settings.channels.slack is not None:
+        from bot.interfaces import slack_app
+
+        slack_app.setup(
+            app,
+            chat(runtime),
+            progress_store=runtime.store,
+            scheduler=runtime.scheduler,
+        )
+    if settings.channels.telegram is not None:
+        from bot.interfaces import telegram_bot
+
+        await telegram_bot.setup(app, chat(runtime), polling=telegram_polling)
+
+
+def chat(runtime: Runtime) -> ChatDeps:
+    """What the chat interfaces (Slack, Telegram) use."""
+    if runtime.session is None:
+        raise RuntimeError("the chat interfaces need the runtime's shared HTTP session")
+    return ChatDeps(
+        settings=runtime.settings,
+        service=runtime.service,
+        auth=runtime.auth,
+        clock=runtime.clock,
+        session=runtime.session,
+    )

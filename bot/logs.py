@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bot.domain.masking import scrub
-
-# Bot tokens travel inside URLs (Telegram's /bot<TOKEN>/method): never let one reach a log.
-_TOKEN_IN_URL = re.compile(r"/bot\d+:[\w-]+")
-_SECRETS = re.compile(r"(xox[abpr]-[\w-]+|(?i:bearer)\s+[\w.~+/-]+=*)")
+from bot.redaction import redact_secrets
 
 
 def redact(text: str) -> str:
     """Mask phone numbers, e-mail addresses and tokens in a log line."""
-    text = _TOKEN_IN_URL.sub("/bot<redacted>", text)
-    text = _SECRETS.sub("<redacted>", text)
-    return scrub(text)
+    return scrub(redact_secrets(text))
 
 
 class JsonFormatter(logging.Formatter):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from bot.domain.template_layout import CAUSES
+
 ACK_ACTION = "tocsin_ack"
 ACK_LABEL = "Acknowledge / Pris en compte"
 # Slack refuses a section whose text reaches 3,000 characters; stay clearly under.
@@ -129,7 +131,6 @@ PRESS_EDIT_VIEW = "tocsin_press_edit"
 PRESS_EDIT_ACTION = "tocsin_press_edit"
 PRESS_APPROVE_ACTION = "tocsin_press_approve"
 SEVERITIES = ("minor", "major", "critical")
-CAUSES = ("unknown", "technical", "cyberattack_ruled_out", "cyberattack")
 # Slack's limit for a plain_text_input's value.
 INPUT_LIMIT = 3_000
 

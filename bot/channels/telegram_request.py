@@ -7,29 +7,27 @@ shares connection pooling, limits and shutdown with every other adapter.
 
 from __future__ import annotations
 
-import re
 from contextvars import ContextVar
 
 import aiohttp
 from telegram.error import NetworkError, TimedOut
 from telegram.request import BaseRequest, RequestData
 
+from bot.redaction import redact_secrets
+
 # The HTTP status of the last Bot API answer in this task, so that an adapter can record the
 # provider's code: python-telegram-bot turns the status into an exception class and drops it.
 last_status: ContextVar[int | None] = ContextVar("telegram_last_status", default=None)
 
-_TOKEN_IN_URL = re.compile(r"/bot[^/\s'\"]+")
+
+# Errors quoting a Bot API URL carry the token: the adapter redacts them with this.
+redact = redact_secrets
 
 
 def bot_urls(api_url: str) -> tuple[str, str]:
     """``(base_url, base_file_url)`` for ``telegram.Bot`` from the configured API root."""
     root = api_url.rstrip("/")
     return f"{root}/bot", f"{root}/file/bot"
-
-
-def redact(text: str) -> str:
-    """``text`` with any ``/bot<TOKEN>`` path segment masked (aiohttp errors quote URLs)."""
-    return _TOKEN_IN_URL.sub("/bot•••", text)
 
 
 class AiohttpRequest(BaseRequest):

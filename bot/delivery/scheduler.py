@@ -18,9 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from bot.domain.cadence import remind_overdue
 from bot.domain.models import Severity
-from bot.domain.quorum import escalate_sites
 from bot.domain.services import IncidentService
 from bot.ports import IDEMPOTENCY_TTL, Clock, Store
 
@@ -113,12 +111,12 @@ def add_incident_checks(
     """Cadence reminders and site quorum every ``every`` seconds; old idempotency keys hourly."""
 
     async def reminders() -> None:
-        reminded = await remind_overdue(service, cadence, reminder_audience)
+        reminded = await service.reminders.remind_overdue(cadence, reminder_audience)
         if reminded:
             log.info("reminded %d incident(s)", len(reminded))
 
     async def quorum() -> None:
-        escalated = await escalate_sites(service)
+        escalated = await service.quorum.escalate_sites()
         if escalated:
             log.info("escalated %d site(s)", len(escalated))
 

@@ -1,22 +1,26 @@
 """Sending one claimed delivery and deciding its outcome: delivered, retried later, failed
 and failed over, or re-routed around a provider that is down.
 
-A mixin of :class:`bot.delivery.worker.Dispatcher`, kept apart from the loop that claims
-and records.
+:meth:`Sender.send` returns the decision as a value (an :class:`Outcome` to record, or a
+:class:`Release` of the row back to the queue); the dispatcher hands it to the queue, which
+writes it under the row's lease.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime, timedelta
 
 from bot.delivery.health import Admission, CircuitBreakers, OutageLog
-from bot.delivery.leases import LeaseLost, Leases
 from bot.delivery.outbound import destination_key, limits_for, message_for
+from bot.delivery.queue import LeaseLost, Release
 from bot.delivery.ratelimit import RateLimiter
 from bot.delivery.retry import RetryPolicy, with_quick_retries
 from bot.delivery.routing import Router
+from bot.delivery.statements import StatementSource
 from bot.domain.ack_tokens import AckKeys
 from bot.domain.errors import PermanentError, TransientError, UnknownOutcome
 from bot.domain.masking import scrub_provider_error
@@ -26,49 +30,69 @@ from bot.ports import Channel, Clock, OutboundMessage, Receipt, Store
 log = logging.getLogger("tocsin.worker")
 
 
-class DeliverySender:
+Result = Outcome | Release
+SendGuard = Callable[[int], AbstractContextManager[None]]
+
+
+class Sender:
     """Sends one delivery through its channel and turns the answer into an outcome."""
 
-    channels: dict[ChannelName, Channel]
-    store: Store
-    clock: Clock
-    public_url: str
-    tokens: AckKeys = AckKeys(b"")
-    retry: RetryPolicy
-    limiter: RateLimiter
-    breakers: CircuitBreakers
-    router: Router
-    outages: OutageLog
-    _outcomes: list[tuple[Delivery, Outcome]]
-    _released: list[tuple[int, datetime]]
-    _settling: set[int]  # rows whose outcome or release waits for the next batch write
-    leases: Leases
-    inline_wait_max: float
+    def __init__(
+        self,
+        store: Store,
+        channels: Mapping[ChannelName, Channel],
+        clock: Clock,
+        *,
+        statements: StatementSource,
+        router: Router,
+        breakers: CircuitBreakers,
+        limiter: RateLimiter,
+        retry: RetryPolicy,
+        outages: OutageLog,
+        guard: SendGuard,
+        public_url: str,
+        inline_wait_max: float,
+        tokens: AckKeys | None = None,
+    ) -> None:
+        self.store = store  # for the address moves a provider reports
+        self.channels = channels
+        self.clock = clock
+        self.statements = statements
+        self.router = router
+        self.breakers = breakers
+        self.limiter = limiter
+        self.retry = retry
+        self.outages = outages
+        self.guard = guard  # refuses, or cancels, a send once the row's lease has lapsed
+        self.public_url = public_url
+        self.inline_wait_max = inline_wait_max
+        self.tokens = tokens or AckKeys(b"")
 
     def message_for(self, delivery: Delivery, statement: Statement) -> OutboundMessage:
         """The outbound message of one delivery."""
         return message_for(delivery, statement, self.public_url, self.tokens)
 
-    async def _process(self, delivery: Delivery) -> None:
+    async def send(self, delivery: Delivery) -> Result:
+        """Send ``delivery`` and decide what becomes of it; raises :class:`LeaseLost` when the
+        row's lease lapsed before or during the send (nothing is to be written then)."""
         now = self.clock.now()
         channel = self.channels.get(delivery.channel)
-        statement = self.router.statements.get(delivery.statement_id)
+        statement = self.statements.get(delivery.statement_id)
         if channel is None or statement is None:
             reason = (
                 ("channel not configured: " + delivery.channel.value)
                 if channel is None
                 else "statement missing"
             )
-            await self._fail(delivery, (Attempt(delivery.id, now, "failed", error=reason),))
-            return
+            return await self._fail(delivery, (Attempt(delivery.id, now, "failed", error=reason),))
         provider = channel.provider_key(delivery.address)
         admission = self.breakers.admit(provider)
         if admission == Admission.BLOCKED:
-            await self._blocked(delivery, provider, now)
-            return
+            return await self._blocked(delivery, provider, now)
         settled = False  # the provider was judged: a probe's slot is no longer ours
         try:
-            settled = await self._send(delivery, channel, statement, provider)
+            result, settled = await self._send(delivery, channel, statement, provider)
+            return result
         finally:
             # Whatever ended this probe (a rate limit, a bug, a lost lease, a cancellation)
             # without judging the provider: let another delivery probe it.
@@ -77,14 +101,13 @@ class DeliverySender:
 
     async def _send(
         self, delivery: Delivery, channel: Channel, statement: Statement, provider: str
-    ) -> bool:
-        """Send through ``channel`` and emit the outcome; True once the provider was judged."""
+    ) -> tuple[Result, bool]:
+        """Send through ``channel``; the decision, and True once the provider was judged."""
         wait = await self.limiter.acquire(
             limits_for(channel, delivery), max_wait=self.inline_wait_max
         )
         if wait > 0:  # no slot soon (rate, a 429's pause): back to the queue, due at its slot
-            self._release(delivery, self.clock.now() + timedelta(seconds=wait))
-            return False
+            return Release(delivery.id, self.clock.now() + timedelta(seconds=wait)), False
         attempts: list[Attempt] = []
 
         def failed_try(exc: BaseException) -> None:
@@ -93,7 +116,7 @@ class DeliverySender:
         message = self.message_for(delivery, statement)
         try:
             # Refused, or cancelled, once this worker's lease on the row has lapsed (LeaseLost).
-            with self.leases.sending(delivery.id):
+            with self.guard(delivery.id):
                 receipt = await with_quick_retries(
                     self.retry, lambda: channel.send(message), failed_try
                 )
@@ -105,13 +128,11 @@ class DeliverySender:
             # sends again), and retried later with backoff.
             attempts.append(self._attempt(delivery, exc))
             self._judge_provider(provider, exc)
-            await self._retry_or_fail(delivery, tuple(attempts), None)
-            return True
+            return await self._retry_or_fail(delivery, tuple(attempts), None), True
         except (TransientError, PermanentError) as exc:
             attempts.append(self._attempt(delivery, exc))
             self._judge_provider(provider, exc)
-            await self._failure(delivery, channel, exc, tuple(attempts))
-            return True
+            return await self._failure(delivery, channel, exc, tuple(attempts)), True
         except Exception as exc:  # a bug in an adapter must not kill the worker
             log.exception("channel %s raised unexpectedly", delivery.channel.value)
             attempts.append(
@@ -122,10 +143,9 @@ class DeliverySender:
                     error=f"internal error: {type(exc).__name__}",
                 )
             )
-            await self._retry_or_fail(delivery, tuple(attempts), None)
-            return False
+            return await self._retry_or_fail(delivery, tuple(attempts), None), False
         self.breakers.succeeded(provider)
-        self._success(
+        outcome = self._success(
             delivery,
             receipt,
             (
@@ -144,7 +164,7 @@ class DeliverySender:
             await self.store.note_address_moved(
                 delivery.channel.value, delivery.address, receipt.moved_to, self.clock.now()
             )
-        return True
+        return outcome, True
 
     def _judge_provider(self, provider: str, exc: BaseException) -> None:
         """Connection failures, timeouts and 5xx count against the provider's health; an
@@ -155,23 +175,20 @@ class DeliverySender:
         else:
             self.breakers.succeeded(provider)
 
-    async def _blocked(self, delivery: Delivery, provider: str, now: datetime) -> None:
+    async def _blocked(self, delivery: Delivery, provider: str, now: datetime) -> Result:
         """The provider is down: a person moves to their next channel at once; a destination
         waits for the provider to come back (shown as blocked, not failed)."""
         follow_up = await self.router.next_hop(delivery, now, avoid_down=True)
         if follow_up is None:
-            self._release(delivery, self.breakers.retry_at(provider))
-            return
+            return Release(delivery.id, self.breakers.retry_at(provider))
         attempt = Attempt(
             delivery.id,
             now,
             "rerouted",
             error=f"{provider} unreachable: re-routed to {follow_up.channel.value}",
         )
-        self._emit(
-            delivery, Outcome(delivery.id, DeliveryState.FAILED, (attempt,), follow_up=follow_up)
-        )
         self.outages.rerouted(delivery.incident_id, provider, follow_up.channel.value)
+        return Outcome(delivery.id, DeliveryState.FAILED, (attempt,), follow_up=follow_up)
 
     def _attempt(self, delivery: Delivery, exc: BaseException) -> Attempt:
         outcome = (
@@ -189,7 +206,9 @@ class DeliverySender:
         error = scrub_provider_error(str(exc))[:500]
         return Attempt(delivery.id, self.clock.now(), outcome, error=error, code=code)
 
-    def _success(self, delivery: Delivery, receipt: Receipt, attempts: tuple[Attempt, ...]) -> None:
+    def _success(
+        self, delivery: Delivery, receipt: Receipt, attempts: tuple[Attempt, ...]
+    ) -> Outcome:
         policy = delivery.policy
         escalate_at = None
         if (
@@ -200,7 +219,7 @@ class DeliverySender:
             and delivery.escalation_of is None
         ):
             escalate_at = self.clock.now() + timedelta(seconds=policy.escalate_after_s)
-        self._emit(delivery, Outcome(delivery.id, receipt.state, attempts, escalate_at=escalate_at))
+        return Outcome(delivery.id, receipt.state, attempts, escalate_at=escalate_at)
 
     async def _failure(
         self,
@@ -208,10 +227,9 @@ class DeliverySender:
         channel: Channel,
         exc: BaseException,
         attempts: tuple[Attempt, ...],
-    ) -> None:
+    ) -> Outcome:
         if isinstance(exc, PermanentError):
-            await self._fail(delivery, attempts)
-            return
+            return await self._fail(delivery, attempts)
         retry_after = exc.retry_after if isinstance(exc, TransientError) else None
         if retry_after is not None and isinstance(exc, TransientError):
             per_destination = exc.scope == "destination" and channel.destination_rate
@@ -223,24 +241,20 @@ class DeliverySender:
             await self.limiter.pause(key, retry_after)
             if all(a.outcome == "throttled" for a in attempts):
                 # The provider's pace, not a failure: it never uses up max_attempts.
-                self._emit(
-                    delivery,
-                    Outcome(
-                        delivery.id,
-                        DeliveryState.RETRYING,
-                        attempts,
-                        next_attempt_at=self.retry.next_attempt(
-                            self.clock.now(), delivery.attempts, retry_after
-                        ),
-                        count_attempt=False,
+                return Outcome(
+                    delivery.id,
+                    DeliveryState.RETRYING,
+                    attempts,
+                    next_attempt_at=self.retry.next_attempt(
+                        self.clock.now(), delivery.attempts, retry_after
                     ),
+                    count_attempt=False,
                 )
-                return
-        await self._retry_or_fail(delivery, attempts, retry_after)
+        return await self._retry_or_fail(delivery, attempts, retry_after)
 
     async def _retry_or_fail(
         self, delivery: Delivery, attempts: tuple[Attempt, ...], retry_after: float | None
-    ) -> None:
+    ) -> Outcome:
         now = self.clock.now()
         total = delivery.attempts + len(attempts)
         if total >= self.retry.max_attempts:
@@ -248,30 +262,15 @@ class DeliverySender:
             gave_up = replace(
                 last, outcome="failed", error=f"gave up after {total} attempts: {last.error}"
             )
-            await self._fail(delivery, (*attempts[:-1], gave_up))
-            return
-        self._emit(
-            delivery,
-            Outcome(
-                delivery.id,
-                DeliveryState.RETRYING,
-                attempts,
-                next_attempt_at=self.retry.next_attempt(now, total, retry_after),
-            ),
+            return await self._fail(delivery, (*attempts[:-1], gave_up))
+        return Outcome(
+            delivery.id,
+            DeliveryState.RETRYING,
+            attempts,
+            next_attempt_at=self.retry.next_attempt(now, total, retry_after),
         )
 
-    async def _fail(self, delivery: Delivery, attempts: tuple[Attempt, ...]) -> None:
+    async def _fail(self, delivery: Delivery, attempts: tuple[Attempt, ...]) -> Outcome:
         """Fail the delivery; a person is tried on the next channel of their policy."""
         follow_up = await self.router.next_hop(delivery, self.clock.now(), avoid_down=False)
-        self._emit(
-            delivery, Outcome(delivery.id, DeliveryState.FAILED, attempts, follow_up=follow_up)
-        )
-
-    def _emit(self, delivery: Delivery, outcome: Outcome) -> None:
-        self._settling.add(delivery.id)
-        self._outcomes.append((delivery, outcome))
-
-    def _release(self, delivery: Delivery, at: datetime) -> None:
-        """Give the row back to the queue, due at ``at`` (written with the next batch)."""
-        self._settling.add(delivery.id)
-        self._released.append((delivery.id, at))
+        return Outcome(delivery.id, DeliveryState.FAILED, attempts, follow_up=follow_up)

@@ -2,31 +2,33 @@
 
 Claims and outcomes are batched (one transaction per batch); a lease covers each claimed row,
 so a crashed worker's deliveries come back to the queue when the lease expires. The lease is
-renewed while the send runs (a heartbeat, one UPDATE per claim batch), and an outcome is
-written only under the lease that still holds the row (fencing, :mod:`bot.delivery.leases`).
-Each provider has a circuit breaker: while one is down, people are re-routed to their next
-channel and destinations wait, shown as blocked.
+renewed while the send runs, and an outcome is written only under the lease that still holds
+the row (fencing): all of that is :class:`bot.delivery.queue.Queue`. The dispatcher composes
+it with a :class:`~bot.delivery.sending.Sender` (which decides each outcome), a
+:class:`~bot.delivery.routing.Router` and the statements' source. Each provider has a circuit
+breaker: while one is down, people are re-routed to their next channel and destinations wait,
+shown as blocked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
-import math
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from bot.delivery.health import CircuitBreakers, OutageLog, ProviderHealth
-from bot.delivery.leases import LeaseLost, Leases
+from bot.delivery.queue import LeaseLost, Queue
 from bot.delivery.ratelimit import RateLimiter
 from bot.delivery.retry import RetryPolicy
 from bot.delivery.routing import Router
-from bot.delivery.sending import DeliverySender
+from bot.delivery.sending import Sender
+from bot.delivery.statements import StatementSource
+from bot.domain.ack_tokens import AckKeys
 from bot.domain.models import (
     ChannelName,
     Delivery,
@@ -56,7 +58,7 @@ class DispatchConfig:
     statement_cache: int = 10_000  # statements kept; those of sends under way are never evicted
 
 
-class Dispatcher(DeliverySender):
+class Dispatcher:
     """Runs the delivery loop for one worker process."""
 
     def __init__(
@@ -70,13 +72,12 @@ class Dispatcher(DeliverySender):
         retry: RetryPolicy | None = None,
         limiter: RateLimiter | None = None,
         worker_id: str | None = None,
+        tokens: AckKeys | None = None,
     ) -> None:
         self.store = store
         self.channels = dict(channels)
         self.clock = clock
-        self.public_url = public_url.rstrip("/")
         self.config = config or DispatchConfig()
-        self.inline_wait_max = self.config.inline_wait_max
         self.retry = retry or RetryPolicy()
         self.limiter = limiter or RateLimiter(clock=lambda: clock.now().timestamp())
         self.worker_id = worker_id or f"worker-{secrets.token_hex(4)}"
@@ -86,21 +87,31 @@ class Dispatcher(DeliverySender):
             cooldown=self.config.breaker_cooldown,
         )
         self.breakers.on_change.append(self._health_changed)
-        self.router = Router(
-            store, self.channels, self._channel_down, cache_size=self.config.statement_cache
+        self.queue = Queue(store, clock, self.worker_id, self.config.lease_seconds)
+        self.statements = StatementSource(store, self.config.statement_cache)
+        self.router = Router(store, self.statements, self.channels, self._channel_down)
+        self.outages = OutageLog()
+        self.sender = Sender(
+            store,
+            self.channels,
+            clock,
+            statements=self.statements,
+            router=self.router,
+            breakers=self.breakers,
+            limiter=self.limiter,
+            retry=self.retry,
+            outages=self.outages,
+            guard=self.queue.leases.sending,
+            public_url=public_url.rstrip("/"),
+            inline_wait_max=self.config.inline_wait_max,
+            tokens=tokens,
         )
-        self.leases = Leases(self.worker_id, self.config.lease_seconds)
-        self._settling: set[int] = set()
         self.observers: list[Observer] = []
         self.timeline_note: TimelineNote | None = None
         self.alive_at: datetime | None = None
-        self._outcomes: list[tuple[Delivery, Outcome]] = []
-        self._released: list[tuple[int, datetime]] = []
-        self.outages = OutageLog()
         self._inflight: set[asyncio.Task[None]] = set()
         self._progress = asyncio.Event()
         self._next_escalation_scan = 0.0
-        self._wake_at: list[float] = []  # loop times when rows given back come due (a heap)
 
     # --- the loop ------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -109,7 +120,7 @@ class Dispatcher(DeliverySender):
         with backoff; nothing buffered is dropped."""
         loop = asyncio.get_running_loop()
         failures = 0
-        heartbeat = asyncio.create_task(self._heartbeat())
+        heartbeat = asyncio.create_task(self.queue.heartbeat())
         try:
             while not stop.is_set():
                 self.alive_at = self.clock.now()
@@ -134,16 +145,11 @@ class Dispatcher(DeliverySender):
             finally:
                 heartbeat.cancel()
                 await asyncio.gather(heartbeat, return_exceptions=True)
-                self.leases.close()
+                self.queue.close()
 
     def _room(self) -> int:
         # Rows whose outcome is not yet written are still leased: they count as in flight.
-        return (
-            self.config.concurrency
-            - len(self._inflight)
-            - len(self._outcomes)
-            - len(self._released)
-        )
+        return self.config.concurrency - len(self._inflight) - self.queue.unwritten
 
     @property
     def _low_water(self) -> int:
@@ -156,11 +162,10 @@ class Dispatcher(DeliverySender):
         loop = asyncio.get_running_loop()
         timeout = self.config.poll_interval
         now = loop.time()
-        while self._wake_at and self._wake_at[0] <= now:
-            heapq.heappop(self._wake_at)
-        if self._wake_at:
+        due = self.queue.next_due(now)
+        if due is not None:
             # Rows given back to the queue (rate limits, 429s) are due before the next poll.
-            timeout = min(timeout, self._wake_at[0] - now)
+            timeout = min(timeout, due - now)
         deadline = now + timeout
         while not self._enough_to_do():
             self._progress.clear()
@@ -184,9 +189,9 @@ class Dispatcher(DeliverySender):
                 return  # stopped, new work announced, or time to poll
 
     def _enough_to_do(self) -> bool:
-        if self._released:
+        if self.queue.has_releases:
             return True
-        if self._outcomes:
+        if self.queue.has_outcomes:
             return self._room() >= self._low_water or not self._inflight
         return False
 
@@ -203,7 +208,7 @@ class Dispatcher(DeliverySender):
     async def drain(self) -> int:
         """Process everything due now until nothing is due (tests, demos); returns sends."""
         total = 0
-        heartbeat = asyncio.create_task(self._heartbeat())
+        heartbeat = asyncio.create_task(self.queue.heartbeat())
         try:
             while True:
                 claimed = await self._claim_and_start()
@@ -221,61 +226,31 @@ class Dispatcher(DeliverySender):
         room = self._room()
         if room <= 0:
             return 0
-        token = self.leases.new_token()
-        since = asyncio.get_running_loop().time()
-        claimed = await self.store.claim_due(
-            token,
-            self.clock.now(),
-            self.config.lease_seconds,
-            min(room, self.config.batch_size),
-        )
-        # A row this worker still holds (its outcome not yet written) is never sent again:
-        # it only moves to the new lease.
-        held = self.leases.granted(token, (d.id for d in claimed), since)
-        fresh = [d for d in claimed if d.id not in held]
+        claimed, fresh = await self.queue.claim(min(room, self.config.batch_size))
         try:
-            await self.router.load(d.statement_id for d in fresh)
+            await self.statements.load(d.statement_id for d in fresh)
         except BaseException:
             for delivery in fresh:
-                self.router.done(delivery.statement_id)
-                self.leases.forget(delivery.id)  # back to the queue when the lease expires
+                self.statements.done(delivery.statement_id)
+                self.queue.finished(delivery.id)  # back to the queue when the lease expires
             raise
         for delivery in fresh:
             task = asyncio.create_task(self._run_one(delivery))
             self._inflight.add(task)
             task.add_done_callback(self._done)
-        return len(claimed)
+        return claimed
 
     async def _run_one(self, delivery: Delivery) -> None:
         try:
-            await self._process(delivery)
+            self.queue.settle(delivery, await self.sender.send(delivery))
         except LeaseLost:
             # Another worker may hold the row now: nothing is sent or recorded from here.
             log.warning(
                 "delivery %d: lease lapsed before its outcome, left to the next holder", delivery.id
             )
         finally:
-            self.router.done(delivery.statement_id)
-            if delivery.id not in self._settling:
-                self.leases.forget(delivery.id)
-
-    async def _heartbeat(self) -> None:
-        """Renew the lease of every row this worker holds, a third of a lease apart: one
-        UPDATE per claim batch, whatever the number of rows."""
-        interval = self.config.lease_seconds / 3
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(interval)  # the renewal period, not synchronisation
-            for token, ids in self.leases.by_token():
-                since = loop.time()
-                try:
-                    kept = await self.store.renew(
-                        token, ids, self.clock.now(), self.config.lease_seconds
-                    )
-                except Exception:
-                    log.warning("lease renewal failed; retrying", exc_info=True)
-                    break
-                self.leases.renewed(token, ids, kept, since)
+            self.statements.done(delivery.statement_id)
+            self.queue.finished(delivery.id)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -285,49 +260,10 @@ class Dispatcher(DeliverySender):
 
     async def flush(self) -> None:
         """Write buffered outcomes, releases and health changes; on failure keep them."""
-        if self._released:
-            released, self._released = self._released, []
-            by_time: dict[tuple[datetime, str | None], list[int]] = {}
-            for delivery_id, at in released:
-                by_time.setdefault((at, self.leases.owner(delivery_id)), []).append(delivery_id)
-            try:
-                for (at, owner), ids in by_time.items():
-                    if owner is not None:
-                        await self.store.release(ids, owner, at)
-            except Exception:
-                self._released = released + self._released
-                raise
-            for delivery_id, _ in released:
-                self._settled(delivery_id)
-            loop, now = asyncio.get_running_loop(), self.clock.now()
-            for at, _ in by_time:
-                due = loop.time() + max(0.0, (at - now).total_seconds())
-                # Rounded up to 10 ms: never wake before the row is due, nor for every row.
-                heapq.heappush(self._wake_at, math.ceil(due * 100) / 100)
-        if self._outcomes:
-            batch, self._outcomes = self._outcomes, []
-            try:
-                applied = set(
-                    await self.store.record(
-                        [
-                            replace(outcome, lease_owner=self.leases.owner(delivery.id))
-                            for delivery, outcome in batch
-                        ]
-                    )
-                )
-            except Exception:
-                self._outcomes = batch + self._outcomes
-                raise
-            for delivery, outcome in batch:
-                self._settled(delivery.id)
-                if delivery.id in applied:
-                    for observer in self.observers:
-                        observer(delivery, outcome)
+        for delivery, outcome in await self.queue.flush():
+            for observer in self.observers:
+                observer(delivery, outcome)
         await self._flush_health()
-
-    def _settled(self, delivery_id: int) -> None:
-        self._settling.discard(delivery_id)
-        self.leases.forget(delivery_id)
 
     async def _flush_health(self) -> None:
         for health in self.outages.take_changes():

@@ -8,38 +8,41 @@ person's message fails over to their next channel.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
-from bot.domain.ack_tokens import ACK, CALLBACK
+from bot.domain.ack_tokens import ACK, CALLBACK, AckKeys
 from bot.domain.audiences import new_follow_up, next_untried_channel, statement_kind_for
 from bot.domain.errors import NotFound
 from bot.domain.models import ChannelName, Delivery, DeliveryState
-from bot.ports import Changes
-
-if TYPE_CHECKING:
-    from bot.domain.services import IncidentService
-
+from bot.ports import Changes, Clock, Store
 
 REPLY_CLOCK_SLACK = timedelta(minutes=1)
 
 
 class Acknowledgements:
-    """Acknowledgements and reports, over the incident service's store and clock."""
+    """Acknowledgements and reports, over the store, the clock and the token keys."""
 
-    def __init__(self, service: IncidentService) -> None:
-        self.service = service
-        self.store = service.store
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        tokens: AckKeys,
+        usable_channels: frozenset[ChannelName] | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.tokens = tokens
+        self.usable_channels = usable_channels
 
     async def find(self, token: str, purpose: str = ACK) -> Delivery | None:
         """The delivery whose ``purpose`` token this is, or None (unknown, forged, made for
         another purpose, or expired: ``delivery.ack_ttl`` after the incident's resolution)."""
-        delivery_id = self.service.tokens.delivery_id(token)
+        delivery_id = self.tokens.delivery_id(token)
         delivery = await self.store.get_delivery(delivery_id) if delivery_id else None
-        if delivery is None or not self.service.tokens.matches(token, delivery, purpose):
+        if delivery is None or not self.tokens.matches(token, delivery, purpose):
             return None
         if purpose == ACK:
             incident = await self.store.get_incident(delivery.incident_id)
-            if self.service.tokens.expired(incident, self.service.clock.now()):
+            if self.tokens.expired(incident, self.clock.now()):
                 return None
         return delivery
 
@@ -49,7 +52,7 @@ class Acknowledgements:
         delivery = await self.find(token)
         if delivery is None:
             raise NotFound("unknown or expired acknowledgement link")
-        await self.store.acknowledge(delivery.id, by, self.service.clock.now())
+        await self.store.acknowledge(delivery.id, by, self.clock.now())
         refreshed = await self.store.get_delivery(delivery.id)
         assert refreshed is not None
         return refreshed
@@ -73,7 +76,7 @@ class Acknowledgements:
             # Provider clocks are coarse (whole seconds) and may drift: a minute's grace.
             if sent and min(sent) > written_at + REPLY_CLOCK_SLACK:
                 return None
-        await self.store.acknowledge(delivery.id, by, self.service.clock.now())
+        await self.store.acknowledge(delivery.id, by, self.clock.now())
         return await self.store.get_delivery(delivery.id)
 
     async def report(
@@ -90,7 +93,7 @@ class Acknowledgements:
         delivery = await self.find(token, CALLBACK)
         if delivery is None:
             return None
-        now = self.service.clock.now()
+        now = self.clock.now()
         moved = await self.store.advance(delivery.id, state, outcome, now, code, error)
         if moved and state == DeliveryState.FAILED and delivery.is_member:
             await self._fail_over(delivery, now)
@@ -98,7 +101,7 @@ class Acknowledgements:
 
     async def _fail_over(self, delivery: Delivery, now: datetime) -> None:
         tried = await self.store.chain_channels(delivery.root_id or delivery.id)
-        channel = next_untried_channel(delivery, tried, self.service.usable_channels)
+        channel = next_untried_channel(delivery, tried, self.usable_channels)
         if channel is None:
             return
         kind = statement_kind_for(channel, delivery.policy.kind)

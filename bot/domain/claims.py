@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from bot.domain.errors import InvalidInput, NotFound
 from bot.domain.models import (
@@ -14,11 +13,10 @@ from bot.domain.models import (
     StatementStatus,
     TimelineEntry,
 )
+from bot.domain.publishing import Publisher, require
+from bot.domain.statement_context import OrganisationInfo, Renderer, event_context
 from bot.domain.statements import CORRECTION, claim_recipients, new_statement_id
 from bot.ports import Changes
-
-if TYPE_CHECKING:
-    from bot.domain.services import IncidentService
 
 APPROVED_KINDS = frozenset({StatementKind.PRESS, StatementKind.PUBLIC})
 
@@ -38,16 +36,18 @@ class ClaimView:
 class ClaimsRegistry:
     """Lists claims with their reach, and drafts corrections when one is retracted."""
 
-    def __init__(self, service: IncidentService) -> None:
-        self.service = service
+    def __init__(self, publisher: Publisher, renderer: Renderer, org: OrganisationInfo) -> None:
+        self.publisher = publisher
+        self.renderer = renderer
+        self.org = org
 
     async def views(self, incident_id: str) -> list[ClaimView]:
         """Every claim the incident made or retracted, in the order first made."""
-        incident = await self.service.get(incident_id)
-        statements = await self.service.store.statements(incident.id)
+        incident = await self.publisher.incident(incident_id)
+        statements = await self.publisher.store.statements(incident.id)
         retracted = {
             e.detail["claim"]: str(e.detail.get("reason", ""))
-            for e in await self.service.store.timeline(incident.id)
+            for e in await self.publisher.store.timeline(incident.id)
             if e.action == "claim_retracted"
         }
         keys: list[str] = []
@@ -56,7 +56,7 @@ class ClaimsRegistry:
                 keys.append(key)
         views = []
         for key in keys:
-            received = await claim_recipients(self.service, incident.id, key)
+            received = await claim_recipients(self.publisher, incident.id, key)
             approved = any(
                 key in s.claims
                 and s.kind in APPROVED_KINDS
@@ -69,7 +69,7 @@ class ClaimsRegistry:
             views.append(
                 ClaimView(
                     key=key,
-                    text=self.service.renderer.claim_text(key, incident.locale),
+                    text=self.renderer.claim_text(key, incident.locale),
                     status=status,
                     audiences=tuple(sorted({d.audience for d in received})),
                     recipients=len({(d.audience, d.recipient) for d in received}),
@@ -83,7 +83,7 @@ class ClaimsRegistry:
     ) -> list[Statement]:
         """Draft a correction (one per language) for exactly the audiences that received the
         claim; it is approved like a press statement, then sent to those recipients only."""
-        self.service.require(actor, Role.RESPONDER)
+        require(actor, Role.RESPONDER)
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidInput("a reason is required", detail={"reason": "a non-empty string"})
         if len(reason) > 1000:
@@ -94,13 +94,13 @@ class ClaimsRegistry:
             raise NotFound(f"{incident_id} made no claim {key!r}")
         if view.status == "retracted":
             raise InvalidInput("already retracted", detail={"claim": key})
-        incident = await self.service.get(incident_id)
-        now = self.service.clock.now()
-        seq = await self.service.next_seq(incident.id)
-        renderer = self.service.renderer
+        incident = await self.publisher.incident(incident_id)
+        now = self.publisher.clock.now()
+        seq = await self.publisher.next_seq(incident.id)
+        renderer = self.renderer
         drafts = []
-        for locale in self.service.org.locales:
-            context = self.service.context_for(incident, "correction", locale, now)
+        for locale in self.org.locales:
+            context = event_context(renderer, self.org, incident, "correction", locale, now)
             context["correction"] = {
                 "claim": key,
                 "claim_text": renderer.claim_text(key, locale),
@@ -127,7 +127,7 @@ class ClaimsRegistry:
                     audiences=view.audiences,
                 )
             )
-        await self.service.store.commit(
+        await self.publisher.commit(
             Changes(
                 incident=replace(
                     incident, claims=tuple(c for c in incident.claims if c != key), updated_at=now

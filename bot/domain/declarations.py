@@ -8,8 +8,8 @@ from typing import Any
 
 from bot.domain.errors import InvalidInput
 from bot.domain.models import IncidentStatus, Severity
+from bot.domain.template_layout import CAUSES
 
-CAUSES = ("unknown", "technical", "cyberattack_ruled_out", "cyberattack")
 DECLARE_FIELDS = frozenset(
     {
         "title",

@@ -2,11 +2,14 @@
 
 Each service renders what it must, then commits the incident change, its timeline entry, its
 statements and every delivery they imply in one transaction: nothing is sent before that.
+:class:`IncidentService` is the crisis cell's verbs, and composes the collaborators that each
+take the ports they use: the press desk, the claims registry, acknowledgements, reminders, the
+quorum watch and reports.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -14,14 +17,11 @@ from zoneinfo import ZoneInfo
 
 from bot.domain.ack_tokens import AckKeys
 from bot.domain.acknowledgements import Acknowledgements
-from bot.domain.audiences import (
-    Audience,
-    StatementIndex,
-    plan_deliveries,
-)
+from bot.domain.audiences import Audience
+from bot.domain.cadence import Reminders
 from bot.domain.claims import ClaimsRegistry, ClaimView
 from bot.domain.declarations import IncidentDraft, parse_status
-from bot.domain.errors import Conflict, DuplicateRequest, Forbidden, InvalidInput, NotFound
+from bot.domain.errors import Conflict, DuplicateRequest, InvalidInput
 from bot.domain.models import (
     APPROVAL_KINDS,
     Actor,
@@ -35,6 +35,9 @@ from bot.domain.models import (
     StatementKind,
     TimelineEntry,
 )
+from bot.domain.publishing import Publisher, require
+from bot.domain.quorum import Quorum
+from bot.domain.report import Reports
 from bot.domain.statement_context import (
     OrganisationInfo,
     Renderer,
@@ -64,30 +67,35 @@ class IncidentService:
     ) -> None:
         self.store = store
         self.tokens = tokens or AckKeys(b"")
-        self.published: list[Callable[[], None]] = []  # called after each publication
         self.renderer = renderer
         self.clock = clock
         self.org = org
-        self.audiences = dict(audiences)
         self.default_audiences = tuple(default_audiences)
         self.usable_channels = usable_channels
+        self.publisher = Publisher(store, clock, audiences, usable_channels)
+        self.audiences = self.publisher.audiences  # one mapping, shared with the publisher
+        self.published = self.publisher.published  # called after each publication
+        self.press_desk = PressDesk(self.publisher, renderer)
+        self.claims_registry = ClaimsRegistry(self.publisher, renderer, org)
+        self.acknowledgements = Acknowledgements(store, clock, self.tokens, usable_channels)
+        self.reminders = Reminders(self.publisher, renderer, org)
+        self.quorum = Quorum(self.publisher)
+        self.reports = Reports(self.publisher, self.claims_registry, self.quorum)
 
     # --- reading -----------------------------------------------------------------------
     async def get(self, incident_id: str) -> Incident:
         """The incident, or NotFound."""
-        incident = await self.store.get_incident(incident_id)
-        if incident is None:
-            raise NotFound(f"no incident {incident_id}")
-        return incident
+        return await self.publisher.incident(incident_id)
 
     async def statement(self, statement_id: str) -> Statement:
         """The statement, or NotFound."""
-        statement = await self.store.get_statement(statement_id)
-        if statement is None:
-            raise NotFound(f"no statement {statement_id}")
-        return statement
+        return await self.publisher.statement(statement_id)
 
     # --- declaring ---------------------------------------------------------------------
+    def check_draft(self, draft: IncidentDraft) -> None:
+        """InvalidInput naming every field of ``draft`` this deployment does not know."""
+        self._check_draft(draft)
+
     def _check_draft(self, draft: IncidentDraft) -> None:
         problems: dict[str, str] = {}
         unknown = [a for a in (draft.audiences or ()) if a not in self.audiences]
@@ -315,32 +323,32 @@ class IncidentService:
     # --- statements (the press desk: bot/domain/statements.py) ---------------------------
     async def edit_statement(self, actor: Actor, statement_id: str, text: str) -> Statement:
         """A person's edit makes a new draft version (see :class:`PressDesk`)."""
-        return await PressDesk(self).edit(actor, statement_id, text)
+        return await self.press_desk.edit(actor, statement_id, text)
 
     async def approve_statement(self, actor: Actor, statement_id: str) -> Statement:
         """Four-eyes approval and publication (see :class:`PressDesk`)."""
-        return await PressDesk(self).approve(actor, statement_id)
+        return await self.press_desk.approve(actor, statement_id)
 
     # --- acknowledgements --------------------------------------------------------------
     async def claims(self, incident_id: str) -> list[ClaimView]:
         """The incident's claims with their reach (see :class:`ClaimsRegistry`)."""
-        return await ClaimsRegistry(self).views(incident_id)
+        return await self.claims_registry.views(incident_id)
 
     async def retract_claim(
         self, actor: Actor, incident_id: str, key: str, reason: str
     ) -> list[Statement]:
         """Draft corrections of a claim for the audiences that received it."""
-        return await ClaimsRegistry(self).retract(actor, incident_id, key, reason)
+        return await self.claims_registry.retract(actor, incident_id, key, reason)
 
     async def acknowledge(self, token: str, by: str) -> Delivery:
         """Acknowledge the delivery behind an opaque token (see :mod:`acknowledgements`)."""
-        return await Acknowledgements(self).by_token(token, by)
+        return await self.acknowledgements.by_token(token, by)
 
     async def acknowledge_by_reply(
         self, channel: ChannelName, address: str, by: str
     ) -> Delivery | None:
         """An "OK" reply from a known address (see :mod:`acknowledgements`)."""
-        return await Acknowledgements(self).by_reply(channel, address, by)
+        return await self.acknowledgements.by_reply(channel, address, by)
 
     async def delivery_report(
         self,
@@ -352,7 +360,7 @@ class IncidentService:
         error: str | None = None,
     ) -> Delivery | None:
         """A provider's delivery report (see :mod:`acknowledgements`)."""
-        return await Acknowledgements(self).report(
+        return await self.acknowledgements.report(
             token, state, outcome=outcome, code=code, error=error
         )
 
@@ -379,17 +387,14 @@ class IncidentService:
             update=update,
         )
         changes.statements.extend(statements)
-        audiences = [self.audiences[a] for a in incident.audiences if a in self.audiences]
         changes.deliveries.extend(
-            plan_deliveries(
-                incident_id=incident.id,
-                seq=seq,
-                audiences=audiences,
-                statements=StatementIndex(statements, incident.locale),
-                default_locale=incident.locale,
-                now=now,
+            self.publisher.plan(
+                incident,
+                seq,
+                self.publisher.audiences_named(incident.audiences),
+                statements,
+                now,
                 kinds=frozenset(StatementKind) - APPROVAL_KINDS,
-                usable=self.usable_channels,
             )
         )
 
@@ -406,14 +411,12 @@ class IncidentService:
 
     async def next_seq(self, incident_id: str) -> int:
         """The next timeline sequence number of an incident."""
-        entries = await self.store.timeline(incident_id)
-        return (entries[-1].seq if entries else 0) + 1
+        return await self.publisher.next_seq(incident_id)
 
     @staticmethod
     def require(actor: Actor, role: Role) -> None:
         """Forbidden unless the actor holds ``role``."""
-        if not actor.can(role):
-            raise Forbidden(f"{role.value} role required")
+        require(actor, role)
 
     @staticmethod
     def _require_open(incident: Incident) -> None:

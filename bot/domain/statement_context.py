@@ -1,8 +1,9 @@
-"""What the services need to render statements: the renderer's interface, the organisation,
-and the template context of an incident."""
+"""How statements are made: the renderer's interface, the organisation, the template context
+of an incident, and the statements of one event (with their ids)."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +16,6 @@ from bot.domain.models import (
     StatementKind,
     StatementStatus,
 )
-from bot.domain.statements import new_statement_id
 
 
 class Renderer(Protocol):
@@ -128,3 +128,8 @@ def render_event(
                 )
             )
     return statements
+
+
+def new_statement_id() -> str:
+    """A short, unguessable statement id."""
+    return "stm-" + secrets.token_hex(6)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from datetime import datetime
 
-from bot.domain.audiences import StatementIndex, new_ack_token, plan_deliveries, statement_kind_for
+from bot.domain.audiences import new_ack_token, statement_kind_for
 from bot.domain.errors import Conflict, Forbidden, InvalidInput
 from bot.domain.models import (
     PENDING_STATES,
@@ -25,10 +25,9 @@ from bot.domain.models import (
     StatementStatus,
     TimelineEntry,
 )
-from bot.ports import Changes, Page
-
-if TYPE_CHECKING:
-    from bot.domain.services import IncidentService
+from bot.domain.publishing import HoldsStore, Publisher, all_deliveries, require
+from bot.domain.statement_context import Renderer, new_statement_id
+from bot.ports import Changes
 
 CORRECTION = "correction"
 # A delivery "carries" a claim to its recipient unless it never went out.
@@ -43,13 +42,14 @@ def same_text_key(s: Statement) -> tuple[str, int, str, str, str]:
 class PressDesk:
     """Edits and approvals of statements that need a second person."""
 
-    def __init__(self, service: IncidentService) -> None:
-        self.service = service
-        self.store = service.store
+    def __init__(self, publisher: Publisher, renderer: Renderer) -> None:
+        self.publisher = publisher
+        self.store = publisher.store
+        self.renderer = renderer
 
     async def versions(self, statement_id: str) -> list[Statement]:
         """Every version of the statement's text, oldest first."""
-        current = await self.service.statement(statement_id)
+        current = await self.publisher.statement(statement_id)
         return sorted(
             (
                 s
@@ -87,17 +87,17 @@ class PressDesk:
     async def edit(self, actor: Actor, statement_id: str, text: str) -> Statement:
         """A new draft version. Editing a draft supersedes it; editing a published statement
         leaves it published until the new version is approved."""
-        self.service.require(actor, Role.PRESS)
+        require(actor, Role.PRESS)
         if not isinstance(text, str) or not text.strip():
             raise InvalidInput("text is required", detail={"text": "a non-empty string"})
         if len(text) > 20_000:
             raise InvalidInput("text too long", detail={"text": "at most 20000 characters"})
-        current = await self.service.statement(statement_id)
+        current = await self.publisher.statement(statement_id)
         versions = await self.versions(statement_id)
         if current.status == StatementStatus.SUPERSEDED or current != versions[-1]:
             raise Conflict(f"statement {statement_id} has a newer version: edit that one")
-        now = self.service.clock.now()
-        bodies = self.service.renderer.bodies_from_text(
+        now = self.publisher.clock.now()
+        bodies = self.renderer.bodies_from_text(
             current.kind, text.strip(), current.bodies.get("subject", "")
         )
         if "sms" in current.bodies:  # a correction keeps its short SMS wording
@@ -116,8 +116,8 @@ class PressDesk:
         updates = []
         if current.status == StatementStatus.DRAFT:
             updates.append(replace(current, status=StatementStatus.SUPERSEDED))
-        seq = await self.service.next_seq(current.incident_id)
-        await self.store.commit(
+        seq = await self.publisher.next_seq(current.incident_id)
+        await self.publisher.commit(
             Changes(
                 statements=[edited],
                 statement_updates=updates,
@@ -148,14 +148,14 @@ class PressDesk:
         language (the status page), unless that one was edited separately or was written by
         the approver. Authors and approvers are people (see ``auth`` ``person:``), whatever
         interface each acted through."""
-        self.service.require(actor, Role.PRESS)
-        current = await self.service.statement(statement_id)
+        require(actor, Role.PRESS)
+        current = await self.publisher.statement(statement_id)
         if current.status != StatementStatus.DRAFT:
             raise Conflict(f"statement {statement_id} is {current.status.value}, not a draft")
         if current.author == actor.name:
             raise Forbidden("the author of a statement cannot approve it (four-eyes rule)")
-        incident = await self.service.get(current.incident_id)
-        now = self.service.clock.now()
+        incident = await self.publisher.incident(current.incident_id)
+        now = self.publisher.clock.now()
         all_statements = await self.store.statements(incident.id)
         published = replace(current, status=StatementStatus.PUBLISHED, approved_by=actor.name)
         updates = [published] + [
@@ -179,7 +179,7 @@ class PressDesk:
                 # declared) waits for someone else's approval.
                 and s.author != actor.name
             ]
-        seq = await self.service.next_seq(incident.id)
+        seq = await self.publisher.next_seq(incident.id)
         changes = Changes(
             statement_updates=updates + twins,
             timeline=[
@@ -204,34 +204,31 @@ class PressDesk:
         if current.event == CORRECTION:
             changes.deliveries = await self._correction_deliveries(published, now)
         else:
-            audiences = [self.service.audiences[a] for a in self._audiences_for(current)]
-            changes.deliveries = plan_deliveries(
-                incident_id=incident.id,
-                seq=current.seq,
-                audiences=audiences,
-                statements=StatementIndex([published], current.locale),
-                default_locale=incident.locale,
-                now=now,
+            changes.deliveries = self.publisher.plan(
+                incident,
+                current.seq,
+                self.publisher.audiences_named(self._audiences_for(current)),
+                [published],
+                now,
                 kinds=frozenset({current.kind}),
                 locale_only=current.locale,
-                usable=self.service.usable_channels,
             )
-        await self.store.commit(changes)
-        for listener in self.service.published:
-            listener()
+        await self.publisher.commit(changes, publication=True)
         return published
 
     def _audiences_for(self, statement: Statement) -> list[str]:
         return [
             name
-            for name, audience in self.service.audiences.items()
+            for name, audience in self.publisher.audiences.items()
             if audience.kind == statement.kind and audience.kind == StatementKind.PRESS
         ]
 
-    async def _correction_deliveries(self, correction: Statement, now: object) -> list[NewDelivery]:
+    async def _correction_deliveries(
+        self, correction: Statement, now: datetime
+    ) -> list[NewDelivery]:
         """Exactly the recipients who received the claim, on the address they got it on."""
         [claim] = correction.claims
-        received = await claim_recipients(self.service, correction.incident_id, claim)
+        received = await claim_recipients(self.publisher, correction.incident_id, claim)
         planned = []
         for delivery in received:
             if delivery.locale != correction.locale:
@@ -253,21 +250,19 @@ class PressDesk:
                         kind=statement_kind_for(delivery.channel, StatementKind.PRESS),
                     ),
                     ack_token=new_ack_token(),
-                    next_attempt_at=self.service.clock.now(),
+                    next_attempt_at=self.publisher.clock.now(),
                     lane=delivery.lane,
                 )
             )
         return planned
 
 
-async def claim_recipients(
-    service: IncidentService, incident_id: str, claim: str
-) -> list[Delivery]:
+async def claim_recipients(holder: HoldsStore, incident_id: str, claim: str) -> list[Delivery]:
     """One delivery per recipient address that received (or is receiving) ``claim``."""
-    statements = {s.id: s for s in await service.store.statements(incident_id)}
+    statements = {s.id: s for s in await holder.store.statements(incident_id)}
     carrying = {sid for sid, s in statements.items() if claim in s.claims and s.event != CORRECTION}
     chosen: dict[tuple[str, str, str], Delivery] = {}
-    for delivery in await all_deliveries(service, incident_id):
+    for delivery in await all_deliveries(holder, incident_id):
         if delivery.statement_id not in carrying or delivery.state in NOT_RECEIVED:
             continue
         key = (delivery.audience, delivery.channel.value, delivery.address)
@@ -275,21 +270,11 @@ async def claim_recipients(
     return list(chosen.values())
 
 
-async def all_deliveries(service: IncidentService, incident_id: str) -> list[Delivery]:
-    """Every delivery of an incident, page by page."""
-    rows: list[Delivery] = []
-    while True:
-        batch = await service.store.deliveries(incident_id, Page(limit=1000, offset=len(rows)))
-        rows.extend(batch)
-        if len(batch) < 1000:
-            return rows
-
-
-def new_statement_id() -> str:
-    """A short, unguessable statement id."""
-    import secrets
-
-    return "stm-" + secrets.token_hex(6)
-
-
-__all__ = ["CORRECTION", "PENDING_STATES", "PressDesk", "claim_recipients", "new_statement_id"]
+__all__ = [
+    "CORRECTION",
+    "PENDING_STATES",
+    "PressDesk",
+    "all_deliveries",
+    "claim_recipients",
+    "new_statement_id",
+]

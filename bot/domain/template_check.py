@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from bot.domain.errors import InvalidInput
 from bot.domain.models import IncidentStatus, Severity, StatementKind
@@ -29,8 +30,29 @@ from bot.domain.template_layout import (
     template_name,
 )
 
-if TYPE_CHECKING:
-    from bot.domain.rendering import StatementRenderer
+
+class StatementRenderer(Protocol):
+    """What the checks use of :class:`bot.domain.rendering.StatementRenderer` (which calls
+    them: a protocol keeps the two modules from importing each other)."""
+
+    timezone: str
+    sms_max_segments: int
+
+    @property
+    def templates_dir(self) -> Path: ...
+
+    def known_claim(self, key: str) -> bool: ...
+
+    def claim_text(self, key: str, locale: str) -> str: ...
+
+    def claim_keys(self) -> set[str]: ...
+
+    def render_template(
+        self, name: str, fmt: str, locale: str, context: Mapping[str, Any]
+    ) -> str: ...
+
+    def wording(self, name: str, *, fresh: bool = False) -> Mapping[str, Any]: ...
+
 
 TELEGRAM_TAGS = frozenset({"b", "i", "a", "code", "pre"})
 _TAG = re.compile(r"</?([A-Za-z][A-Za-z0-9-]*)")

@@ -17,11 +17,15 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bot.app import RUNTIME, Runtime
 from bot.domain.declarations import IncidentDraft
 from bot.domain.errors import InvalidInput
 from bot.domain.models import Actor, Incident, IncidentStatus, Role, Severity
+from bot.domain.queries import IncidentQueries
+from bot.domain.services import IncidentService
 from bot.interfaces import http_api
+from bot.interfaces.api_models import AlertAnswer
+from bot.interfaces.deps import QUERIES, SERVICE, SETTINGS
+from bot.interfaces.openapi import operation
 
 log = logging.getLogger("tocsin.alerts")
 
@@ -172,20 +176,25 @@ class AlertIngest:
         self._rules = rules
         self._lock = asyncio.Lock()
 
-    def rules(self, runtime: Runtime) -> AlertSettings:
+    def rules(self, settings: object) -> AlertSettings:
         """Explicit rules (tests) or the configuration's ``alerts`` block."""
-        return self._rules or alert_settings(runtime.settings)
+        return self._rules or alert_settings(settings)
 
-    async def handle(self, runtime: Runtime, message: WebhookMessage) -> tuple[str, str | None]:
+    async def handle(
+        self,
+        service: IncidentService,
+        queries: IncidentQueries,
+        rules: AlertSettings,
+        message: WebhookMessage,
+    ) -> tuple[str, str | None]:
         """Apply one notification; returns (what was done, incident id)."""
-        rules = self.rules(runtime)
         draft = draft_from(message, rules)
         async with self._lock:
-            incident = await runtime.store.find_incident_by_source(SOURCE, message.groupKey)
+            incident = await queries.from_source(ALERTMANAGER, SOURCE, message.groupKey)
             action = "unchanged"
             if draft is not None:
                 if incident is None or incident.status == IncidentStatus.RESOLVED:
-                    incident = await runtime.service.declare(
+                    incident = await service.declare(
                         ALERTMANAGER,
                         draft,
                         as_draft=True,
@@ -195,29 +204,33 @@ class AlertIngest:
                     action = "drafted"
                 elif incident.status == IncidentStatus.DRAFT:
                     if not _same(incident, draft):
-                        incident = await runtime.service.revise_draft(
-                            ALERTMANAGER, incident.id, draft
-                        )
+                        incident = await service.revise_draft(ALERTMANAGER, incident.id, draft)
                         action = "revised"
                 else:
-                    action = await self._note_firing(runtime, incident, message, rules)
+                    action = await self._note_firing(service, queries, incident, message, rules)
             if incident is None:
                 return "ignored", None  # resolved alerts of a group never drafted
-            if await self._note_resolved(runtime, incident, message.alerts, rules):
+            if await self._note_resolved(service, queries, incident, message.alerts, rules):
                 action = "noted" if action == "unchanged" else action
         log.info("alert group notification (%s): %s %s", message.status, action, incident.id)
         return action, incident.id
 
     async def _note_firing(
-        self, runtime: Runtime, incident: Incident, message: WebhookMessage, rules: AlertSettings
+        self,
+        service: IncidentService,
+        queries: IncidentQueries,
+        incident: Incident,
+        message: WebhookMessage,
+        rules: AlertSettings,
     ) -> str:
         """A confirmed incident's group fires again: note it when the firing set changed."""
         firing = [a for a in message.alerts if a.status == "firing"]
         prints = sorted(a.fingerprint for a in firing)
-        notes = [e for e in await runtime.store.timeline(incident.id) if e.action == "alert_firing"]
+        timeline = await queries.timeline(ALERTMANAGER, incident.id)
+        notes = [e for e in timeline if e.action == "alert_firing"]
         if notes and sorted(notes[-1].detail.get("fingerprints", [])) == prints:
             return "unchanged"
-        await runtime.service.note(
+        await service.note(
             ALERTMANAGER,
             incident.id,
             "alert_firing",
@@ -227,7 +240,8 @@ class AlertIngest:
 
     async def _note_resolved(
         self,
-        runtime: Runtime,
+        service: IncidentService,
+        queries: IncidentQueries,
         incident: Incident,
         alerts: Sequence[WebhookAlert],
         rules: AlertSettings,
@@ -238,7 +252,7 @@ class AlertIngest:
             return False
         seen = {
             (e.detail.get("fingerprint"), e.detail.get("ends_at"))
-            for e in await runtime.store.timeline(incident.id)
+            for e in await queries.timeline(ALERTMANAGER, incident.id)
             if e.action == "alert_resolved"
         }
         noted = False
@@ -246,7 +260,7 @@ class AlertIngest:
             detail = _alert_detail(alert, rules)
             if (detail["fingerprint"], detail["ends_at"]) in seen:
                 continue
-            await runtime.service.note(ALERTMANAGER, incident.id, "alert_resolved", detail)
+            await service.note(ALERTMANAGER, incident.id, "alert_resolved", detail)
             seen.add((detail["fingerprint"], detail["ends_at"]))
             noted = True
         return noted
@@ -255,11 +269,20 @@ class AlertIngest:
 INGEST = web.AppKey("alert_ingest", AlertIngest)
 
 
+@operation(
+    "Alertmanager webhook (version 4) → a draft incident (nothing sent)",
+    AlertAnswer,
+    role=Role.ALERTS,
+    body=WebhookMessage,
+)
 async def receive(request: web.Request) -> web.Response:
     """``POST /api/v1/alerts/alertmanager``: a responder token, a version-4 body."""
     http_api.authorise(request, Role.ALERTS)  # an ``alerts`` token, or a responder's
     message = parse_message(await http_api.json_body(request))
-    action, incident_id = await request.app[INGEST].handle(request.app[RUNTIME], message)
+    ingest, app = request.app[INGEST], request.app
+    action, incident_id = await ingest.handle(
+        app[SERVICE], app[QUERIES], ingest.rules(app[SETTINGS]), message
+    )
     status = 201 if action == "drafted" else 200
     return web.json_response({"action": action, "incident": incident_id}, status=status)
 

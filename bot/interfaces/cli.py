@@ -7,7 +7,6 @@ Shared pieces live in :mod:`bot.interfaces.cli_support`; the reporting commands 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,6 +22,7 @@ from bot.interfaces import check as check  # registers `tocsin check` on the app
 from bot.interfaces import cli_views  # registers status, report, claims… on the app
 from bot.interfaces.cli_support import (
     DEFAULT_CONFIG,
+    READER,
     AsOpt,
     BadInput,
     ConfigOpt,
@@ -92,10 +92,8 @@ def serve(
 
     settings = settings_from(config)
     configure_logging()
-    if telegram_polling:
-        os.environ["TOCSIN_TELEGRAM_POLLING"] = "1"
     web.run_app(
-        build_app(settings, with_scheduler=True),
+        build_app(settings, with_scheduler=True, telegram_polling=telegram_polling),
         host=host or settings.server.host,
         port=port or settings.server.port,
         print=None,
@@ -184,7 +182,7 @@ def declare(
             incident = await rt.service.declare(actor(as_, rt.settings), draft)
             console.print(f"Declared [bold]{incident.id}[/]: {incident.title}")
             if wait:
-                await follow_fan_out(rt.store, incident.id, console)
+                await follow_fan_out(rt.queries, READER, incident.id, console)
 
     run(go())
 
@@ -254,10 +252,10 @@ def statement(
         from bot.app import open_runtime
 
         async with open_runtime(settings, with_channels=False) as rt:
-            incident = await rt.service.get(incident_id)
+            incident = await rt.queries.incident(READER, incident_id)
             chosen = [
                 s
-                for s in await rt.store.statements(incident.id)
+                for s in await rt.queries.statements(READER, incident.id)
                 if s.kind == wanted and s.locale == (locale or incident.locale)
             ]
             if not chosen:

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from bot.config import Settings, load_settings
-from bot.domain.models import ROLE_RANK, Actor
+from bot.domain.models import ROLE_RANK, Actor, Role
 
 T = TypeVar("T")
 
@@ -39,6 +39,11 @@ ConfigOpt = Annotated[
 ]
 AsOpt = Annotated[str | None, typer.Option("--as", help="Your name, for the timeline.")]
 DEFAULT_CONFIG = Path("tocsin.yaml")
+
+
+# Who reads from this terminal (status, deliveries): whoever holds the configuration and the
+# database may read everything; acting still needs ``--as`` (see :func:`actor`).
+READER = Actor("cli", Role.VIEWER)
 
 
 class BadInput(Exception):

@@ -13,6 +13,7 @@ from rich.table import Table
 from bot.domain.masking import scrub_provider_error
 from bot.interfaces.cli_support import (
     DEFAULT_CONFIG,
+    READER,
     AsOpt,
     BadInput,
     ConfigOpt,
@@ -43,10 +44,11 @@ def status(
 
         async with open_runtime(settings, with_channels=False) as rt:
             if incident_id is not None:
-                incident = await rt.service.get(incident_id)
-                counts = await rt.store.delivery_counts(incident.id)
+                incident = await rt.queries.incident(READER, incident_id)
+                counts = await rt.queries.delivery_counts(READER, incident.id)
                 if as_json:
-                    data = serialize.incident_json(incident, await rt.store.timeline(incident.id))
+                    timeline = await rt.queries.timeline(READER, incident.id)
+                    data = serialize.incident_json(incident, timeline)
                     data["counts"] = serialize.counts_json(counts)
                     console.print_json(json.dumps(data))
                     return
@@ -54,15 +56,15 @@ def status(
                     f"[bold]{incident.id}[/] {incident.title} — "
                     f"{incident.severity.value}, {incident.status.value}"
                 )
-                console.print(await report_table(rt.store, incident.id))
+                console.print(await report_table(rt.queries, READER, incident.id))
                 if by_site:
                     console.print(await sites_table(rt, incident.id))
                 return
             table = Table(title="Incidents")
             for column in ("id", "status", "severity", "title", *STATE_ORDER):
                 table.add_column(column)
-            for incident in await rt.store.list_incidents():
-                counts = await rt.store.delivery_counts(incident.id)
+            for incident in await rt.queries.incidents(READER):
+                counts = await rt.queries.delivery_counts(READER, incident.id)
                 table.add_row(
                     incident.id,
                     incident.status.value,
@@ -71,7 +73,7 @@ def status(
                     *(str(counts.get(s, 0)) for s in STATE_ORDER),
                 )
             console.print(table)
-            health = await rt.store.channel_health()
+            health = await rt.queries.channel_health(READER)
             if health:
                 providers = Table(title="Channel health")
                 for column in ("provider", "state", "since", "last error"):
@@ -141,9 +143,9 @@ def deliveries(
         from bot.interfaces import serialize
 
         async with open_runtime(settings, with_channels=False) as rt:
-            incident = await rt.service.get(incident_id)
-            rows = await rt.store.deliveries(incident.id)
-            attempts = await rt.store.attempts([d.id for d in rows])
+            incident = await rt.queries.incident(READER, incident_id)
+            rows = await rt.queries.deliveries(READER, incident.id)
+            attempts = await rt.queries.attempts(READER, [d.id for d in rows])
             table = Table(title=f"Deliveries of {incident.id}")
             for column in (
                 "id",
@@ -184,7 +186,7 @@ def status_page_export(
         from bot.interfaces.status_page import StatusPage
 
         async with open_runtime(settings, with_channels=False) as rt:
-            return await StatusPage(rt).files()
+            return await StatusPage(rt.settings, rt.queries).files()
 
     site = run(go())
     folder.mkdir(parents=True, exist_ok=True)

@@ -14,17 +14,24 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.app import RUNTIME, Runtime
-from bot.domain.acknowledgements import Acknowledgements
 from bot.domain.declarations import IncidentDraft
 from bot.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, TocsinError
 from bot.domain.models import Actor, ChannelName, Delivery, DeliveryState, Role
 from bot.domain.quorum import site_views
 from bot.domain.rendering import TemplateError
 from bot.domain.report import build_report
-from bot.domain.statements import PressDesk
+from bot.interfaces import api_models as m
 from bot.interfaces import openapi, report_format, serialize, throttle
+from bot.interfaces.deps import (
+    AUTH,
+    CHANNEL_NAMES,
+    QUERIES,
+    SERVICE,
+    STARTED_AT,
+    WORKER_ALIVE,
+)
 from bot.interfaces.idempotency import idempotent
+from bot.interfaces.openapi import PAGED, operation
 from bot.ports import IdempotencyKey, Page
 
 log = logging.getLogger("tocsin.http")
@@ -83,10 +90,6 @@ def _rejected(request: web.Request, status: int, message: str, detail: Any = Non
     return error(status, message, detail)
 
 
-def runtime(request: web.Request) -> Runtime:
-    return request.app[RUNTIME]
-
-
 def authorise(request: web.Request, role: Role) -> Actor:
     """The caller's actor, or 401 (no/unknown token) / 403 (missing role); a client whose
     unknown tokens keep coming gets 429 for a while (see :mod:`throttle`)."""
@@ -95,7 +98,7 @@ def authorise(request: web.Request, role: Role) -> Actor:
     client = throttle.client_of(request)
     if header and limiter is not None:
         limiter.check(client)
-    actor = runtime(request).auth.from_bearer(header)
+    actor = request.app[AUTH].from_bearer(header)
     if actor is None:
         if header and limiter is not None:
             limiter.fail(client)
@@ -112,120 +115,148 @@ async def json_body(request: web.Request) -> Any:
         raise MalformedRequest("malformed JSON") from None
 
 
+MAX_OFFSET = 1_000_000_000
+
+
 def page(request: web.Request) -> Page:
     try:
         limit = int(request.query.get("limit", "1000"))
         offset = int(request.query.get("offset", "0"))
     except ValueError:
         raise InvalidInput("limit and offset must be integers") from None
-    if not (1 <= limit <= 1000) or offset < 0:
-        raise InvalidInput("limit must be 1–1000 and offset ≥ 0")
+    # An offset past any real table still fits the databases' 64-bit integers.
+    if not (1 <= limit <= 1000) or not (0 <= offset <= MAX_OFFSET):
+        raise InvalidInput(f"limit must be 1–1000 and offset 0–{MAX_OFFSET}")
     return Page(limit, offset)
 
 
 # --- incidents ---------------------------------------------------------------------------
+@operation(
+    "Declare an incident",
+    m.Incident,
+    status=201,
+    role=Role.RESPONDER,
+    body=m.Declaration,
+    idempotent=True,
+)
 async def declare(request: web.Request) -> web.Response:
     actor = authorise(request, Role.RESPONDER)
     body = await json_body(request)
-    rt = runtime(request)
+    service, queries = request.app[SERVICE], request.app[QUERIES]
 
     async def act(key: IdempotencyKey | None) -> tuple[int, Any]:
         draft = IncidentDraft.from_mapping(body)
-        incident = await rt.service.declare(actor, draft, idempotency=key)
-        timeline = await rt.store.timeline(incident.id)
+        incident = await service.declare(actor, draft, idempotency=key)
+        timeline = await queries.timeline(actor, incident.id)
         return 201, serialize.incident_json(incident, timeline)
 
-    return await idempotent(request, rt, actor, body, act)
+    return await idempotent(request, actor, body, act)
 
 
+@operation("List incidents", m.IncidentList, role=Role.VIEWER, query=PAGED)
 async def list_incidents(request: web.Request) -> web.Response:
-    authorise(request, Role.VIEWER)
-    incidents = await runtime(request).store.list_incidents(page(request))
+    actor = authorise(request, Role.VIEWER)
+    incidents = await request.app[QUERIES].incidents(actor, page(request))
     return web.json_response({"incidents": [serialize.incident_json(i) for i in incidents]})
 
 
+@operation("One incident with its timeline", m.Incident, role=Role.VIEWER)
 async def get_incident(request: web.Request) -> web.Response:
-    authorise(request, Role.VIEWER)
-    incident = await runtime(request).service.get(request.match_info["id"])
-    timeline = await runtime(request).store.timeline(incident.id)
+    actor = authorise(request, Role.VIEWER)
+    queries = request.app[QUERIES]
+    incident = await queries.incident(actor, request.match_info["id"])
+    timeline = await queries.timeline(actor, incident.id)
     return web.json_response(serialize.incident_json(incident, timeline))
 
 
-def _optional_text(body: Any, key: str) -> str | None:
-    value = body.get(key)
-    if value is not None and not isinstance(value, str):
-        raise InvalidInput(f"{key} must be a string", detail={key: "a string"})
-    return value
-
-
+@operation(
+    "Status change and/or message",
+    m.Incident,
+    status=201,
+    role=Role.RESPONDER,
+    body=m.IncidentUpdate,
+    idempotent=True,
+)
 async def update_incident(request: web.Request) -> web.Response:
     actor = authorise(request, Role.RESPONDER)
     body = await json_body(request)
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be an object")
-    unknown = sorted(set(body) - {"status", "message"})
-    if unknown:
-        raise InvalidInput("unknown field(s)", detail=dict.fromkeys(unknown, "unknown field"))
-    rt = runtime(request)
+    change = m.parse(m.IncidentUpdate, body)
+    service = request.app[SERVICE]
 
     async def act(key: IdempotencyKey | None) -> tuple[int, Any]:
-        incident = await rt.service.update(
+        incident = await service.update(
             actor,
             request.match_info["id"],
-            _optional_text(body, "status"),
-            _optional_text(body, "message"),
+            change.status,
+            change.message,
             idempotency=key,
         )
         return 201, serialize.incident_json(incident)
 
-    return await idempotent(request, rt, actor, body, act)
+    return await idempotent(request, actor, body, act)
 
 
+@operation(
+    "Resolve an incident",
+    m.Incident,
+    status=201,
+    role=Role.RESPONDER,
+    body=m.Resolution,
+    body_required=False,
+)
 async def resolve_incident(request: web.Request) -> web.Response:
     actor = authorise(request, Role.RESPONDER)
     body = await json_body(request) if request.can_read_body else {}
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be an object")
-    incident = await runtime(request).service.resolve(
-        actor, request.match_info["id"], _optional_text(body, "message")
+    resolution = m.parse(m.Resolution, body)
+    incident = await request.app[SERVICE].resolve(
+        actor, request.match_info["id"], resolution.message
     )
     return web.json_response(serialize.incident_json(incident), status=201)
 
 
+@operation("Confirm a draft incident", m.Incident, status=201, role=Role.RESPONDER)
 async def confirm_incident(request: web.Request) -> web.Response:
     actor = authorise(request, Role.RESPONDER)
-    incident = await runtime(request).service.confirm(actor, request.match_info["id"])
+    incident = await request.app[SERVICE].confirm(actor, request.match_info["id"])
     return web.json_response(serialize.incident_json(incident), status=201)
 
 
 # --- statements --------------------------------------------------------------------------
+@operation("Rendered statements", m.StatementList, role=Role.VIEWER)
 async def list_statements(request: web.Request) -> web.Response:
-    authorise(request, Role.VIEWER)
-    incident = await runtime(request).service.get(request.match_info["id"])
-    statements = await runtime(request).store.statements(incident.id)
+    actor = authorise(request, Role.VIEWER)
+    queries = request.app[QUERIES]
+    incident = await queries.incident(actor, request.match_info["id"])
+    statements = await queries.statements(actor, incident.id)
     return web.json_response({"statements": [serialize.statement_json(s) for s in statements]})
 
 
+@operation("Edit a draft (new version)", m.Statement, role=Role.PRESS, body=m.StatementEdit)
 async def edit_statement(request: web.Request) -> web.Response:
     actor = authorise(request, Role.PRESS)
-    body = await json_body(request)
-    if not isinstance(body, dict) or not isinstance(body.get("text"), str):
-        raise InvalidInput("text is required", detail={"text": "a non-empty string"})
-    statement = await runtime(request).service.edit_statement(
-        actor, request.match_info["id"], body["text"]
+    edit = m.parse(m.StatementEdit, await json_body(request))
+    statement = await request.app[SERVICE].edit_statement(
+        actor, request.match_info["id"], edit.text
     )
     return web.json_response(serialize.statement_json(statement))
 
 
+@operation("Approve a draft (four-eyes: not its author)", m.Statement, role=Role.PRESS)
 async def approve_statement(request: web.Request) -> web.Response:
     actor = authorise(request, Role.PRESS)
-    statement = await runtime(request).service.approve_statement(actor, request.match_info["id"])
+    statement = await request.app[SERVICE].approve_statement(actor, request.match_info["id"])
     return web.json_response(serialize.statement_json(statement))
 
 
+@operation(
+    "Every version of a statement, and a diff",
+    m.StatementVersions,
+    role=Role.VIEWER,
+    query=(("against", {"type": "string"}),),
+)
 async def statement_versions(request: web.Request) -> web.Response:
     authorise(request, Role.VIEWER)
-    desk = PressDesk(runtime(request).service)
+    desk = request.app[SERVICE].press_desk
     versions = await desk.versions(request.match_info["id"])
     diff = await desk.diff(request.match_info["id"], request.query.get("against"))
     return web.json_response(
@@ -234,9 +265,10 @@ async def statement_versions(request: web.Request) -> web.Response:
 
 
 # --- claims ------------------------------------------------------------------------------
+@operation("Claims made, and who received them", m.ClaimList, role=Role.VIEWER)
 async def list_claims(request: web.Request) -> web.Response:
     authorise(request, Role.VIEWER)
-    views = await runtime(request).service.claims(request.match_info["id"])
+    views = await request.app[SERVICE].claims(request.match_info["id"])
     return web.json_response(
         {
             "claims": [
@@ -254,15 +286,20 @@ async def list_claims(request: web.Request) -> web.Response:
     )
 
 
+@operation(
+    "Retract a claim: a correction draft for the audiences that received it",
+    m.Correction,
+    status=201,
+    role=Role.RESPONDER,
+    body=m.Retraction,
+)
 async def retract_claim(request: web.Request) -> web.Response:
     actor = authorise(request, Role.RESPONDER)
-    body = await json_body(request)
-    if not isinstance(body, dict) or set(body) - {"reason"}:
-        raise InvalidInput('the body must be {"reason": ...}', detail={"reason": "required"})
-    rt = runtime(request)
-    incident = await rt.service.get(request.match_info["id"])
-    drafts = await rt.service.retract_claim(
-        actor, incident.id, request.match_info["key"], body.get("reason", "")
+    retraction = m.parse(m.Retraction, await json_body(request))
+    service = request.app[SERVICE]
+    incident = await service.get(request.match_info["id"])
+    drafts = await service.retract_claim(
+        actor, incident.id, request.match_info["key"], retraction.reason
     )
     main = next((d for d in drafts if d.locale == incident.locale), drafts[0])
     data = serialize.statement_json(main)
@@ -272,13 +309,14 @@ async def retract_claim(request: web.Request) -> web.Response:
 
 
 # --- deliveries --------------------------------------------------------------------------
+@operation("Deliveries and counts by state", m.Deliveries, role=Role.VIEWER, query=PAGED)
 async def list_deliveries(request: web.Request) -> web.Response:
-    authorise(request, Role.VIEWER)
-    rt = runtime(request)
-    incident = await rt.service.get(request.match_info["id"])
-    deliveries = await rt.store.deliveries(incident.id, page(request))
-    attempts = await rt.store.attempts([d.id for d in deliveries])
-    counts = await rt.store.delivery_counts(incident.id)
+    actor = authorise(request, Role.VIEWER)
+    queries = request.app[QUERIES]
+    incident = await queries.incident(actor, request.match_info["id"])
+    deliveries = await queries.deliveries(actor, incident.id, page(request))
+    attempts = await queries.attempts(actor, [d.id for d in deliveries])
+    counts = await queries.delivery_counts(actor, incident.id)
     return web.json_response(
         {
             "counts": serialize.counts_json(counts),
@@ -328,7 +366,7 @@ def _ack_html(locale: str, title: str, body: str) -> web.Response:
 
 
 async def _link_delivery(request: web.Request) -> Delivery | None:
-    delivery = await Acknowledgements(runtime(request).service).find(request.match_info["token"])
+    delivery = await request.app[SERVICE].acknowledgements.find(request.match_info["token"])
     if delivery is None or delivery.channel not in _LINK_CHANNELS:
         return None
     return delivery
@@ -343,8 +381,12 @@ async def acknowledgement_page(request: web.Request) -> web.Response:
     texts = ACK_PAGE.get(delivery.locale, ACK_PAGE["en"])
     if delivery.state == DeliveryState.ACKNOWLEDGED:
         return _ack_html(delivery.locale, texts["done"], f"<p>{html.escape(texts['already'])}</p>")
-    incident = await runtime(request).store.get_incident(delivery.incident_id)
-    intro = texts["intro"].format(title=incident.title if incident else delivery.incident_id)
+    # The link is the capability: it may show its own incident's title, nothing more.
+    try:
+        title = (await request.app[SERVICE].get(delivery.incident_id)).title
+    except NotFound:
+        title = delivery.incident_id
+    intro = texts["intro"].format(title=title)
     body = (
         f"<p>{html.escape(intro)}</p><form method='post'>"
         f"<button type='submit'>{html.escape(texts['button'])}</button></form>"
@@ -361,14 +403,15 @@ async def acknowledge_link(request: web.Request) -> web.Response:
     texts = ACK_PAGE.get(delivery.locale, ACK_PAGE["en"])
     if delivery.state == DeliveryState.ACKNOWLEDGED:
         return _ack_html(delivery.locale, texts["done"], f"<p>{html.escape(texts['already'])}</p>")
-    await runtime(request).service.acknowledge(request.match_info["token"], by="e-mail link")
+    await request.app[SERVICE].acknowledge(request.match_info["token"], by="e-mail link")
     return _ack_html(delivery.locale, texts["done"], f"<p>{html.escape(texts['thanks'])}</p>")
 
 
 # --- continuity -------------------------------------------------------------------------
+@operation("Per-site confirmations", m.Sites, role=Role.VIEWER)
 async def list_sites(request: web.Request) -> web.Response:
     authorise(request, Role.VIEWER)
-    views = await site_views(runtime(request).service, request.match_info["id"])
+    views = await site_views(request.app[SERVICE], request.match_info["id"])
     return web.json_response(
         [
             {
@@ -384,12 +427,19 @@ async def list_sites(request: web.Request) -> web.Response:
     )
 
 
+@operation(
+    "Post-incident report",
+    m.Report,
+    role=Role.VIEWER,
+    query=(("format", {"type": "string", "enum": ["json", "md", "html"], "default": "json"}),),
+    also=(("text/markdown", {"type": "string"}), ("text/html", {"type": "string"})),
+)
 async def report(request: web.Request) -> web.Response:
     authorise(request, Role.VIEWER)
     fmt = request.query.get("format", "json")
     if fmt not in ("json", "md", "html"):
         raise InvalidInput("format must be json, md or html", detail={"format": fmt})
-    data = await build_report(runtime(request).service, request.match_info["id"])
+    data = await build_report(request.app[SERVICE], request.match_info["id"])
     if fmt == "md":
         return web.Response(text=report_format.to_markdown(data), content_type="text/markdown")
     if fmt == "html":
@@ -397,17 +447,21 @@ async def report(request: web.Request) -> web.Response:
     return web.json_response(data)
 
 
+@operation("Provider health", m.Channels, role=Role.VIEWER)
 async def list_channels(request: web.Request) -> web.Response:
-    authorise(request, Role.VIEWER)
-    rt = runtime(request)
-    recorded = {name: (state, since) for name, state, since, _ in await rt.store.channel_health()}
-    started = rt.started_at
-    names = {f"{c.value}" for c in rt.channels} | set(recorded)
+    actor = authorise(request, Role.VIEWER)
+    queries = request.app[QUERIES]
+    recorded = {h.name: (h.state, h.since) for h in await queries.channel_health(actor)}
+    started = request.app[STARTED_AT]
+    channel_names: frozenset[str] = request.app[CHANNEL_NAMES]
+    names = set(channel_names) | set(recorded)
     # Addresses the provider moved (a Telegram group become a supergroup), under that channel:
     # the configuration still names the old one.
     moves: dict[str, list[dict[str, str | None]]] = {}
-    for channel, old, new, at in await rt.store.address_moves():
-        moves.setdefault(channel, []).append({"from": old, "to": new, "since": serialize.iso(at)})
+    for move in await queries.address_moves(actor):
+        moves.setdefault(move.channel, []).append(
+            {"from": move.old, "to": move.new, "since": serialize.iso(move.at)}
+        )
     return web.json_response(
         [
             {
@@ -422,20 +476,22 @@ async def list_channels(request: web.Request) -> web.Response:
 
 
 # --- operations --------------------------------------------------------------------------
+@operation("Liveness", m.Health)
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+@operation("Readiness (store reachable, worker alive)", m.Readiness)
 async def readyz(request: web.Request) -> web.Response:
-    rt = runtime(request)
-    store_ok = await rt.store.ping()
-    worker_ok = rt.worker_task is None or not rt.worker_task.done()
+    store_ok = await request.app[QUERIES].ready()
+    worker_ok = request.app[WORKER_ALIVE]()
     status = 200 if store_ok and worker_ok else 503
     return web.json_response({"store": store_ok, "worker": worker_ok}, status=status)
 
 
+@operation("This document", m.Document)
 async def openapi_document(request: web.Request) -> web.Response:
-    return web.json_response(openapi.document())
+    return web.json_response(openapi.document(request.app))
 
 
 def add_routes(app: web.Application) -> None:

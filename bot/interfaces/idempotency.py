@@ -16,10 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.app import Runtime
 from bot.domain.errors import DuplicateRequest, InvalidInput
 from bot.domain.models import Actor
 from bot.interfaces import serialize
+from bot.interfaces.deps import CLOCK, RECORDS, SERVICE
 from bot.ports import IDEMPOTENCY_TTL, IdempotencyKey
 
 HEADER = "Idempotency-Key"
@@ -31,7 +31,7 @@ _ANSWER_WAIT = 5.0
 Act = Callable[[IdempotencyKey | None], Awaitable[tuple[int, Any]]]
 
 
-def claim(request: web.Request, runtime: Runtime, actor: Actor, body: Any) -> IdempotencyKey | None:
+def claim(request: web.Request, actor: Actor, body: Any) -> IdempotencyKey | None:
     """The request's key (None without the header), fingerprinted with method, path, body."""
     key = request.headers.get(HEADER)
     if key is None:
@@ -43,12 +43,12 @@ def claim(request: web.Request, runtime: Runtime, actor: Actor, body: Any) -> Id
         )
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     digest = hashlib.sha256(f"{request.method} {request.path}\n{canonical}".encode()).hexdigest()
-    return IdempotencyKey(actor.name, key, digest, runtime.clock.now())
+    return IdempotencyKey(actor.name, key, digest, request.app[CLOCK].now())
 
 
-async def replay(runtime: Runtime, key: IdempotencyKey) -> web.Response | None:
+async def replay(request: web.Request, key: IdempotencyKey) -> web.Response | None:
     """The first answer given to ``key``, None if the key is new; 422 for another request."""
-    store = runtime.store
+    store = request.app[RECORDS]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + _ANSWER_WAIT
     while True:
@@ -68,30 +68,28 @@ async def replay(runtime: Runtime, key: IdempotencyKey) -> web.Response | None:
             break
         await asyncio.sleep(0.05)  # polling the other request's saved answer
     # Its server stopped between the change and the answer: answer with the incident.
-    incident = await runtime.service.get(found.incident_id)
+    incident = await request.app[SERVICE].get(found.incident_id)
     return _response(201, json.dumps(serialize.incident_json(incident)), replayed=True)
 
 
-async def idempotent(
-    request: web.Request, runtime: Runtime, actor: Actor, body: Any, act: Act
-) -> web.Response:
+async def idempotent(request: web.Request, actor: Actor, body: Any, act: Act) -> web.Response:
     """Run ``act`` (which commits the key with its change) once per key; answer again after."""
-    key = claim(request, runtime, actor, body)
+    key = claim(request, actor, body)
     if key is not None:
-        answer = await replay(runtime, key)
+        answer = await replay(request, key)
         if answer is not None:
             return answer
     try:
         status, data = await act(key)
     except DuplicateRequest:
         # A concurrent request with the same key committed first: its answer is ours.
-        answer = await replay(runtime, key) if key is not None else None
+        answer = await replay(request, key) if key is not None else None
         if answer is None:
             raise
         return answer
     text = json.dumps(data)
     if key is not None:
-        await runtime.store.save_idempotent_answer(key.principal, key.key, status, text)
+        await request.app[RECORDS].save_idempotent_answer(key.principal, key.key, status, text)
     return _response(status, text)
 
 

@@ -17,11 +17,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from bot.app import RUNTIME, Runtime
 from bot.delivery.worker import Dispatcher
 from bot.domain.models import Delivery, DeliveryState, IncidentStatus, Outcome, Role
+from bot.domain.queries import IncidentQueries
 from bot.interfaces import http_api
-from bot.ports import Page
+from bot.interfaces.deps import QUERIES, SETTINGS
 
 # Incidents scanned at scrape time for the per-state gauge: the open ones among the latest.
 SCANNED_INCIDENTS = 100
@@ -151,25 +151,12 @@ class Metrics:
         if self.observe not in dispatcher.observers:
             dispatcher.observers.append(self.observe)
 
-    async def refresh(self, runtime: Runtime) -> None:
+    async def refresh(self, queries: IncidentQueries) -> None:
         """Read the gauges' values from the store."""
-        deliveries: dict[tuple[str, str], int] = {}
-        incidents: dict[str, int] = {}
-        for incident in await runtime.store.list_incidents(Page(limit=SCANNED_INCIDENTS)):
-            incidents[incident.status.value] = incidents.get(incident.status.value, 0) + 1
-            if incident.status == IncidentStatus.RESOLVED:
-                continue
-            for _, channel, state, count in await runtime.store.delivery_matrix(incident.id):
-                deliveries[(channel, state)] = deliveries.get((channel, state), 0) + count
-        depth = await runtime.store.pending_count()
-        providers: dict[str, str] = {}
-        for name, state, _, _ in await runtime.store.channel_health():
-            # "smtp:host:port" → "smtp": internal hosts stay out of the exposition; a
-            # provider is up only while all of its endpoints are.
-            provider = name.partition(":")[0]
-            if providers.get(provider, "up") == "up":
-                providers[provider] = state
-        self.live.snapshot = StoreSnapshot(deliveries, incidents, depth, providers)
+        totals = await queries.totals(SCANNED_INCIDENTS)
+        self.live.snapshot = StoreSnapshot(
+            totals.deliveries, totals.incidents, totals.queue_depth, totals.providers
+        )
 
 
 METRICS = web.AppKey("metrics", Metrics)
@@ -178,12 +165,11 @@ METRICS = web.AppKey("metrics", Metrics)
 async def metrics_endpoint(request: web.Request) -> web.Response:
     """Prometheus text exposition: a ``metrics`` (or viewer) token, unless
     ``server.metrics_public``; the store is read at most every ``cache_seconds``."""
-    runtime = request.app[RUNTIME]
-    if not runtime.settings.server.metrics_public:
+    if not request.app[SETTINGS].server.metrics_public:
         http_api.authorise(request, Role.METRICS)  # 401/403/429 from the error middleware
     metrics = request.app[METRICS]
     if time.monotonic() - metrics.refreshed_at >= metrics.cache_seconds:
-        await metrics.refresh(runtime)
+        await metrics.refresh(request.app[QUERIES])
         metrics.refreshed_at = time.monotonic()
     return web.Response(
         body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
@@ -196,7 +182,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics_endpoint)
 
 
-def setup(app: web.Application, runtime: Runtime) -> None:
-    """Follow the runtime's worker, when this process runs one."""
-    if runtime.dispatcher is not None and METRICS in app:
-        app[METRICS].watch(runtime.dispatcher)
+def setup(app: web.Application, dispatcher: Dispatcher | None) -> None:
+    """Follow this process's worker, when it runs one."""
+    if dispatcher is not None and METRICS in app:
+        app[METRICS].watch(dispatcher)

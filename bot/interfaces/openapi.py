@@ -1,15 +1,28 @@
-"""The OpenAPI 3 document served at ``/api/openapi.json``."""
+"""The OpenAPI 3.1 document served at ``/api/openapi.json``, generated from the application's
+route table and the API models (:mod:`bot.interfaces.api_models`).
+
+A handler says what it is with :func:`operation` (who may call it, its body, its answer);
+:func:`document` walks the routes the application actually serves, so a route cannot be
+served undocumented nor documented without being served.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel
 
 from bot import __version__
+from bot.domain.models import Role
+from bot.interfaces.api_models import Error
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
-_STR_LIST = {"type": "array", "items": {"type": "string"}}
-# Requests a client may retry safely with the same Idempotency-Key.
-IDEMPOTENT = {("post", "/api/v1/incidents"), ("post", "/api/v1/incidents/{id}/updates")}
+H = TypeVar("H", bound=Callable[..., Any])
+
+_REF = "#/components/schemas/{model}"
+_ERROR = {"$ref": _REF.format(model="Error")}
 _IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -21,245 +34,117 @@ _IDEMPOTENCY_KEY = {
     ),
     "schema": {"type": "string", "maxLength": 255},
 }
-# A declaration's lists: each item goes into every message.
-_BOUNDED_LIST = {
-    "type": "array",
-    "maxItems": 50,
-    "items": {"type": "string", "minLength": 1, "maxLength": 500},
-}
-
-# (method, path, role or None, summary, request schema or None, success status, response schema)
-ROUTES: list[tuple[str, str, str | None, str, dict[str, Any] | None, int, dict[str, Any]]] = [
-    (
-        "post",
-        "/api/v1/incidents",
-        "responder",
-        "Declare an incident",
-        {"$ref": "#/components/schemas/Declaration"},
-        201,
-        {"$ref": "#/components/schemas/Incident"},
-    ),
-    (
-        "get",
-        "/api/v1/incidents",
-        "viewer",
-        "List incidents",
-        None,
-        200,
-        {
-            "type": "object",
-            "properties": {
-                "incidents": {"type": "array", "items": {"$ref": "#/components/schemas/Incident"}}
-            },
-        },
-    ),
-    (
-        "get",
-        "/api/v1/incidents/{id}",
-        "viewer",
-        "One incident with its timeline",
-        None,
-        200,
-        {"$ref": "#/components/schemas/Incident"},
-    ),
-    (
-        "post",
-        "/api/v1/incidents/{id}/updates",
-        "responder",
-        "Status change and/or message",
-        {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"status": {"type": "string"}, "message": {"type": "string"}},
-        },
-        201,
-        {"$ref": "#/components/schemas/Incident"},
-    ),
-    (
-        "post",
-        "/api/v1/incidents/{id}/resolve",
-        "responder",
-        "Resolve an incident",
-        {"type": "object", "properties": {"message": {"type": "string"}}},
-        201,
-        {"$ref": "#/components/schemas/Incident"},
-    ),
-    (
-        "post",
-        "/api/v1/incidents/{id}/confirm",
-        "responder",
-        "Confirm a draft incident",
-        None,
-        201,
-        {"$ref": "#/components/schemas/Incident"},
-    ),
-    (
-        "get",
-        "/api/v1/incidents/{id}/statements",
-        "viewer",
-        "Rendered statements",
-        None,
-        200,
-        {
-            "type": "object",
-            "properties": {
-                "statements": {"type": "array", "items": {"$ref": "#/components/schemas/Statement"}}
-            },
-        },
-    ),
-    (
-        "put",
-        "/api/v1/statements/{id}",
-        "press",
-        "Edit a draft (new version)",
-        {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
-        200,
-        {"$ref": "#/components/schemas/Statement"},
-    ),
-    (
-        "post",
-        "/api/v1/statements/{id}/approve",
-        "press",
-        "Approve a draft (four-eyes: not its author)",
-        None,
-        200,
-        {"$ref": "#/components/schemas/Statement"},
-    ),
-    (
-        "get",
-        "/api/v1/incidents/{id}/deliveries",
-        "viewer",
-        "Deliveries and counts by state",
-        None,
-        200,
-        {"$ref": "#/components/schemas/Deliveries"},
-    ),
-    ("get", "/healthz", None, "Liveness", None, 200, {"type": "object"}),
-    (
-        "get",
-        "/readyz",
-        None,
-        "Readiness (store reachable, worker alive)",
-        None,
-        200,
-        {"type": "object"},
-    ),
-]
-
-SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {"error": {"type": "string"}, "detail": {}},
-    },
-    "Declaration": {
-        "type": "object",
-        "required": ["title", "systems", "severity"],
-        "additionalProperties": False,
-        "properties": {
-            "title": {"type": "string", "maxLength": 200},
-            "systems": {**_BOUNDED_LIST, "minItems": 1},
-            "unaffected": _BOUNDED_LIST,
-            "impact": _BOUNDED_LIST,
-            "sites": _BOUNDED_LIST,
-            "severity": {"type": "string", "enum": ["minor", "major", "critical"]},
-            "cause": {"type": "string"},
-            "locale": {"type": "string"},
-            "audiences": {"type": "array", "maxItems": 50, "items": {"type": "string"}},
-            "claims": _BOUNDED_LIST,
-        },
-    },
-    "Incident": {
-        "type": "object",
-        "required": ["id", "title", "status", "severity"],
-        "properties": {
-            "id": {"type": "string"},
-            "title": {"type": "string"},
-            "status": {"type": "string"},
-            "severity": {"type": "string"},
-            "systems": _STR_LIST,
-            "unaffected": _STR_LIST,
-            "timeline": {"type": "array", "items": {"type": "object"}},
-        },
-    },
-    "Statement": {
-        "type": "object",
-        "required": ["id", "kind", "locale", "status", "version"],
-        "properties": {
-            "id": {"type": "string"},
-            "kind": {"type": "string"},
-            "locale": {"type": "string"},
-            "status": {"type": "string"},
-            "version": {"type": "integer"},
-            "text": {"type": "string"},
-            "author": {"type": "string"},
-            "approved_by": {"type": ["string", "null"]},
-        },
-    },
-    "Deliveries": {
-        "type": "object",
-        "properties": {
-            "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
-            "deliveries": {"type": "array", "items": {"type": "object"}},
-        },
-    },
-}
+PAGED = (
+    ("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1000}),
+    ("offset", {"type": "integer", "minimum": 0, "maximum": 1_000_000_000, "default": 0}),
+)
 
 
-def document() -> dict[str, Any]:
-    """The OpenAPI 3.1 description of the HTTP API."""
-    paths: dict[str, Any] = {}
-    for method, path, role, summary, body, status, response in ROUTES:
-        op: dict[str, Any] = {
-            "summary": summary,
-            "responses": {
-                str(status): {
-                    "description": "OK",
-                    "content": {"application/json": {"schema": response}},
-                },
-                "400": {
-                    "description": "Malformed request",
-                    "content": {"application/json": {"schema": _ERROR}},
-                },
-                "422": {
-                    "description": "Invalid input",
-                    "content": {"application/json": {"schema": _ERROR}},
-                },
-            },
+@dataclass(frozen=True)
+class Operation:
+    """What the document says of one handler."""
+
+    summary: str
+    response: type[BaseModel]
+    status: int = 200
+    role: Role | None = None
+    body: type[BaseModel] | None = None
+    body_required: bool = True
+    query: tuple[tuple[str, dict[str, Any]], ...] = ()
+    idempotent: bool = False
+    # Other representations of the answer (``?format=md``): media type → schema.
+    also: tuple[tuple[str, dict[str, Any]], ...] = ()
+
+
+_OPERATIONS: dict[Callable[..., Any], Operation] = {}
+
+
+def operation(summary: str, response: type[BaseModel], **details: Any) -> Callable[[H], H]:
+    """Document the decorated handler (see :class:`Operation` for ``details``)."""
+
+    def register(handler: H) -> H:
+        _OPERATIONS[handler] = Operation(summary, response, **details)
+        return handler
+
+    return register
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _ref(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template=_REF)
+    schemas.update(schema.pop("$defs", {}))
+    schemas[model.__name__] = schema
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
+def _describe(path: str, method: str, op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
+    content = _json(_ref(op.response, schemas))
+    content.update({media: {"schema": schema} for media, schema in op.also})
+    responses: dict[str, Any] = {
+        str(op.status): {"description": "OK", "content": content},
+        "400": {"description": "Malformed request", "content": _json(_ERROR)},
+        "422": {"description": "Invalid input", "content": _json(_ERROR)},
+    }
+    described: dict[str, Any] = {"summary": op.summary, "responses": responses}
+    if op.role is not None:
+        described["security"] = [{"bearer": []}]
+        described["description"] = f"Requires the `{op.role.value}` role."
+        responses["401"] = {"description": "No or unknown token", "content": _json(_ERROR)}
+        responses["403"] = {"description": "Token without the role", "content": _json(_ERROR)}
+        responses["429"] = {
+            "description": "Too many failed tokens from this client (see Retry-After)",
+            "content": _json(_ERROR),
         }
-        if role is not None:
-            op["security"] = [{"bearer": []}]
-            op["description"] = f"Requires the `{role}` role."
-            op["responses"]["401"] = {
-                "description": "No or unknown token",
-                "content": {"application/json": {"schema": _ERROR}},
-            }
-            op["responses"]["403"] = {
-                "description": "Token without the role",
-                "content": {"application/json": {"schema": _ERROR}},
-            }
-            op["responses"]["429"] = {
-                "description": "Too many failed tokens from this client (see Retry-After)",
-                "content": {"application/json": {"schema": _ERROR}},
-            }
-        if "{id}" in path:
-            op["parameters"] = [
-                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-            ]
-        if (method, path) in IDEMPOTENT:
-            op.setdefault("parameters", []).append(_IDEMPOTENCY_KEY)
-        if body is not None:
-            op["requestBody"] = {
-                "required": method != "post" or "resolve" not in path,
-                "content": {"application/json": {"schema": body}},
-            }
-        paths.setdefault(path, {})[method] = op
+    if "{" in path:
+        responses["404"] = {"description": "Not found", "content": _json(_ERROR)}
+    parameters: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _path_names(path)
+    ]
+    parameters += [{"name": n, "in": "query", "schema": s} for n, s in op.query]
+    if op.idempotent:
+        parameters.append(_IDEMPOTENCY_KEY)
+    if parameters:
+        described["parameters"] = parameters
+    if op.body is not None:
+        described["requestBody"] = {
+            "required": op.body_required,
+            "content": _json(_ref(op.body, schemas)),
+        }
+    return described
+
+
+def _path_names(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
+
+
+def documented(app: web.Application) -> list[tuple[str, str, Operation]]:
+    """(method, path, operation) of every route the application serves with a documented
+    handler (``HEAD``, which aiohttp adds to each ``GET``, aside)."""
+    found = []
+    for route in app.router.routes():
+        op = _OPERATIONS.get(route.handler)
+        if op is not None and route.method != "HEAD":
+            found.append((route.method.lower(), route.resource.canonical, op))  # type: ignore[union-attr]
+    return found
+
+
+def document(app: web.Application) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the HTTP API this application serves."""
+    schemas: dict[str, Any] = {}
+    _ref(Error, schemas)
+    paths: dict[str, Any] = {}
+    for method, path, op in sorted(documented(app), key=lambda m: (m[1], m[0])):
+        paths.setdefault(path, {})[method] = _describe(path, method, op, schemas)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Tocsin", "version": __version__},
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": dict(sorted(schemas.items())),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

@@ -9,15 +9,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bot.domain.models import DeliveryState
-from bot.ports import Store
+from bot.domain.models import Actor, DeliveryState
+from bot.domain.queries import IncidentQueries
 
 PENDING = {DeliveryState.QUEUED.value, DeliveryState.SENDING.value, DeliveryState.RETRYING.value}
 STATE_ORDER = [s.value for s in DeliveryState]
 
 
 async def follow_fan_out(
-    store: Store,
+    queries: IncidentQueries,
+    reader: Actor,
     incident_id: str,
     console: Console,
     *,
@@ -38,7 +39,7 @@ async def follow_fan_out(
     ) as progress:
         task = progress.add_task(f"Fan-out {incident_id}", total=None, states="")
         while True:
-            counts = await store.delivery_counts(incident_id)
+            counts = await queries.delivery_counts(reader, incident_id)
             total = sum(counts.values())
             pending = sum(n for state, n in counts.items() if state in PENDING)
             progress.update(
@@ -51,12 +52,12 @@ async def follow_fan_out(
                 return counts
             if on_tick is not None:
                 await on_tick()
-            await store.wait_for_work(0.2)
+            await queries.wait_for_change(0.2)
 
 
-async def report_table(store: Store, incident_id: str) -> Table:
+async def report_table(queries: IncidentQueries, reader: Actor, incident_id: str) -> Table:
     """Counts by audience × channel × state."""
-    matrix = await store.delivery_matrix(incident_id)
+    matrix = await queries.delivery_matrix(reader, incident_id)
     states = [s for s in STATE_ORDER if any(row[2] == s for row in matrix)]
     table = Table(title=f"Deliveries of {incident_id}")
     table.add_column("audience")

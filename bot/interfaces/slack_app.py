@@ -26,10 +26,11 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bot.app import Runtime
 from bot.channels import slack_blocks as kit
 from bot.channels.slack import slack_client
+from bot.delivery.scheduler import Scheduler
 from bot.domain.models import Actor
+from bot.interfaces.deps import ChatDeps
 from bot.interfaces.slack_listeners import INTERNAL_ERROR, REFUSAL, SlackListeners
 from bot.interfaces.slack_payloads import (
     LIST_FIELDS,
@@ -39,6 +40,7 @@ from bot.interfaces.slack_payloads import (
     press_view,
 )
 from bot.interfaces.slack_progress import SlackProgress, incident_channel
+from bot.ports import Store
 
 __all__ = [
     "INTERNAL_ERROR",
@@ -122,14 +124,14 @@ class EventLog:
 class SlackInbound:
     """The bolt app, its guards, the progress message and the background work of one server."""
 
-    def __init__(self, runtime: Runtime, client: AsyncWebClient, signing_secret: str) -> None:
-        self.runtime = runtime
+    def __init__(self, deps: ChatDeps, client: AsyncWebClient, signing_secret: str) -> None:
+        self.deps = deps
         self.client = client
         self.guard = RequestGuard(signing_secret)
         self.events = EventLog()
         self.progress: SlackProgress | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        cfg = runtime.settings.auth.slack_users
+        cfg = deps.settings.auth.slack_users
         self._group_ids = tuple(k for k in cfg if k.startswith("S"))
         self._groups: dict[str, frozenset[str]] = {}
         self._groups_at = -1e9
@@ -178,7 +180,7 @@ class SlackInbound:
 
     async def actor(self, user_id: str) -> Actor | None:
         """The allow-listed actor behind a Slack user, directly or through a user group."""
-        auth = self.runtime.auth
+        auth = self.deps.auth
         actor = auth.slack_user(user_id)
         if actor is not None or not self._group_ids:
             return actor
@@ -223,7 +225,7 @@ class SlackInbound:
         logged."""
         if not isinstance(response_url, str) or not response_url:
             return
-        hook = AsyncWebhookClient(response_url, session=self.runtime.session)
+        hook = AsyncWebhookClient(response_url, session=self.deps.session)
         try:
             await hook.send_dict(message)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -266,27 +268,32 @@ def add_routes(app: web.Application) -> None:
     app.on_shutdown.append(_close)
 
 
-def setup(app: web.Application, runtime: Runtime) -> None:
-    """Build the bolt app over the runtime's shared session; follow fan-outs in Slack (the
-    scheduler's leader keeps the progress messages)."""
-    cfg = runtime.settings.channels.slack
+def setup(
+    app: web.Application,
+    deps: ChatDeps,
+    *,
+    progress_store: Store,
+    scheduler: Scheduler | None,
+) -> None:
+    """Build the bolt app over the shared session; follow fan-outs in Slack when this process
+    runs the ``scheduler`` (its leader keeps the progress messages in ``progress_store``)."""
+    settings = deps.settings
+    cfg = settings.channels.slack
     if cfg is None:
         return
-    if runtime.session is None:
-        raise RuntimeError("Slack needs the runtime's shared HTTP session")
-    secret = runtime.settings.secret(cfg.signing_secret_env)
+    secret = settings.secret(cfg.signing_secret_env)
     assert secret is not None  # required=True raises instead
-    client = slack_client(runtime.settings, runtime.session)
-    inbound = SlackInbound(runtime, client, secret.get_secret_value())
-    channel = incident_channel(runtime.settings)
-    if runtime.scheduler is not None and channel is not None:
+    client = slack_client(settings, deps.session)
+    inbound = SlackInbound(deps, client, secret.get_secret_value())
+    channel = incident_channel(settings)
+    if scheduler is not None and channel is not None:
         inbound.progress = SlackProgress(
             client,
-            runtime.store,
+            progress_store,
             channel,
-            runtime.clock,
-            locale=runtime.settings.organisation.locale,
-            timezone=runtime.settings.organisation.timezone,
+            deps.clock,
+            locale=settings.organisation.locale,
+            timezone=settings.organisation.timezone,
         )
-        runtime.scheduler.add("slack progress", inbound.progress.interval, inbound.progress.tick)
+        scheduler.add("slack progress", inbound.progress.interval, inbound.progress.tick)
     app[SLACK] = inbound

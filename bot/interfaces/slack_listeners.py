@@ -12,20 +12,21 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Mapping
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.channels import slack_blocks as kit
-from bot.domain.acknowledgements import Acknowledgements
 from bot.domain.declarations import IncidentDraft
 from bot.domain.errors import InvalidInput, NotFound, TocsinError
 from bot.domain.models import Actor, ChannelName, Delivery, Role
 from bot.domain.rendering import BUILTIN_CLAIMS
 from bot.interfaces.commands import USAGE, Command, execute, parse_command
+from bot.interfaces.deps import ChatDeps
 from bot.interfaces.slack_payloads import (
     action_value,
     explain,
@@ -35,22 +36,36 @@ from bot.interfaces.slack_payloads import (
     view_metadata,
 )
 
-if TYPE_CHECKING:
-    from bot.interfaces.slack_app import SlackInbound
-
 log = logging.getLogger("tocsin.slack")
 
 REFUSAL = "You are not allowed to use /incident. Ask the crisis cell to add you."
 INTERNAL_ERROR = "Something went wrong on Tocsin's side; the details are in its log."
 
 
+class Inbound(Protocol):
+    """What the listeners use of :class:`~bot.interfaces.slack_app.SlackInbound`."""
+
+    deps: ChatDeps
+    client: AsyncWebClient
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None: ...
+
+    async def actor(self, user_id: str) -> Actor | None: ...
+
+    async def reply(self, response_url: Any, text: str) -> None: ...
+
+    async def replace(self, response_url: Any, text: str, blocks: list[dict[str, Any]]) -> None: ...
+
+    async def respond(self, response_url: Any, message: dict[str, Any]) -> None: ...
+
+
 class SlackListeners:
     """The bolt listeners of one :class:`~bot.interfaces.slack_app.SlackInbound`: who may do
     what, and what each command, form and button does."""
 
-    def __init__(self, inbound: SlackInbound) -> None:
+    def __init__(self, inbound: Inbound) -> None:
         self.inbound = inbound
-        self.runtime = inbound.runtime
+        self.deps = inbound.deps
         self.client = inbound.client
 
     # --- /incident --------------------------------------------------------------------
@@ -78,7 +93,7 @@ class SlackListeners:
 
     async def _run(self, command: Command, actor: Actor, response_url: Any) -> None:
         try:
-            reply = await execute(command, actor, self.runtime.service)
+            reply = await execute(command, actor, self.deps.service)
         except TocsinError as exc:
             await self.inbound.reply(response_url, explain(exc))
             return
@@ -89,7 +104,7 @@ class SlackListeners:
         await self.inbound.reply(response_url, reply.text)
 
     async def _open_declare(self, body: Mapping[str, Any]) -> None:
-        service = self.runtime.service
+        service = self.deps.service
         metadata = json.dumps({"response_url": body.get("response_url")})
         view = kit.declare_modal(
             audiences=sorted(service.audiences),
@@ -124,7 +139,7 @@ class SlackListeners:
 
     def _draft(self, values: dict[str, Any]) -> IncidentDraft:
         draft = IncidentDraft.from_mapping(values)
-        service, problems = self.runtime.service, {}
+        service, problems = self.deps.service, {}
         unknown = [a for a in draft.audiences or () if a not in service.audiences]
         if unknown:
             problems["audiences"] = f"unknown audience(s): {', '.join(unknown)}"
@@ -138,7 +153,7 @@ class SlackListeners:
 
     async def _declare(self, actor: Actor, draft: IncidentDraft, url: Any) -> None:
         try:
-            incident = await self.runtime.service.declare(actor, draft)
+            incident = await self.deps.service.declare(actor, draft)
         except TocsinError as exc:
             await self.inbound.reply(url, explain(exc))
             return
@@ -157,7 +172,7 @@ class SlackListeners:
     async def _post_press(self, actor: Actor, command: Command, body: Mapping[str, Any]) -> None:
         response_url = body.get("response_url")
         try:
-            reply = await execute(command, actor, self.runtime.service)
+            reply = await execute(command, actor, self.deps.service)
         except TocsinError as exc:
             await self.inbound.reply(response_url, explain(exc))
             return
@@ -165,7 +180,7 @@ class SlackListeners:
             await self.inbound.reply(response_url, reply.text)
             return
         text, blocks = press_view(reply.statement)
-        cfg = self.runtime.settings.channels.slack
+        cfg = self.deps.settings.channels.slack
         channel = (cfg.press_channel if cfg else None) or str(body.get("channel_id", ""))
         try:
             await self.client.chat_postMessage(
@@ -194,7 +209,7 @@ class SlackListeners:
             await self.inbound.reply(response_url, REFUSAL)
             return
         try:
-            statement = await self.runtime.service.approve_statement(actor, action_value(body))
+            statement = await self.deps.service.approve_statement(actor, action_value(body))
         except TocsinError as exc:
             await self.inbound.reply(response_url, explain(exc))
             return
@@ -214,7 +229,7 @@ class SlackListeners:
             )
             return
         try:
-            statement = await self.runtime.service.statement(action_value(body))
+            statement = await self.deps.service.statement(action_value(body))
         except NotFound as exc:
             await self.inbound.reply(response_url, str(exc))
             return
@@ -249,7 +264,7 @@ class SlackListeners:
     async def _edit(self, actor: Actor, metadata: Mapping[str, Any], text: str) -> None:
         url = metadata.get("response_url")
         try:
-            edited = await self.runtime.service.edit_statement(
+            edited = await self.deps.service.edit_statement(
                 actor, str(metadata.get("statement", "")), text
             )
         except TocsinError as exc:
@@ -268,7 +283,7 @@ class SlackListeners:
     async def _acknowledge(self, body: Mapping[str, Any]) -> None:
         user_id = str(body.get("user", {}).get("id", ""))
         token = action_value(body)
-        found = await Acknowledgements(self.runtime.service).find(token)
+        found = await self.deps.service.acknowledgements.find(token)
         if found is None or found.channel != ChannelName.SLACK:
             await self.inbound.reply(
                 body.get("response_url"), "unknown or expired acknowledgement link"
@@ -281,7 +296,7 @@ class SlackListeners:
             )
             return
         try:
-            delivery = await self.runtime.service.acknowledge(token, by=f"slack:{user_id}")
+            delivery = await self.deps.service.acknowledge(token, by=f"slack:{user_id}")
         except NotFound as exc:
             await self.inbound.reply(body.get("response_url"), str(exc))
             return
@@ -309,8 +324,8 @@ class SlackListeners:
             if by.startswith("slack:")
             else kit.escape(by)
         )
-        at = delivery.acknowledged_at or self.runtime.clock.now()
-        local = at.astimezone(ZoneInfo(self.runtime.settings.organisation.timezone))
+        at = delivery.acknowledged_at or self.deps.clock.now()
+        local = at.astimezone(ZoneInfo(self.deps.settings.organisation.timezone))
         if delivery.locale.startswith("fr"):
             return f":white_check_mark: Pris en compte par {who} le {local:%d/%m/%Y à %H:%M}"
         return f":white_check_mark: Acknowledged by {who} on {local:%Y-%m-%d at %H:%M}"
@@ -333,7 +348,7 @@ class SlackListeners:
                 if command.verb == "declare" and command.system is None:
                     answer = "Use /incident declare to open the form."
                 else:
-                    answer = (await execute(command, actor, self.runtime.service)).text
+                    answer = (await execute(command, actor, self.deps.service)).text
             except TocsinError as exc:
                 answer = explain(exc)
         with contextlib.suppress(SlackApiError):

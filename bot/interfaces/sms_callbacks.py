@@ -28,17 +28,16 @@ from datetime import UTC, datetime
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
-from bot.app import RUNTIME, Runtime
 from bot.channels.http_errors import excerpt
 from bot.channels.sms import inbound_secret
 from bot.channels.sms.signature import valid_twilio_signature
 from bot.channels.sms.twilio import TWILIO_STATES
-from bot.config import ConfigError, SmsChannelSettings
+from bot.config import ConfigError, Settings, SmsChannelSettings
 from bot.domain.ack_tokens import CALLBACK
-from bot.domain.acknowledgements import Acknowledgements
 from bot.domain.masking import mask_phone, scrub
 from bot.domain.models import ChannelName, DeliveryState
 from bot.domain.phone import normalise_phone
+from bot.interfaces.deps import CLOCK, RECORDS, SERVICE, SETTINGS
 
 log = logging.getLogger("tocsin.sms")
 
@@ -67,8 +66,8 @@ def _reject(request: web.Request, status: int, reason: str) -> web.Response:
     return web.json_response({"error": reason, "detail": None}, status=status)
 
 
-def _sms_settings(runtime: Runtime, provider: str) -> SmsChannelSettings | None:
-    cfg = runtime.settings.channels.sms
+def _sms_settings(settings: Settings, provider: str) -> SmsChannelSettings | None:
+    cfg = settings.channels.sms
     return cfg if cfg is not None and cfg.provider == provider else None
 
 
@@ -100,18 +99,17 @@ async def _report(
     error: str | None,
 ) -> web.Response | None:
     """Hand a delivery report to the service; a 403 answer if the token is not an SMS one."""
-    runtime = request.app[RUNTIME]
-    delivery = await Acknowledgements(runtime.service).find(token, CALLBACK) if token else None
+    service = request.app[SERVICE]
+    delivery = await service.acknowledgements.find(token, CALLBACK) if token else None
     if delivery is None or delivery.channel != ChannelName.SMS:
         return _reject(request, 403, "unknown delivery token")
-    await runtime.service.delivery_report(token, state, outcome=outcome, code=code, error=error)
+    await service.delivery_report(token, state, outcome=outcome, code=code, error=error)
     return None
 
 
 async def kannel_status(request: web.Request) -> web.Response:
     """Kannel's delivery report: ``t`` token, ``s`` report type, ``a`` the SMSC's answer."""
-    runtime = request.app[RUNTIME]
-    if _sms_settings(runtime, "kannel") is None:
+    if _sms_settings(request.app[SETTINGS], "kannel") is None:
         return _reject(request, 404, "Kannel is not the configured SMS gateway")
     params = await _params(request)
     try:
@@ -129,7 +127,6 @@ async def kannel_status(request: web.Request) -> web.Response:
 
 async def _acknowledge_reply(
     request: web.Request,
-    runtime: Runtime,
     sender: str,
     text: str,
     message_key: str,
@@ -139,17 +136,17 @@ async def _acknowledge_reply(
     A reply whose ``message_key`` (the provider's message id) was already seen changes
     nothing: a replayed "OK" must not acknowledge the number's next delivery."""
     try:
-        number = normalise_phone(sender, runtime.settings.organisation.phone_region)
+        number = normalise_phone(sender, request.app[SETTINGS].organisation.phone_region)
     except ValueError:
         return _reject(request, 400, "the sender is not a valid phone number")
-    now = runtime.clock.now()
-    if not await runtime.store.remember_inbound(message_key, now):
+    now = request.app[CLOCK].now()
+    if not await request.app[RECORDS].remember_inbound(message_key, now):
         log.info("SMS reply from %s already received: ignored", mask_phone(number))
         return None
     if not is_ok_reply(text):
         log.info("SMS reply from %s is not an acknowledgement", mask_phone(number))
         return None
-    delivery = await Acknowledgements(runtime.service).by_reply(
+    delivery = await request.app[SERVICE].acknowledgements.by_reply(
         ChannelName.SMS, number, REPLY_BY, written_at
     )
     log.info(
@@ -171,12 +168,12 @@ def _unix_time(value: str) -> datetime | None:
 async def kannel_inbound(request: web.Request) -> web.Response:
     """An SMS sent to us (``from``, ``text``): "OK" acknowledges the sender's latest pending
     delivery. The answer is empty so that Kannel sends nothing back."""
-    runtime = request.app[RUNTIME]
-    if _sms_settings(runtime, "kannel") is None:
+    settings = request.app[SETTINGS]
+    if _sms_settings(settings, "kannel") is None:
         return _reject(request, 404, "Kannel is not the configured SMS gateway")
     params = await _params(request)
     try:
-        secret = inbound_secret(runtime.settings)
+        secret = inbound_secret(settings)
     except ConfigError:
         secret = None
     if secret is None:
@@ -189,7 +186,6 @@ async def kannel_inbound(request: web.Request) -> web.Response:
     key = params.get("id") or "\x1f".join((params.get("ts", ""), params["from"], text))
     rejected = await _acknowledge_reply(
         request,
-        runtime,
         params["from"],
         text,
         "kannel:" + hashlib.sha256(key.encode()).hexdigest(),
@@ -200,12 +196,12 @@ async def kannel_inbound(request: web.Request) -> web.Response:
 
 async def _twilio_form(request: web.Request) -> MultiDictProxy[str] | web.Response:
     """The form of a correctly signed Twilio request, or the 403/404 answer."""
-    runtime = request.app[RUNTIME]
-    cfg = _sms_settings(runtime, "twilio")
+    settings = request.app[SETTINGS]
+    cfg = _sms_settings(settings, "twilio")
     if cfg is None:
         return _reject(request, 404, "Twilio is not the configured SMS gateway")
     try:
-        token = runtime.settings.secret(cfg.auth_token_env)
+        token = settings.secret(cfg.auth_token_env)
     except ConfigError:
         log.error("cannot check Twilio signatures: %s is not set", cfg.auth_token_env)
         token = None
@@ -213,7 +209,7 @@ async def _twilio_form(request: web.Request) -> MultiDictProxy[str] | web.Respon
     for name, value in (await request.post()).items():
         if isinstance(value, str):
             form.add(name, value)
-    url = runtime.settings.server.public_url.rstrip("/") + request.raw_path
+    url = settings.server.public_url.rstrip("/") + request.raw_path
     signature = request.headers.get("X-Twilio-Signature")
     if token is None or not valid_twilio_signature(
         token.get_secret_value(), url, form.items(), signature
@@ -246,18 +242,17 @@ async def twilio_inbound(request: web.Request) -> web.Response:
         return form
     if not form.get("From"):
         return _reject(request, 400, "From is required")
-    runtime = request.app[RUNTIME]
     sid = form.get("MessageSid") or form.get("SmsSid") or ""
     if not sid:
         return _reject(request, 400, "MessageSid is required")
     rejected = await _acknowledge_reply(
-        request, runtime, form["From"], form.get("Body", ""), "twilio:" + sid
+        request, form["From"], form.get("Body", ""), "twilio:" + sid
     )
     return rejected or web.Response(text=_EMPTY_TWIML, content_type="text/xml")
 
 
 def add_routes(app: web.Application) -> None:
-    """Mount the SMS callback routes (the runtime is read from ``app[bot.app.RUNTIME]``)."""
+    """Mount the SMS callback routes (their collaborators are set by the composition root)."""
     for path, handler in (
         ("/sms/kannel/status", kannel_status),
         ("/sms/kannel/inbound", kannel_inbound),

@@ -16,9 +16,10 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from bot.app import RUNTIME, Runtime
-from bot.domain.models import Incident, IncidentStatus, Statement, StatementKind, StatementStatus
-from bot.ports import Page
+from bot.config import Settings
+from bot.domain.models import Incident, IncidentStatus, Statement
+from bot.domain.queries import IncidentQueries
+from bot.interfaces.deps import QUERIES, SERVICE, SETTINGS
 
 ATOM = "http://www.w3.org/2005/Atom"
 LABELS = {
@@ -60,19 +61,12 @@ class PublicIncident:
         return self.incident.status != IncidentStatus.RESOLVED
 
 
-async def public_incidents(rt: Runtime, locale: str, limit: int = 50) -> list[PublicIncident]:
+async def public_incidents(
+    queries: IncidentQueries, locale: str, limit: int = 50
+) -> list[PublicIncident]:
     """Incidents with at least one published public statement, newest first."""
     shown: list[PublicIncident] = []
-    for incident in await rt.store.list_incidents(Page(limit=limit)):
-        if incident.status == IncidentStatus.DRAFT:
-            continue
-        published = [
-            s
-            for s in await rt.store.statements(incident.id)
-            if s.kind == StatementKind.PUBLIC
-            and s.status == StatementStatus.PUBLISHED
-            and s.approved_by
-        ]
+    for incident, published in await queries.published_statements(limit):
         mine = [s for s in published if s.locale == locale] or [
             s for s in published if s.locale == incident.locale
         ]
@@ -86,28 +80,29 @@ async def public_incidents(rt: Runtime, locale: str, limit: int = 50) -> list[Pu
 class StatusPage:
     """Renders the page and the feed for one organisation."""
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
+    def __init__(self, settings: Settings, queries: IncidentQueries) -> None:
+        self.settings = settings
+        self.queries = queries
         folder = Path(__file__).with_name("status_templates")
         self.env = Environment(
             loader=FileSystemLoader(folder), autoescape=select_autoescape(["html", "j2"])
         )
-        zone = ZoneInfo(rt.settings.organisation.timezone)
+        zone = ZoneInfo(settings.organisation.timezone)
         self.env.filters["local"] = lambda d: d.astimezone(zone).strftime("%d/%m/%Y %H:%M")
 
     def locale(self, wanted: str | None) -> str:
-        locales = self.rt.settings.organisation.locales
-        return wanted if wanted in locales else self.rt.settings.organisation.locale
+        locales = self.settings.organisation.locales
+        return wanted if wanted in locales else self.settings.organisation.locale
 
     async def html(self, wanted: str | None, *, static: bool = False) -> str:
         locale = self.locale(wanted)
-        items = await public_incidents(self.rt, locale)
+        items = await public_incidents(self.queries, locale)
         links = {
             lc: (f"index.{lc}.html" if static else f"?lang={lc}")
-            for lc in self.rt.settings.organisation.locales
+            for lc in self.settings.organisation.locales
         }
         return self.env.get_template("status.html.j2").render(
-            org=self.rt.settings.organisation.name,
+            org=self.settings.organisation.name,
             locale=locale,
             labels=LABELS.get(locale, LABELS["en"]),
             current=[i for i in items if i.current],
@@ -118,14 +113,14 @@ class StatusPage:
 
     async def atom(self, wanted: str | None = None) -> bytes:
         locale = self.locale(wanted)
-        base = self.rt.settings.server.public_url.rstrip("/")
-        items = await public_incidents(self.rt, locale)
+        base = self.settings.server.public_url.rstrip("/")
+        items = await public_incidents(self.queries, locale)
         ET.register_namespace("", ATOM)
         feed = ET.Element(f"{{{ATOM}}}feed", {"xml:lang": locale})
         _text(
             feed,
             "title",
-            f"{self.rt.settings.organisation.name} — {LABELS.get(locale, LABELS['en'])['title']}",
+            f"{self.settings.organisation.name} — {LABELS.get(locale, LABELS['en'])['title']}",
         )
         _text(feed, "id", f"{base}/status/feed.atom")
         ET.SubElement(feed, f"{{{ATOM}}}link", {"rel": "self", "href": f"{base}/status/feed.atom"})
@@ -136,7 +131,7 @@ class StatusPage:
         newest = max((s.created_at for s in entries), default=datetime(2023, 1, 1).astimezone())
         _text(feed, "updated", newest.isoformat())
         author = ET.SubElement(feed, f"{{{ATOM}}}author")
-        _text(author, "name", self.rt.settings.organisation.name)
+        _text(author, "name", self.settings.organisation.name)
         for statement in entries:
             entry = ET.SubElement(feed, f"{{{ATOM}}}entry")
             _text(entry, "id", f"{base}/status#{statement.id}")
@@ -152,7 +147,7 @@ class StatusPage:
     async def files(self) -> dict[str, bytes]:
         """The static site: index.html, index.<lang>.html and feed.atom."""
         site = {"index.html": (await self.html(None, static=True)).encode()}
-        for locale in self.rt.settings.organisation.locales:
+        for locale in self.settings.organisation.locales:
             site[f"index.{locale}.html"] = (await self.html(locale, static=True)).encode()
         site["feed.atom"] = await self.atom()
         return site
@@ -178,14 +173,14 @@ class PublicCache:
     def invalidate(self) -> None:
         self._entries.clear()
 
-    def _page(self, rt: Runtime) -> StatusPage:
+    def _page(self, app: web.Application) -> StatusPage:
         if self.page is None:
-            self.page = StatusPage(rt)
-            rt.service.published.append(self.invalidate)
+            self.page = StatusPage(app[SETTINGS], app[QUERIES])
+            app[SERVICE].published.append(self.invalidate)
         return self.page
 
-    async def get(self, rt: Runtime, kind: str, wanted: str | None) -> bytes:
-        page = self._page(rt)
+    async def get(self, app: web.Application, kind: str, wanted: str | None) -> bytes:
+        page = self._page(app)
         key = (kind, page.locale(wanted))
         found = self._entries.get(key)
         now = time.monotonic()
@@ -200,9 +195,7 @@ PUBLIC_CACHE = web.AppKey("public_cache", PublicCache)
 
 
 async def status(request: web.Request) -> web.Response:
-    body = await request.app[PUBLIC_CACHE].get(
-        request.app[RUNTIME], "html", request.query.get("lang")
-    )
+    body = await request.app[PUBLIC_CACHE].get(request.app, "html", request.query.get("lang"))
     return web.Response(
         body=body,
         content_type="text/html",
@@ -212,9 +205,7 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def feed(request: web.Request) -> web.Response:
-    body = await request.app[PUBLIC_CACHE].get(
-        request.app[RUNTIME], "atom", request.query.get("lang")
-    )
+    body = await request.app[PUBLIC_CACHE].get(request.app, "atom", request.query.get("lang"))
     return web.Response(body=body, content_type="application/atom+xml")
 
 

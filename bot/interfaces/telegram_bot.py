@@ -2,8 +2,8 @@
 
 python-telegram-bot's ``Application`` runs inside our aiohttp server, without its updater:
 ``POST /telegram/webhook`` checks the secret header, drops repeated ``update_id``s and hands
-each update to the application. With ``TOCSIN_TELEGRAM_POLLING=1`` it polls ``getUpdates``
-instead (development, where Telegram cannot reach the machine).
+each update to the application. With ``tocsin serve --telegram-polling`` it polls
+``getUpdates`` instead (development, where Telegram cannot reach the machine).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import asyncio
 import hmac
 import html
 import logging
-import os
 import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -33,20 +32,18 @@ from telegram.ext import (
     filters,
 )
 
-from bot.app import Runtime
 from bot.channels.telegram import ACK_PREFIX, MAX_LENGTH, NO_PREVIEW, split_html, utf16_len
 from bot.channels.telegram_request import AiohttpRequest, bot_urls
 from bot.config import ConfigError
-from bot.domain.acknowledgements import Acknowledgements
-from bot.domain.errors import InvalidInput, TocsinError
+from bot.domain.errors import InvalidInput, NotFound, TocsinError
 from bot.domain.models import Actor, ChannelName, Delivery, DeliveryState
 from bot.interfaces.commands import execute, parse_command
+from bot.interfaces.deps import ChatDeps
 
 log = logging.getLogger("tocsin.telegram")
 
 WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
-POLLING_ENV = "TOCSIN_TELEGRAM_POLLING"
 ALLOWED_UPDATES = ["message", "callback_query"]
 _SECRET_FORMAT = re.compile(r"[A-Za-z0-9_-]{1,256}")  # what setWebhook accepts
 _SEEN_MAX = 10_000  # update ids remembered; Telegram redelivers within hours, not days
@@ -115,13 +112,13 @@ class TelegramInbound:
 
     def __init__(
         self,
-        runtime: Runtime,
+        deps: ChatDeps,
         application: Application[Any, Any, Any, Any, Any, Any],
         secret: str | None,
         *,
         polling: bool = False,
     ) -> None:
-        self.runtime = runtime
+        self.deps = deps
         self.application = application
         self.polling = polling
         self._secret = secret.encode() if secret else None
@@ -172,7 +169,7 @@ class TelegramInbound:
             if self.polling and self.application.updater is not None:
                 await self.application.updater.start_polling(allowed_updates=ALLOWED_UPDATES)
             elif self._secret is not None:
-                url = self.runtime.settings.server.public_url.rstrip("/") + WEBHOOK_PATH
+                url = self.deps.settings.server.public_url.rstrip("/") + WEBHOOK_PATH
                 await self.application.bot.set_webhook(
                     url, secret_token=self._secret.decode(), allowed_updates=ALLOWED_UPDATES
                 )
@@ -204,7 +201,7 @@ class TelegramInbound:
         verb, _, mention = words[0].removeprefix("/").partition("@")
         if mention and mention.lower() != (context.bot.username or "").lower():
             return  # addressed to another bot in the group
-        actor = self.runtime.auth.telegram_user(user.id)
+        actor = self.deps.auth.telegram_user(user.id)
         if actor is None:
             log.info("telegram command refused: user %s is not allow-listed", user.id)
             await message.reply_text(REFUSAL)
@@ -216,7 +213,7 @@ class TelegramInbound:
 
     async def _run(self, raw: str, actor: Actor) -> str:
         try:
-            return (await execute(parse_command(raw), actor, self.runtime.service)).text
+            return (await execute(parse_command(raw), actor, self.deps.service)).text
         except InvalidInput as exc:
             detail = exc.detail
             if isinstance(detail, dict):
@@ -233,7 +230,7 @@ class TelegramInbound:
         if query is None or query.data is None:
             return
         token = query.data.removeprefix(ACK_PREFIX)
-        delivery = await Acknowledgements(self.runtime.service).find(token)
+        delivery = await self.deps.service.acknowledgements.find(token)
         chat = query.message.chat.id if query.message is not None else None
         if (
             delivery is None
@@ -246,11 +243,11 @@ class TelegramInbound:
         texts = _texts(delivery.locale)
         first = delivery.state != DeliveryState.ACKNOWLEDGED
         if first:
-            delivery = await self.runtime.service.acknowledge(token, by=_name(query.from_user))
+            delivery = await self.deps.service.acknowledge(token, by=_name(query.from_user))
         if delivery.state != DeliveryState.ACKNOWLEDGED:
             await query.answer(texts["closed"])
             return
-        fields = ack_fields(delivery, self.runtime.settings.organisation.timezone)
+        fields = ack_fields(delivery, self.deps.settings.organisation.timezone)
         await query.answer(texts["thanks"] if first else texts["already"].format(**fields))
         message = query.message if isinstance(query.message, Message) else None
         if message is not None and message.reply_markup is not None:  # the button still shows
@@ -261,8 +258,12 @@ class TelegramInbound:
     ) -> None:
         escaped = {key: html.escape(value) for key, value in fields.items()}
         line = texts["line"].format(**escaped)
-        statement = await self.runtime.store.get_statement(delivery.statement_id)
-        body = statement.bodies.get("telegram", "") if statement is not None else ""
+        try:
+            statement = await self.deps.service.statement(delivery.statement_id)
+        except NotFound:
+            body = ""
+        else:
+            body = statement.bodies.get("telegram", "")
         # The button sits on the last part of a split message: that part is what we edit.
         original = split_html(body)[-1] if body.strip() else ""
         edited = f"{original}\n\n{line}"
@@ -275,7 +276,7 @@ class TelegramInbound:
             else:  # no room for the line: the button itself says who and when
                 done = InlineKeyboardButton(
                     texts["already"].format(**fields),
-                    callback_data=ACK_PREFIX + self.runtime.service.tokens.token(delivery),
+                    callback_data=ACK_PREFIX + self.deps.service.tokens.token(delivery),
                 )
                 await message.edit_reply_markup(InlineKeyboardMarkup([[done]]))
         except BadRequest as exc:  # e.g. "message is not modified" after a simultaneous press
@@ -325,14 +326,14 @@ async def webhook(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-async def setup(app: web.Application, runtime: Runtime) -> None:
-    """Build and start the Telegram application for this runtime (``bot.app.build_app``)."""
-    cfg = runtime.settings.channels.telegram
-    if cfg is None or runtime.session is None:
+async def setup(app: web.Application, deps: ChatDeps, *, polling: bool = False) -> None:
+    """Build and start the Telegram application over the shared session; ``polling`` polls
+    ``getUpdates`` instead of registering the webhook (development)."""
+    cfg = deps.settings.channels.telegram
+    if cfg is None:
         return
-    polling = os.environ.get(POLLING_ENV) == "1"
-    token = runtime.settings.secret(cfg.token_env)
-    secret = runtime.settings.secret(cfg.webhook_secret_env, required=not polling)
+    token = deps.settings.secret(cfg.token_env)
+    secret = deps.settings.secret(cfg.webhook_secret_env, required=not polling)
     assert token is not None
     if secret is not None and not _SECRET_FORMAT.fullmatch(secret.get_secret_value()):
         raise ConfigError(
@@ -340,10 +341,10 @@ async def setup(app: web.Application, runtime: Runtime) -> None:
             "among A-Z, a-z, 0-9, _ and -"
         )
     application = build_application(
-        token.get_secret_value(), cfg.api_url, runtime.session, polling=polling
+        token.get_secret_value(), cfg.api_url, deps.session, polling=polling
     )
     inbound = TelegramInbound(
-        runtime, application, secret.get_secret_value() if secret else None, polling=polling
+        deps, application, secret.get_secret_value() if secret else None, polling=polling
     )
     app[TELEGRAM] = inbound
     await inbound.start()

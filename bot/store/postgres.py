@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from bot.store.queries import query
 from bot.store.sqlstore import IntegrityError, SqlStore
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -65,16 +66,7 @@ class PostgresStore(SqlStore):
 
     dialect = "postgres"
     lock_rows = " FOR UPDATE"
-    claim_sql = """
-UPDATE deliveries SET state = 'sending', lease_owner = ?, lease_until = ?, due_at = ?,
-    updated_at = ?
-WHERE id IN (
-    SELECT id FROM deliveries WHERE due_at IS NOT NULL AND due_at <= ?
-    ORDER BY lane, due_at, id LIMIT ?
-    FOR UPDATE SKIP LOCKED
-)
-RETURNING *
-"""
+    claim_sql = query("claim_due.postgres")
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
         super().__init__()

@@ -11,12 +11,12 @@ from datetime import datetime
 from importlib import resources
 from typing import Any, Protocol
 
+import bot.store.rows as rows
 from bot.domain.models import (
     PENDING_STATES,
     DeliveryState,
     NewDelivery,
 )
-from bot.store import rows
 
 _PENDING = tuple(s.value for s in PENDING_STATES)
 _ACKABLE = (DeliveryState.SENT.value, DeliveryState.DELIVERED.value)

@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 
+import bot.store.rows as rows
 from bot.domain.errors import DuplicateRequest
 from bot.ports import (
     IDEMPOTENCY_TTL,
@@ -19,7 +20,6 @@ from bot.ports import (
     ProgressMessage,
     SiteQuorum,
 )
-from bot.store import rows
 from bot.store.sqlbase import _PENDING, Connection, IntegrityError, SqlBase, _placeholders
 
 _OPEN = "i.status NOT IN ('draft', 'resolved')"

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiosqlite
 
+from bot.store.queries import query
 from bot.store.sqlstore import IntegrityError, SqlStore
 
 
@@ -51,15 +52,7 @@ class SqliteStore(SqlStore):
     processes (the CLI, a second worker) read and write the same file."""
 
     dialect = "sqlite"
-    claim_sql = """
-UPDATE deliveries SET state = 'sending', lease_owner = ?, lease_until = ?, due_at = ?,
-    updated_at = ?
-WHERE id IN (
-    SELECT id FROM deliveries WHERE due_at IS NOT NULL AND due_at <= ?
-    ORDER BY lane, due_at, id LIMIT ?
-)
-RETURNING *
-"""
+    claim_sql = query("claim_due.sqlite")
 
     def __init__(self, path: str) -> None:
         super().__init__()

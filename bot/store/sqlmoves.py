@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from bot.store import rows
+import bot.store.rows as rows
 from bot.store.sqlbase import SqlBase
 
 # The first time of a move is kept when the same move is noted again (every send to the old

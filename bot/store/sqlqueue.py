@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import bot.store.rows as rows
 from bot.domain.models import (
     PENDING_STATES,
     PROGRESS_RANK,
@@ -16,7 +17,7 @@ from bot.domain.models import (
     NewDelivery,
     Outcome,
 )
-from bot.store import rows
+from bot.store.queries import query
 from bot.store.sqlbase import (
     _ACKABLE,
     _INSERT_ATTEMPT,
@@ -26,30 +27,10 @@ from bot.store.sqlbase import (
     _placeholders,
 )
 
-_RECORD = """
-UPDATE deliveries SET
-    state = CASE WHEN state = 'sending' THEN ? ELSE state END,
-    attempts = attempts + ?,
-    provider_id = COALESCE(?, provider_id),
-    last_error = ?,
-    next_attempt_at = ?,
-    due_at = CASE WHEN state = 'sending' THEN ? ELSE due_at END,
-    escalate_at = COALESCE(?, escalate_at),
-    unknown_attempts = unknown_attempts + ?,
-    lease_owner = NULL, lease_until = NULL, updated_at = COALESCE(?, updated_at)
-WHERE id = ? AND lease_owner = ?
-"""
-# A renewed lease keeps the row from being due; the state is left as it is (a delivery
-# acknowledged or reported delivered while its send runs stays so, and is not made due).
-# Rows are locked in id order, as outcomes lock them, so that the two never deadlock.
-_RENEW = """
-UPDATE deliveries SET lease_until = ?,
-    due_at = CASE WHEN state = 'sending' THEN ? ELSE due_at END
-WHERE id IN (
-    SELECT id FROM deliveries WHERE lease_owner = ? AND id IN ({ids}) ORDER BY id{lock}
-)
-RETURNING id
-"""
+_RECORD = query("record_outcome")
+_RENEW = query("renew")
+_RELEASE = query("release")
+_LEASE_OWNERS = query("lease_owners")
 _CHUNK = 500
 
 log = logging.getLogger("tocsin.store")
@@ -131,9 +112,7 @@ class SqlQueue(SqlBase):
         for start in range(0, len(unique), _CHUNK):
             chunk = unique[start : start + _CHUNK]
             found = await conn.fetch(
-                f"SELECT id, lease_owner FROM deliveries WHERE id IN "
-                f"({_placeholders(len(chunk))}) ORDER BY id{self.lock_rows}",
-                *chunk,
+                _LEASE_OWNERS.format(ids=_placeholders(len(chunk)), lock=self.lock_rows), *chunk
             )
             owners.update((r["id"], r["lease_owner"]) for r in found)
         return owners
@@ -163,12 +142,7 @@ class SqlQueue(SqlBase):
             return
         due = at.timestamp()
         async with self.transaction() as conn:
-            await conn.executemany(
-                "UPDATE deliveries SET state = CASE WHEN attempts > 0 THEN 'retrying' "
-                "ELSE 'queued' END, due_at = ?, next_attempt_at = ?, lease_owner = NULL, "
-                "lease_until = NULL WHERE id = ? AND state = 'sending' AND lease_owner = ?",
-                [(due, due, i, worker) for i in delivery_ids],
-            )
+            await conn.executemany(_RELEASE, [(due, due, i, worker) for i in delivery_ids])
 
     async def advance(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+import bot.store.rows as rows
 from bot.domain.errors import Conflict
 from bot.domain.models import (
     Attempt,
@@ -18,7 +19,6 @@ from bot.domain.models import (
     TimelineEntry,
 )
 from bot.ports import FIRST_PAGE, Changes, Page, StoredSession
-from bot.store import rows
 from bot.store.sqlbase import (
     _INSERT_INCIDENT,
     _INSERT_STATEMENT,

@@ -30,6 +30,7 @@ from bot.app import RUNTIME, Runtime, build_app
 from bot.config import settings_from_dict
 from bot.domain.declarations import IncidentDraft
 from bot.domain.models import Actor, ChannelName, DeliveryState, Role, StatementKind
+from bot.interfaces.cli_support import READER
 from bot.interfaces.progress import PENDING, follow_fan_out, report_table
 from bot.logs import configure_logging
 from tocsin_sandbox import demo_channels
@@ -129,8 +130,8 @@ async def run_demo(console: Console, *, exit_when_done: bool, port: int = 8080) 
             f"{boxes.secrets['TOCSIN_TOKEN_VIEWER']}"
         )
         incident = await story(rt, boxes, console)
-        counts = await follow_fan_out(rt.store, incident, console, timeout=120)
-        console.print(await report_table(rt.store, incident))
+        counts = await follow_fan_out(rt.queries, READER, incident, console, timeout=120)
+        console.print(await report_table(rt.queries, READER, incident))
         from bot.interfaces.cli_views import sites_table
 
         console.print(await sites_table(rt, incident))
@@ -149,7 +150,7 @@ async def story(rt: Runtime, boxes: Sandboxes, console: Console) -> str:
     declaration = yaml.safe_load((EXAMPLES / "orbis-outage.yaml").read_text("utf-8"))
     incident = (await rt.service.declare(CELL, IncidentDraft.from_mapping(declaration))).id
     console.print(f"1. Declared [bold]{incident}[/]: {declaration['title']}")
-    await follow_fan_out(rt.store, incident, console, timeout=120)
+    await follow_fan_out(rt.queries, READER, incident, console, timeout=120)
 
     console.print("2. Department heads acknowledge")
     await acknowledge_by_mail(rt, incident, console)
@@ -179,7 +180,7 @@ async def story(rt: Runtime, boxes: Sandboxes, console: Console) -> str:
     )
     approved = await rt.service.approve_statement(PRESS, correction.id)
     console.print(f"   correction sent to exactly {', '.join(approved.audiences)}")
-    await follow_fan_out(rt.store, incident, console, timeout=120)
+    await follow_fan_out(rt.queries, READER, incident, console, timeout=120)
 
     console.print("5. The hospitals' own e-mail goes down during the next update")
     await boxes.smtp.stop()

@@ -13,7 +13,7 @@ from datetime import datetime
 
 import pytest
 
-from bot.delivery.leases import Leases
+from bot.delivery.queue import Leases
 from bot.delivery.retry import RetryPolicy
 from bot.delivery.worker import DispatchConfig, Dispatcher
 from bot.domain.clock import FakeClock, SystemClock

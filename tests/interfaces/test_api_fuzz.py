@@ -1,5 +1,6 @@
 """The HTTP API fuzzed from its own OpenAPI document (schemathesis) on a running
-``tocsin serve``: no answer is a server error, and every 4xx carries the JSON error body.
+``tocsin serve``: no answer is a server error, every 4xx carries the JSON error body, and
+every answer matches the schema the document generates for it.
 
 Bounded: a fixed number of generated cases per operation, so that it stays well under a
 minute; the figures are printed (see them with ``-s``).
@@ -22,6 +23,7 @@ import requests
 import schemathesis
 import yaml
 from hypothesis import HealthCheck, Phase
+from schemathesis.checks import response_schema_conformance
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "fuzz-admin-token-0123456789"
@@ -118,6 +120,10 @@ def test_the_api_never_answers_a_server_error_and_every_4xx_is_a_json_error(
                     body = None
                 if not (isinstance(body, dict) and isinstance(body.get("error"), str)):
                     problems.append(f"{label}: {response.status_code} without a JSON error body")
+            try:  # the answer matches the schema the document gives for its status
+                case.validate_response(response, checks=[response_schema_conformance])
+            except AssertionError as exc:  # schemathesis reports every failed check at once
+                problems.append(f"{label}: {response.status_code} off its schema: {exc}"[:400])
 
         one()
     elapsed = time.monotonic() - started

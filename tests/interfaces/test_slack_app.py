@@ -23,7 +23,6 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import RUNTIME, Runtime, build_app
 from bot.config import settings_from_dict
-from bot.domain.acknowledgements import Acknowledgements
 from bot.domain.clock import FakeClock
 from bot.domain.models import (
     Actor,
@@ -679,7 +678,7 @@ async def test_the_acknowledge_button_acknowledges_the_delivery(tocsin: Tocsin) 
     response = await tocsin.interact(_action(tocsin, "tocsin_ack", token, "U0HEAD1", "ack", dm))
 
     assert response.status == 200
-    delivery = await Acknowledgements(tocsin.runtime.service).find(token)
+    delivery = await tocsin.runtime.service.acknowledgements.find(token)
     assert delivery is not None
     assert delivery.state == DeliveryState.ACKNOWLEDGED
     assert delivery.acknowledged_by == "slack:U0HEAD1"
@@ -703,7 +702,7 @@ async def test_the_acknowledge_button_pressed_by_someone_else_changes_nothing(
     response = await tocsin.interact(_action(tocsin, "tocsin_ack", token, "U0CRISIS1", "other", dm))
 
     assert response.status == 200
-    delivery = await Acknowledgements(tocsin.runtime.service).find(token)
+    delivery = await tocsin.runtime.service.acknowledgements.find(token)
     assert delivery is not None
     assert delivery.state != DeliveryState.ACKNOWLEDGED
     assert tocsin.replies("other") == [f"This button is for {delivery.recipient}."]

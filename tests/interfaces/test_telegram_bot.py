@@ -19,7 +19,7 @@ from bot.channels import telegram
 from bot.config import ConfigError, Settings, settings_from_dict
 from bot.domain.clock import FakeClock
 from bot.domain.models import ChannelName, Delivery, DeliveryPolicy, DeliveryState, StatementKind
-from bot.interfaces.telegram_bot import POLLING_ENV, REFUSAL, UNKNOWN_ACK, WEBHOOK_PATH
+from bot.interfaces.telegram_bot import REFUSAL, UNKNOWN_ACK, WEBHOOK_PATH
 from bot.ports import Changes, Channel, OutboundMessage, Receipt
 from bot.store.memory import MemoryStore
 from tests.factories import T0, incident, new_delivery, statement
@@ -134,7 +134,6 @@ async def running(
 ) -> AsyncIterator[Tocsin]:
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
     monkeypatch.setenv("TELEGRAM_WEBHOOK_SECRET", SECRET)
-    monkeypatch.delenv(POLLING_ENV, raising=False)
     store, clock, email = MemoryStore(), FakeClock(T0), Recording()
 
     def channels(settings: Settings, session: aiohttp.ClientSession) -> dict[ChannelName, Channel]:
@@ -236,7 +235,6 @@ async def test_a_webhook_secret_telegram_would_refuse_stops_start_up(
 ) -> None:
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
     monkeypatch.setenv("TELEGRAM_WEBHOOK_SECRET", "pass word!")
-    monkeypatch.delenv(POLLING_ENV, raising=False)
     async with TelegramSandbox(token=TOKEN) as api:
         runner = web.AppRunner(build_app(config(api.url), store=MemoryStore(), with_worker=False))
         try:

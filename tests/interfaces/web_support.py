@@ -36,8 +36,8 @@ def mount(app: web.Application, rules: alerts.AlertSettings | None = None) -> No
 
     async def setups(app: web.Application) -> None:
         runtime = app[RUNTIME]
-        metrics.setup(app, runtime)
-        dashboard.setup(app, runtime)
+        metrics.setup(app, runtime.dispatcher)
+        dashboard.setup(app, runtime.dispatcher)
 
     app.on_startup.append(setups)
 

@@ -1,13 +1,13 @@
 """The web dashboard (server-rendered HTML, a little JavaScript for live progress).
 
-Mount with :func:`add_routes` at build time and :func:`setup` once the runtime is open.
+Mount with :func:`add_routes` at build time and :func:`setup` once the worker is built.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from bot.app import Runtime
+from bot.delivery.worker import Dispatcher
 from bot.interfaces.web import dashboard, pages, session
 
 
@@ -18,10 +18,10 @@ def add_routes(app: web.Application) -> None:
     dashboard.add_routes(app)
 
 
-def setup(app: web.Application, runtime: Runtime) -> None:
+def setup(app: web.Application, dispatcher: Dispatcher | None) -> None:
     """Push live progress as soon as the worker records outcomes (else pages poll each second)."""
-    if runtime.dispatcher is None or pages.WEB not in app:
+    if dispatcher is None or pages.WEB not in app:
         return
     beat = app[pages.WEB].pulse.beat
-    if beat not in runtime.dispatcher.observers:
-        runtime.dispatcher.observers.append(beat)
+    if beat not in dispatcher.observers:
+        dispatcher.observers.append(beat)

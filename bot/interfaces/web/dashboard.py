@@ -10,14 +10,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp_sse import EventSourceResponse
 
-from bot.app import RUNTIME, Runtime
+import bot.interfaces.web.pages as pages
+import bot.interfaces.web.session as session
 from bot.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from bot.domain.masking import scrub
-from bot.domain.models import Delivery, Incident, Role, Statement, StatementKind, StatementStatus
+from bot.domain.models import Actor, Incident, Role, Statement, StatementKind, StatementStatus
+from bot.domain.queries import IncidentQueries
 from bot.interfaces import serialize
-from bot.interfaces.web import pages, session
-from bot.ports import Page, Store
+from bot.interfaces.deps import QUERIES, SERVICE, SETTINGS
+from bot.ports import Page
 
 log = logging.getLogger("tocsin.web")
 
@@ -43,11 +46,11 @@ NOTICES = {
 }
 
 
-async def progress(store: Store, incident_id: str) -> dict[str, Any]:
+async def progress(queries: IncidentQueries, actor: Actor, incident_id: str) -> dict[str, Any]:
     """Delivery counts of an incident, by state and by audience × channel × state."""
     rows: dict[tuple[str, str], dict[str, int]] = {}
     counts = dict.fromkeys(COLUMNS, 0)
-    for audience, channel, state, n in await store.delivery_matrix(incident_id):
+    for audience, channel, state, n in await queries.delivery_matrix(actor, incident_id):
         rows.setdefault((audience, channel), dict.fromkeys(COLUMNS, 0))[state] = n
         counts[state] = counts.get(state, 0) + n
     total = sum(counts.values())
@@ -86,17 +89,8 @@ def statement_groups(
     return [events[seq] for seq in sorted(events, reverse=True)]
 
 
-async def _all_deliveries(store: Store, incident_id: str) -> list[Delivery]:
-    found: list[Delivery] = []
-    while True:
-        page = await store.deliveries(incident_id, Page(limit=1000, offset=len(found)))
-        found.extend(page)
-        if len(page) < 1000:
-            return found
-
-
-async def _incident(runtime: Runtime, request: web.Request) -> Incident:
-    incident = await runtime.store.get_incident(request.match_info["id"])
+async def _incident(request: web.Request, actor: Actor) -> Incident:
+    incident = await request.app[QUERIES].find_incident(actor, request.match_info["id"])
     if incident is None:
         page = session.render(
             request,
@@ -111,11 +105,11 @@ async def _incident(runtime: Runtime, request: web.Request) -> Incident:
 
 async def index(request: web.Request) -> web.StreamResponse:
     """``GET /``: the incidents, latest first, with their pending deliveries."""
-    session.require_user(request)
-    runtime = request.app[RUNTIME]
-    incidents = await runtime.store.list_incidents(Page(limit=200))
-    pending = {i.id: await runtime.store.pending_count(i.id) for i in incidents[:50]}
-    health = await runtime.store.channel_health()
+    actor = session.require_user(request)
+    queries = request.app[QUERIES]
+    incidents = await queries.incidents(actor, Page(limit=200))
+    pending = {i.id: await queries.pending_count(actor, i.id) for i in incidents[:50]}
+    health = await queries.channel_health(actor)
     return session.render(
         request, "index.html.j2", incidents=incidents, pending=pending, health=health
     )
@@ -124,24 +118,24 @@ async def index(request: web.Request) -> web.StreamResponse:
 async def incident_page(request: web.Request) -> web.StreamResponse:
     """``GET /incidents/{id}``: everything about one incident."""
     actor = session.require_user(request)
-    runtime = request.app[RUNTIME]
-    incident = await _incident(runtime, request)
+    queries = request.app[QUERIES]
+    incident = await _incident(request, actor)
     audiences: dict[str, list[str]] = {}
-    for name, cfg in runtime.settings.audiences.items():
+    for name, cfg in request.app[SETTINGS].audiences.items():
         audiences.setdefault(cfg.statement.value, []).append(name)
     claims = []
     for key in incident.claims:
         try:
-            claims.append((key, runtime.renderer.claim_text(key, incident.locale)))
+            claims.append((key, request.app[SERVICE].renderer.claim_text(key, incident.locale)))
         except InvalidInput:
             claims.append((key, key))
     return session.render(
         request,
         "incident.html.j2",
         incident=incident,
-        timeline=await runtime.store.timeline(incident.id),
-        events=statement_groups(await runtime.store.statements(incident.id), audiences),
-        progress=await progress(runtime.store, incident.id),
+        timeline=await queries.timeline(actor, incident.id),
+        events=statement_groups(await queries.statements(actor, incident.id), audiences),
+        progress=await progress(queries, actor, incident.id),
         columns=COLUMNS,
         claims=claims,
         can_press=actor.can(Role.PRESS),
@@ -152,19 +146,19 @@ async def incident_page(request: web.Request) -> web.StreamResponse:
 
 async def drill_down(request: web.Request) -> web.StreamResponse:
     """``GET /incidents/{id}/deliveries``: each recipient's deliveries and attempts (masked)."""
-    session.require_user(request)
-    runtime = request.app[RUNTIME]
-    incident = await _incident(runtime, request)
+    actor = session.require_user(request)
+    queries = request.app[QUERIES]
+    incident = await _incident(request, actor)
     wanted = {k: request.query[k] for k in ("audience", "channel", "state") if request.query.get(k)}
     rows = [
         d
-        for d in await _all_deliveries(runtime.store, incident.id)
+        for d in await queries.all_deliveries(actor, incident.id)
         if all(str(getattr(d, k)) == v for k, v in wanted.items())
     ]
     shown = rows[:DRILL_LIMIT]
-    attempts = await runtime.store.attempts([d.id for d in shown])
+    attempts = await queries.attempts(actor, [d.id for d in shown])
     deliveries = []
-    timezone = runtime.settings.organisation.timezone
+    timezone = request.app[SETTINGS].organisation.timezone
     for d in shown:
         data = serialize.delivery_json(d, attempts[d.id])
         for attempt, raw in zip(data["attempts"], attempts[d.id], strict=True):
@@ -183,42 +177,36 @@ async def drill_down(request: web.Request) -> web.StreamResponse:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """``GET /incidents/{id}/events``: server-sent ``progress`` events whenever counts change."""
-    if session.current(request).actor is None:
+    actor = session.current(request).actor
+    if actor is None:
         raise web.HTTPUnauthorized(text="log in first")
-    runtime = request.app[RUNTIME]
-    incident = await _incident(runtime, request)
+    queries = request.app[QUERIES]
+    incident = await _incident(request, actor)
     state = request.app[pages.WEB]
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-store",
-            "X-Accel-Buffering": "no",
-        }
-    )
+    # aiohttp-sse keeps the stream alive (a comment every KEEPALIVE_S) and drops a client that
+    # stops reading; "\n" as separator is what every EventSource reads.
+    response = EventSourceResponse(sep="\n", ping_interval=KEEPALIVE_S)
+    response.headers["Cache-Control"] = "no-store"
     await response.prepare(request)
     loop = asyncio.get_running_loop()
     last: dict[str, Any] | None = None
-    quiet_since = loop.time()
-    try:
-        await response.write(b"retry: 2000\n\n")
-        while not state.closing.is_set():
-            if request.transport is None or request.transport.is_closing():
-                break  # the browser went away
-            data = await progress(runtime.store, incident.id)
-            if data != last:
-                payload = json.dumps(data, separators=(",", ":"))
-                await response.write(f"event: progress\ndata: {payload}\n\n".encode())
-                last, quiet_since = data, loop.time()
-            elif loop.time() - quiet_since > KEEPALIVE_S:
-                await response.write(b": keepalive\n\n")
-                quiet_since = loop.time()
-            started = loop.time()
-            await state.pulse.wait(POLL_S, state.closing)
-            gap = MIN_GAP_S - (loop.time() - started)
-            if gap > 0 and not state.closing.is_set():
-                await asyncio.sleep(gap)  # throttling pushes, not synchronising
-    except ConnectionResetError:
-        pass  # the browser went away
+    async with response:
+        try:
+            await response.write(b"retry: 2000\n\n")
+            while not state.closing.is_set() and response.is_connected():
+                if request.transport is None or request.transport.is_closing():
+                    break  # the browser went away
+                data = await progress(queries, actor, incident.id)
+                if data != last:
+                    await response.send(json.dumps(data, separators=(",", ":")), event="progress")
+                    last = data
+                started = loop.time()
+                await state.pulse.wait(POLL_S, state.closing)
+                gap = MIN_GAP_S - (loop.time() - started)
+                if gap > 0 and not state.closing.is_set():
+                    await asyncio.sleep(gap)  # throttling pushes, not synchronising
+        except ConnectionResetError:
+            pass  # the browser went away
     return response
 
 
@@ -237,9 +225,8 @@ async def confirm(request: web.Request) -> web.StreamResponse:
     """``POST /incidents/{id}/confirm``: a responder confirms a draft; it is sent."""
     actor = session.require_user(request, Role.RESPONDER)
     await session.checked_form(request)
-    runtime = request.app[RUNTIME]
     try:
-        incident = await runtime.service.confirm(actor, request.match_info["id"])
+        incident = await request.app[SERVICE].confirm(actor, request.match_info["id"])
     except NotFound as exc:
         return _refused(request, 404, str(exc))
     except Conflict as exc:
@@ -251,9 +238,8 @@ async def edit_statement(request: web.Request) -> web.StreamResponse:
     """``POST /statements/{id}/edit``: a press-role person saves a new version of a draft."""
     actor = session.require_user(request, Role.PRESS)
     form = await session.checked_form(request)
-    runtime = request.app[RUNTIME]
     try:
-        edited = await runtime.service.edit_statement(
+        edited = await request.app[SERVICE].edit_statement(
             actor, request.match_info["id"], form.get("text", "")
         )
     except NotFound as exc:
@@ -269,9 +255,8 @@ async def approve_statement(request: web.Request) -> web.StreamResponse:
     """``POST /statements/{id}/approve``: a second press-role person approves (four eyes)."""
     actor = session.require_user(request, Role.PRESS)
     await session.checked_form(request)
-    runtime = request.app[RUNTIME]
     try:
-        approved = await runtime.service.approve_statement(actor, request.match_info["id"])
+        approved = await request.app[SERVICE].approve_statement(actor, request.match_info["id"])
     except NotFound as exc:
         return _refused(request, 404, str(exc))
     except Forbidden as exc:

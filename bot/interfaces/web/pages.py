@@ -8,16 +8,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import jinja2
 from aiohttp import web
 
 from bot.domain.masking import scrub
-
-if TYPE_CHECKING:
-    from bot.interfaces.web.session import SessionSigner
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -74,7 +71,6 @@ class Pulse:
 class WebState:
     """The dashboard's state in one application."""
 
-    signer: SessionSigner | None = None
     pulse: Pulse = field(default_factory=Pulse)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -26,10 +26,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from aiohttp import web
 
-from bot.app import RUNTIME
+import bot.interfaces.web.pages as pages
 from bot.domain.models import Actor, Role
 from bot.interfaces import throttle
-from bot.interfaces.web import pages
+from bot.interfaces.deps import AUTH, CLOCK, RECORDS, SETTINGS
 from bot.ports import StoredSession
 
 log = logging.getLogger("tocsin.web")
@@ -96,11 +96,21 @@ class SessionSigner:
 SESSION = web.RequestKey("tocsin_session", Session)
 
 
+@dataclass
+class SignerSlot:
+    """This application's session signer, made on first use."""
+
+    signer: SessionSigner | None = None
+
+
+SIGNER = web.AppKey("session_signer", SignerSlot)
+
+
 def signer(request: web.Request) -> SessionSigner:
     """This application's signer, keyed from the environment (or at random) on first use."""
-    state = request.app[pages.WEB]
+    state = request.app[SIGNER]
     if state.signer is None:
-        settings = request.app[RUNTIME].settings
+        settings = request.app[SETTINGS]
         secret = settings.secret(settings.auth.secret_key_env, required=False)
         key = secret.get_secret_value().encode() if secret else b""
         state.signer = SessionSigner(key or secrets.token_bytes(32))
@@ -127,10 +137,9 @@ async def resolve(request: web.Request) -> None:
     session = signer(request).loads(raw) if raw else None
     if session is None or session.sid is None:
         return
-    runtime = request.app[RUNTIME]
-    stored = await runtime.store.find_session(digest(session.sid))
-    now = runtime.clock.now()
-    actor = runtime.auth.by_token_name(stored.token_name) if stored is not None else None
+    stored = await request.app[RECORDS].find_session(digest(session.sid))
+    now = request.app[CLOCK].now()
+    actor = request.app[AUTH].by_token_name(stored.token_name) if stored is not None else None
     if (
         stored is None
         or actor is None
@@ -154,7 +163,7 @@ async def sessions(request: web.Request, handler: Handler) -> web.StreamResponse
 
 def remember(request: web.Request, response: web.StreamResponse, session: Session) -> None:
     """Set the session cookie (HttpOnly, SameSite=Strict; Secure behind HTTPS)."""
-    https = request.app[RUNTIME].settings.server.public_url.startswith("https://")
+    https = request.app[SETTINGS].server.public_url.startswith("https://")
     response.set_cookie(
         COOKIE,
         signer(request).dumps(session),
@@ -193,13 +202,12 @@ def render(
 ) -> web.Response:
     """A page, with the session's user and CSRF token in its context."""
     session = current(request)
-    runtime = request.app[RUNTIME]
     return pages.html(
         template,
         status=status,
         user=session.actor,
         csrf=session.csrf,
-        org=runtime.settings.organisation,
+        org=request.app[SETTINGS].organisation,
         **context,
     )
 
@@ -242,7 +250,6 @@ async def login(request: web.Request) -> web.StreamResponse:
     """``POST /login``: a valid token starts a session with that token's name and role."""
     form = await checked_form(request)
     target = _safe_next(form.get("next"))
-    runtime = request.app[RUNTIME]
     limiter = request.app[throttle.THROTTLE]
     client = throttle.client_of(request)
     try:
@@ -254,7 +261,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         )
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
-    found = runtime.auth.token_entry(f"Bearer {form.get('token', '').strip()}")
+    found = request.app[AUTH].token_entry(f"Bearer {form.get('token', '').strip()}")
     if found is None:
         limiter.fail(client)
         log.info("dashboard login refused")
@@ -264,8 +271,8 @@ async def login(request: web.Request) -> web.StreamResponse:
     token_name, actor = found
     log.info("dashboard login: %s (%s)", actor.name, actor.role.value)
     session = Session.fresh(actor, sid=secrets.token_urlsafe(32))
-    now = runtime.clock.now()
-    await runtime.store.open_session(
+    now = request.app[CLOCK].now()
+    await request.app[RECORDS].open_session(
         StoredSession(
             digest(session.sid or ""),
             token_name,
@@ -285,8 +292,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
     await checked_form(request)
     session = current(request)
     if session.sid is not None:
-        runtime = request.app[RUNTIME]
-        await runtime.store.revoke_session(digest(session.sid), runtime.clock.now())
+        await request.app[RECORDS].revoke_session(digest(session.sid), request.app[CLOCK].now())
     response = web.HTTPSeeOther("/login")
     response.del_cookie(COOKIE, path="/")
     raise response
@@ -295,6 +301,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
 def add_routes(app: web.Application) -> None:
     """Mount ``/login`` and ``/logout``, and the middleware that resolves sessions."""
     throttle.install(app)
+    app[SIGNER] = SignerSlot()
     app.middlewares.append(sessions)
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login)

@@ -1,27 +1,54 @@
-"""Who is calling: API bearer tokens, Slack users and Telegram users mapped to roles."""
+"""Who is calling: API bearer tokens, Slack users and Telegram users mapped to roles.
+
+The principals arrive as plain values (the composition root reads them from the settings and
+the secrets from the environment), so the domain knows no configuration format.
+"""
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
-from bot.config import Settings
 from bot.domain.models import Actor, Role
+
+
+@dataclass(frozen=True)
+class TokenPrincipal:
+    """An API token: its configured name, its secret value, its role and its person."""
+
+    name: str
+    secret: str
+    role: Role
+    person: str | None = None
+
+
+@dataclass(frozen=True)
+class ChatPrincipal:
+    """A Slack or Telegram user (or Slack user group) allowed to act, and as whom."""
+
+    role: Role
+    person: str | None = None
 
 
 class Authenticator:
     """Resolves credentials to an :class:`Actor`; tokens compared in constant time."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        tokens: Iterable[TokenPrincipal] = (),
+        slack_users: Mapping[str, ChatPrincipal] | None = None,
+        telegram_users: Mapping[str, ChatPrincipal] | None = None,
+    ) -> None:
         self._tokens: list[tuple[bytes, str, Actor]] = []
         self._token_names: dict[str, Actor] = {}
-        for entry in settings.auth.tokens:
-            secret = settings.secret(entry.token_env, required=False)
-            if secret is not None and secret.get_secret_value():
+        for entry in tokens:
+            if entry.secret:  # a token whose variable is unset or empty opens nothing
                 actor = Actor(entry.person or entry.name, entry.role)
-                self._tokens.append((secret.get_secret_value().encode(), entry.name, actor))
+                self._tokens.append((entry.secret.encode(), entry.name, actor))
                 self._token_names[entry.name] = actor
-        self._slack = dict(settings.auth.slack_users)
-        self._telegram = dict(settings.auth.telegram_users)
+        self._slack = dict(slack_users or {})
+        self._telegram = dict(telegram_users or {})
 
     def from_bearer(self, header: str | None) -> Actor | None:
         """``Authorization: Bearer <token>`` → the token's actor, or None. The actor's name is
@@ -41,6 +68,7 @@ class Authenticator:
         return found
 
     def from_token(self, token: str) -> Actor | None:
+        """A bare token (no ``Bearer`` prefix) → its actor, or None."""
         return self.from_bearer(f"Bearer {token}")
 
     def by_token_name(self, name: str) -> Actor | None:
@@ -61,6 +89,7 @@ class Authenticator:
         return Actor(person or f"slack:{user_id}", member.role)
 
     def telegram_user(self, user_id: int | str) -> Actor | None:
+        """A Telegram user on the allow-list; named after its person, else ``telegram:<id>``."""
         member = self._telegram.get(str(user_id))
         if member is None:
             return None
@@ -68,10 +97,12 @@ class Authenticator:
 
     @property
     def has_tokens(self) -> bool:
+        """Whether any API token is configured and set."""
         return bool(self._tokens)
 
 
 def role_or_none(value: str) -> Role | None:
+    """``value`` as a :class:`Role`, or None when it names none."""
     try:
         return Role(value)
     except ValueError:

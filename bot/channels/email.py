@@ -28,7 +28,7 @@ from bot.ports import OutboundMessage, Receipt
 if TYPE_CHECKING:
     import aiohttp
 
-    from bot.config import Settings
+    from bot.channels.spec import Settings
 
 
 class EmailChannelSettings(Strict):

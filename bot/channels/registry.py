@@ -23,7 +23,7 @@ from bot.ports import Channel
 if TYPE_CHECKING:
     import aiohttp
 
-    from bot.config import Settings
+    from bot.channels.spec import Settings
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from bot.domain.models import ChannelName, DeliveryState
 from bot.ports import OutboundMessage, Receipt
 
 if TYPE_CHECKING:
-    from bot.config import Settings
+    from bot.channels.spec import Settings
 
 
 class SlackChannelSettings(Strict):

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from bot.config_base import Strict
 from bot.domain.channel_facts import ChannelFacts
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     import aiohttp
 
     from bot.channels.checks import CheckResult
-    from bot.config import Settings
     from bot.ports import Channel
 
 
@@ -39,8 +39,30 @@ class RateLimits(Strict):
 
 S = TypeVar("S", bound=BaseModel)
 
-Build = Callable[["Settings", "aiohttp.ClientSession"], "Channel"]
-Check = Callable[["Settings", "aiohttp.ClientSession"], Awaitable["CheckResult"]]
+
+class ChannelSections(Protocol):
+    """The ``channels:`` section as a channel reads it (``bot.config.Channels``)."""
+
+    def section(self, name: str) -> BaseModel | None: ...
+
+    def get(self, spec: ChannelSpec[S]) -> S | None: ...
+
+
+class Settings(Protocol):
+    """What a channel reads of the settings (``bot.config.Settings`` is one): its section,
+    secrets from the environment, paths relative to the configuration file. The channels
+    never import the configuration, which reads the channel registry."""
+
+    @property
+    def channels(self) -> ChannelSections: ...
+
+    def secret(self, env_name: str | None, *, required: bool = True) -> SecretStr | None: ...
+
+    def resolve_path(self, relative: str) -> Path: ...
+
+
+Build = Callable[[Settings, "aiohttp.ClientSession"], "Channel"]
+Check = Callable[[Settings, "aiohttp.ClientSession"], Awaitable["CheckResult"]]
 
 
 def as_text(value: Any) -> Any:

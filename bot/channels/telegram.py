@@ -35,6 +35,7 @@ import warnings
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import aiohttp
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions
@@ -51,9 +52,9 @@ from telegram.error import (
 from telegram.error import Forbidden as TelegramForbidden
 
 from bot.channels.checks import CheckResult, failure_reason
+from bot.channels.spec import Settings
 from bot.channels.telegram_request import AiohttpRequest, bot_urls, last_status, redact
-from bot.channels.telegram_spec import SPEC
-from bot.config import ConfigError, Settings
+from bot.config_base import ConfigError
 from bot.domain.errors import ChannelError, PermanentError, TransientError, UnknownOutcome
 from bot.domain.models import ChannelName, DeliveryState
 from bot.ports import OutboundMessage, Receipt
@@ -351,7 +352,8 @@ def build_bot(
 
 def from_settings(settings: Settings, session: aiohttp.ClientSession) -> TelegramChannel:
     """The channel for ``channels.telegram`` (token from the environment)."""
-    cfg = settings.channels.get(SPEC)
+    # Its settings model lives in telegram_spec, which imports this module when it is used.
+    cfg: Any = settings.channels.section(ChannelName.TELEGRAM)
     if cfg is None:
         raise ConfigError("channels.telegram is not configured")
     token = settings.secret(cfg.token_env)

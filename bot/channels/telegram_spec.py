@@ -12,7 +12,7 @@ from bot.domain.models import ChannelName
 if TYPE_CHECKING:
     import aiohttp
 
-    from bot.config import Settings
+    from bot.channels.spec import Settings
     from bot.ports import Channel
 
 

@@ -12,7 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from bot.domain.models import ChannelName, StatementKind
+from bot.domain.models import ChannelName, StatementKind, note_channel, registered_names
+
+__all__ = [
+    "BASE_FORMATS",
+    "ChannelFacts",
+    "all_facts",
+    "facts_for",
+    "message_formats",
+    "register_facts",
+    "registered_names",
+    "unregister_facts",
+]
 
 # The bodies every statement (but the short ``sms`` one) is rendered in, whatever the
 # channels: a subject line, plain text and HTML. Channels may add their own (``slack``…).
@@ -42,11 +53,13 @@ _FACTS: dict[str, ChannelFacts] = {}
 def register_facts(facts: ChannelFacts) -> None:
     """Make a channel known to the domain (again: the newer declaration wins)."""
     _FACTS[str(facts.name)] = facts
+    note_channel(facts.name)
 
 
 def unregister_facts(name: str) -> None:
     """Forget a channel (a test's own channel, once the test is over)."""
     _FACTS.pop(str(name), None)
+    note_channel(name, known=False)
 
 
 def _table() -> Mapping[str, ChannelFacts]:
@@ -63,25 +76,8 @@ def facts_for(name: str) -> ChannelFacts:
     return facts
 
 
-def registered_names() -> tuple[ChannelName, ...]:
-    """Every registered channel's name, in registration order."""
-    return tuple(facts.name for facts in _table().values())
-
-
 def all_facts() -> Iterator[ChannelFacts]:
     return iter(tuple(_table().values()))
-
-
-def known_channel(value: str) -> ChannelName:
-    """``value`` as a channel name, when a channel of that name is registered (settings, API)."""
-    names = registered_names()
-    if value not in names:
-        from pydantic_core import PydanticCustomError
-
-        quoted = [f"'{name}'" for name in names]
-        expected = ", ".join(quoted[:-1]) + f" or {quoted[-1]}" if len(quoted) > 1 else quoted[0]
-        raise PydanticCustomError("enum", "Input should be {expected}", {"expected": expected})
-    return ChannelName(value)
 
 
 def message_formats() -> tuple[str, ...]:

@@ -104,8 +104,6 @@ class ChannelName(str):
         """In settings and API models a channel name must be a registered channel's."""
         from pydantic_core import core_schema
 
-        from bot.domain.channel_facts import known_channel
-
         return core_schema.no_info_after_validator_function(
             known_channel,
             core_schema.str_schema(),
@@ -114,9 +112,38 @@ class ChannelName(str):
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> dict[str, Any]:
-        from bot.domain.channel_facts import registered_names
-
         return {"enum": list(registered_names()), "title": "ChannelName", "type": "string"}
+
+
+# The registered channels' names, in registration order (kept by ``channel_facts``).
+_REGISTERED: dict[str, None] = {}
+
+
+def note_channel(name: str, *, known: bool = True) -> None:
+    """Record (or, with ``known=False``, forget) a registered channel's name."""
+    if known:
+        _REGISTERED[str(name)] = None
+    else:
+        _REGISTERED.pop(str(name), None)
+
+
+def registered_names() -> tuple[ChannelName, ...]:
+    """Every registered channel's name, in registration order."""
+    if not _REGISTERED:
+        raise LookupError("no channel is registered: import bot.channels.registry first")
+    return tuple(ChannelName(name) for name in _REGISTERED)
+
+
+def known_channel(value: str) -> ChannelName:
+    """``value`` as a channel name, when a channel of that name is registered (settings, API)."""
+    names = registered_names()
+    if value not in names:
+        from pydantic_core import PydanticCustomError
+
+        quoted = [f"'{name}'" for name in names]
+        expected = ", ".join(quoted[:-1]) + f" or {quoted[-1]}" if len(quoted) > 1 else quoted[0]
+        raise PydanticCustomError("enum", "Input should be {expected}", {"expected": expected})
+    return ChannelName(value)
 
 
 ChannelName.EMAIL = ChannelName("email")

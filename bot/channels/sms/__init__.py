@@ -18,7 +18,7 @@ from bot.ports import Channel
 if TYPE_CHECKING:
     import aiohttp
 
-    from bot.config import Settings
+    from bot.channels.spec import Settings
 
 __all__ = ["SPEC", "KannelChannel", "SmsChannelSettings", "TwilioChannel", "from_settings"]
 

@@ -26,13 +26,14 @@ import yaml
 from aiohttp import web
 from rich.console import Console
 
-from bot.app import RUNTIME, Runtime, build_app
+from bot.app import RUNTIME, build_app
 from bot.config import settings_from_dict
 from bot.domain.declarations import IncidentDraft
 from bot.domain.models import Actor, ChannelName, DeliveryState, Role, StatementKind
 from bot.interfaces.cli_support import READER
 from bot.interfaces.progress import PENDING, follow_fan_out, report_table
 from bot.logs import configure_logging
+from bot.runtime import Runtime
 from tocsin_sandbox import demo_channels
 from tocsin_sandbox.smtp import SandboxSmtp
 from tocsin_sandbox.webhook_sink import WebhookSink

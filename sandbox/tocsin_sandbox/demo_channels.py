@@ -13,7 +13,7 @@ from tocsin_sandbox.sms_gateway import SmsGateway
 from tocsin_sandbox.telegram_api import TelegramSandbox
 
 if TYPE_CHECKING:
-    from bot.app import Runtime
+    from bot.runtime import Runtime
     from tocsin_sandbox.demo import Sandboxes
 
 FACTORIES: list[tuple[str, Any]] = [

@@ -46,6 +46,7 @@ SLACK_TOKEN = "xoxb-check-good-0123456789"
 TELEGRAM_TOKEN = "7000001:check-good-token"
 SMTP_USER, SMTP_PASSWORD = "tocsin", "smtp-check-password"
 HOOK_PATH = "/hooks/T0SECRET/B0SECRET/check-webhook-secret"
+DEPLOYMENT_KEY = "a-deployment-key-for-the-check-test"
 
 
 def slack_channel(sandbox: SlackSandbox, token: str, http: aiohttp.ClientSession) -> Any:
@@ -275,15 +276,19 @@ async def test_the_command_checks_every_provider_of_a_configuration(
             "TEST_SMTP_USER": SMTP_USER,
             "TEST_SMTP_PASSWORD": SMTP_PASSWORD,
         }
+        env.pop("TOCSIN_SECRET_KEY", None)
         elsewhere = tmp_path / "cwd"
         elsewhere.mkdir()
 
         code, out = await tocsin("check", "--config", str(path), env=env, cwd=elsewhere)
         assert code == 1, out
-        assert out.splitlines()[:2] == [
+        assert out.splitlines()[:3] == [
             "✓ config: tocsin.yaml is valid",
             "✗ database (sqlite): the database file does not exist: run tocsin db upgrade",
+            "✗ keys: TOCSIN_SECRET_KEY is not set: acknowledgement links, gateway callbacks "
+            "and dashboard sessions could be computed from a copy of the database",
         ]
+        env["TOCSIN_SECRET_KEY"] = DEPLOYMENT_KEY
 
         code, out = await tocsin("db", "upgrade", "--config", str(path), env=env, cwd=elsewhere)
         assert code == 0, out
@@ -294,6 +299,7 @@ async def test_the_command_checks_every_provider_of_a_configuration(
         assert [line.split(":")[0] for line in lines] == [
             "✓ config",
             "✓ database (sqlite)",
+            "✓ keys",
             "✓ slack",
             "✓ telegram",
             "✓ sms (kannel)",
@@ -318,6 +324,7 @@ async def test_the_command_checks_every_provider_of_a_configuration(
         assert set(sent) == {"auth.test", "getMe"}
 
     secrets = [
+        DEPLOYMENT_KEY,
         SLACK_TOKEN,
         "xoxb-revoked-token",
         TELEGRAM_TOKEN,
@@ -348,7 +355,7 @@ async def test_pending_migrations_are_named(tmp_path: Path) -> None:
     )
     code, out = await tocsin("check", "--config", str(path), env=dict(os.environ), cwd=tmp_path)
     assert code == 1, out
-    (database,) = [ln for ln in out.splitlines() if "database" in ln]
+    (database,) = [ln for ln in out.splitlines() if ln.split(":")[0].endswith("database (sqlite)")]
     assert database.startswith("✗ database (sqlite): migrations pending: 0002_")
     assert "0001_init.sql" not in database
     assert database.endswith("(run tocsin db upgrade)")

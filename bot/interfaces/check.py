@@ -58,9 +58,25 @@ async def deployment_checks(config: Path) -> list[CheckResult]:
         return [CheckResult("config", False, str(exc).replace("\n", "; "))]
     results = [CheckResult("config", True, f"{config.name} is valid")]
     results.append(await database_check(settings))
+    results.append(key_check(settings))
     async with aiohttp.ClientSession() as session:
         results.extend(await channel_checks(settings, session))
     return results
+
+
+def key_check(settings: Settings) -> CheckResult:
+    """The deployment key that signs acknowledgement links, gateway callbacks and dashboard
+    sessions: without it they can be computed from a copy of the database."""
+    name = settings.auth.secret_key_env
+    secret = settings.secret(name, required=False)
+    if secret is None or not secret.get_secret_value():
+        return CheckResult(
+            "keys",
+            False,
+            f"{name} is not set: acknowledgement links, gateway callbacks and dashboard "
+            "sessions could be computed from a copy of the database",
+        )
+    return CheckResult("keys", True, f"{name} is set")
 
 
 async def database_check(settings: Settings) -> CheckResult:

@@ -268,8 +268,14 @@ class EmailChannel:
         return client
 
     def _new_client(self) -> aiosmtplib.SMTP:
+        client = self._client()
+        self._clients.append(client)
+        return client
+
+    def _client(self) -> aiosmtplib.SMTP:
+        """An unconnected client with this channel's server, credentials and TLS."""
         settings = self._settings
-        client = aiosmtplib.SMTP(
+        return aiosmtplib.SMTP(
             hostname=settings.host,
             port=settings.port,
             username=self._username,
@@ -280,8 +286,6 @@ class EmailChannel:
             start_tls=settings.starttls,
             tls_context=self._tls_context,
         )
-        self._clients.append(client)
-        return client
 
     async def _transmit(self, client: aiosmtplib.SMTP, mail: EmailMessage, to: str) -> None:
         try:
@@ -304,16 +308,7 @@ class EmailChannel:
     async def check(self) -> CheckResult:
         """Connect, EHLO, STARTTLS and AUTH as configured, then QUIT: no message is sent."""
         settings = self._settings
-        client = aiosmtplib.SMTP(
-            hostname=settings.host,
-            port=settings.port,
-            username=self._username,
-            password=self._password,
-            timeout=settings.timeout,
-            use_tls=settings.use_tls,
-            start_tls=settings.starttls,
-            tls_context=self._tls_context,
-        )
+        client = self._client()
         steps = ["EHLO"]
         if settings.starttls or settings.use_tls:
             steps.append("STARTTLS" if settings.starttls else "TLS")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -20,35 +20,13 @@ from bot.delivery.worker import DispatchConfig, Dispatcher
 from bot.domain.clock import FakeClock
 from bot.domain.models import ChannelName, Delivery, DeliveryState, Outcome
 from bot.ports import OutboundMessage, Page, Receipt, Store
-from bot.store import open_store
 from bot.store.memory import MemoryStore
-from tests.conftest import pg_database
 from tests.drills import Sink, WorkerProcess, fan_out, wait_until, write_config
 
 DELIVERIES = 10_000
 CONCURRENCY = 50
 LEASE_SECONDS = 2.0
 INCIDENT = "INC-2023-0830-01"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'queue.db'}"
-    else:
-        async with pg_database() as url:
-            yield url
-
-
-@pytest.fixture
-async def store(storage_url: str) -> AsyncIterator[Store]:
-    backend = open_store(storage_url)
-    await backend.open()
-    try:
-        await backend.migrate()
-        yield backend
-    finally:
-        await backend.close()
 
 
 @pytest.fixture

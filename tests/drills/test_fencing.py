@@ -12,41 +12,17 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from aiohttp import web
 
 from bot.domain.models import ChannelName, DeliveryState
 from bot.ports import Page, Store
-from bot.store import open_store
 from tests import factories
-from tests.conftest import pg_database
 from tests.drills import WorkerProcess, fan_out, wait_until, write_config
 from tocsin_sandbox.smtp import SandboxSmtp
 
 INCIDENT = "INC-2023-0830-01"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'queue.db'}"
-    else:
-        async with pg_database() as url:
-            yield url
-
-
-@pytest.fixture
-async def store(storage_url: str) -> AsyncIterator[Store]:
-    backend = open_store(storage_url)
-    await backend.open()
-    try:
-        await backend.migrate()
-        yield backend
-    finally:
-        await backend.close()
 
 
 async def test_slow_smtp_outliving_the_lease_sends_each_mail_once(

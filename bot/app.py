@@ -111,7 +111,7 @@ def ack_keys(settings: Settings) -> AckKeys:
     secret = settings.secret(settings.auth.secret_key_env, required=False)
     key = secret.get_secret_value().encode() if secret is not None else b""
     if not key:
-        log.warning(
+        log.info(
             "%s is not set: acknowledgement links are not protected against a copy of the database",
             settings.auth.secret_key_env,
         )

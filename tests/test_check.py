@@ -369,3 +369,21 @@ async def test_a_bad_configuration_is_one_failed_line(tmp_path: Path) -> None:
     assert out.startswith("✗ config: ")
     assert "channels" in out
     assert len(out.strip().splitlines()) == 1
+
+
+def test_serve_and_worker_warn_once_without_a_deployment_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from bot.config import load_settings
+    from bot.interfaces.cli import warn_without_key
+
+    path = tmp_path / "tocsin.yaml"
+    path.write_text(yaml.safe_dump({"organisation": {"name": "X"}}), encoding="utf-8")
+    monkeypatch.delenv("TOCSIN_SECRET_KEY", raising=False)
+    warn_without_key(load_settings(path))
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "TOCSIN_SECRET_KEY is not set" in caplog.records[0].getMessage()
+    caplog.clear()
+    monkeypatch.setenv("TOCSIN_SECRET_KEY", DEPLOYMENT_KEY)
+    warn_without_key(load_settings(path))
+    assert caplog.records == []

@@ -7,6 +7,7 @@ Shared pieces live in :mod:`bot.interfaces.cli_support`; the reporting commands 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -70,6 +71,16 @@ def main() -> None:
         sys.exit(1)
 
 
+def warn_without_key(settings: Settings) -> None:
+    """A process that sends or serves says once, in its log, that it runs without the
+    deployment key (``tocsin check`` fails on it too)."""
+    from bot.interfaces.check import key_check
+
+    found = key_check(settings)
+    if not found.ok:
+        logging.getLogger("tocsin.app").warning("%s", found.reason)
+
+
 # --- server and worker ---------------------------------------------------------------------
 @app.command()
 def serve(
@@ -92,6 +103,7 @@ def serve(
 
     settings = settings_from(config)
     configure_logging()
+    warn_without_key(settings)
     web.run_app(
         build_app(settings, with_scheduler=True, telegram_polling=telegram_polling),
         host=host or settings.server.host,
@@ -108,6 +120,7 @@ def worker(config: ConfigOpt = DEFAULT_CONFIG) -> None:
 
     settings = settings_from(config)
     configure_logging()
+    warn_without_key(settings)
 
     async def go() -> None:
         import signal

@@ -46,8 +46,14 @@ format: $(BIN)/tocsin
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# `make bench MILLION=1` adds a million deliveries on PostgreSQL (tens of minutes, GB of disk).
 bench: $(BIN)/tocsin
 	$(BIN)/python bench/fanout.py
+	$(BIN)/python bench/priority.py
+	$(BIN)/python bench/ratelimited.py
+	$(BIN)/python bench/telegram_broadcast.py
+	$(BIN)/python bench/declare_latency.py
+	$(if $(MILLION),$(BIN)/python bench/million.py)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-output

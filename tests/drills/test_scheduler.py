@@ -360,6 +360,9 @@ def _final(slack: SlackSandbox, total: int) -> bool:
 async def test_slack_progress_counts_every_process_and_survives_a_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Every ward is reached by a separate ``tocsin worker`` while no ``serve`` runs (the CLI
+    declares and updates); the ``serve`` started afterwards posts one progress message with
+    the worker's counts, and a restarted ``serve`` updates that same message."""
     for name, value in TOKEN_ENV.items():
         monkeypatch.setenv(name, value)  # the worker process needs the Slack token too
     token = TOKEN_ENV["SLACK_BOT_TOKEN"]
@@ -368,53 +371,90 @@ async def test_slack_progress_counts_every_process_and_survives_a_restart(
         SlackSandbox(token=token) as seen_by_serve,
         SlackSandbox(token=token) as seen_by_worker,
     ):
-        # Every ward post from serve's own dispatcher fails (transient): the fan-out can only
-        # be delivered by the separate worker process, which talks to another stand-in.
-        for ward in WARDS:
-            seen_by_serve.fail(ward, "internal_error")
         port = free_port()
         db = f"sqlite:///{tmp_path}/tocsin.db"
-        config = serve_config(tmp_path, db, port, "serve.yaml", slack_config(seen_by_serve.api_url))
+        # The CLI acts as a configured person (the crisis cell's token belongs to Marc).
+        marc = {"name": "cellule", "token_env": "TOCSIN_DRILL_TOKEN", "role": "responder"}
+        extra = {
+            **slack_config(seen_by_serve.api_url),
+            "auth": {"tokens": [marc | {"person": "marc"}]},
+        }
+        config = serve_config(tmp_path, db, port, "serve.yaml", extra)
         worker = WorkerProcess(
             write_config(
                 tmp_path, db, name="worker.yaml", extra=slack_config(seen_by_worker.api_url)
             ),
             tmp_path / "worker.log",
         )
-        serve = ServeProcess(config, tmp_path / "serve.log", port)
-        with processes(serve, worker):
+        with processes(worker):
             worker.start()
-            await serve.start().ready()
-            incident = await declare(serve.url)
-
-            await seen_by_serve.wait_until(lambda: _final(seen_by_serve, 10), timeout=30)
+            declared = _cli(
+                "declare",
+                "--config",
+                str(config),
+                "--title",
+                "Orbis indisponible",
+                "--system",
+                "Orbis",
+                "--severity",
+                "critical",
+                "--no-wait",
+                "--as",
+                "marc",
+            )
+            [incident] = [i.id for i in await store.list_incidents()]
+            assert incident in declared
+            await seen_by_worker.wait_until(lambda: len(seen_by_worker.messages) == 10, timeout=30)
             assert sorted(m.channel for m in seen_by_worker.messages) == sorted(WARDS)
-            assert await store.pending_count(incident) == 0
-            posts = [c for c in _progress(seen_by_serve) if c.method == "chat.postMessage"]
-            assert len(posts) == 1
-            [message] = [m for m in seen_by_serve.messages if m.channel == "C0CRISIS"]
-            assert "• *wards*: delivered 10" in message.blocks[0]["text"]["text"]
 
-            # A restarted serve goes on with the same message.
-            assert serve.stop() == 0
+            serve = ServeProcess(config, tmp_path / "serve.log", port)
+            with processes(serve):
+                await serve.start().ready()
+                await seen_by_serve.wait_until(lambda: _final(seen_by_serve, 10), timeout=30)
+                assert await store.pending_count(incident) == 0
+                posts = [c for c in _progress(seen_by_serve) if c.method == "chat.postMessage"]
+                assert len(posts) == 1
+                [message] = seen_by_serve.messages  # the progress message only: no ward post
+                assert message.channel == "C0CRISIS"
+                assert "• *wards*: delivered 10" in message.blocks[0]["text"]["text"]
+                assert serve.stop() == 0
+
+            # The update goes out while no serve runs; a new serve goes on with the message.
+            _cli(
+                "update",
+                incident,
+                "--config",
+                str(config),
+                "--status",
+                "identified",
+                "-m",
+                "Base de données.",
+                "--as",
+                "marc",
+            )
+            await seen_by_worker.wait_until(lambda: len(seen_by_worker.messages) == 20, timeout=30)
             serve = ServeProcess(config, tmp_path / "serve2.log", port)
             with processes(serve):
                 await serve.start().ready()
-                async with (
-                    aiohttp.ClientSession() as session,
-                    session.post(
-                        f"{serve.url}/api/v1/incidents/{incident}/updates",
-                        json={"status": "identified", "message": "Base de données."},
-                        headers=AUTH,
-                    ) as answer,
-                ):
-                    assert answer.status == 201
-
                 await seen_by_serve.wait_until(lambda: _final(seen_by_serve, 20), timeout=30)
                 calls = _progress(seen_by_serve)
                 assert [c.method for c in calls].count("chat.postMessage") == 1
                 assert {c.args["ts"] for c in calls if c.method == "chat.update"} == {message.ts}
-                assert len(seen_by_worker.messages) == 20
+                assert [m.channel for m in seen_by_serve.messages] == ["C0CRISIS"]
                 assert serve.stop() == 0
             assert worker.stop() == 0
             assert worker.errors() == []
+
+
+def _cli(*args: str) -> str:
+    """Run ``tocsin`` as a crisis-cell member would; its output, after checking it succeeded."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout

@@ -274,12 +274,6 @@ SCENARIOS = [
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as shared:
-        yield shared
-
-
-@pytest.fixture
 async def standin() -> AsyncIterator[HttpStandin]:
     async with HttpStandin() as server:
         yield server

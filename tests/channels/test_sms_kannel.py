@@ -66,12 +66,6 @@ def kannel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kannel]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as shared:
-        yield shared
-
-
-@pytest.fixture
 async def phone(kannel: Kannel) -> AsyncIterator[FakePhone]:
     async with FakePhone(kannel.smsc_port) as handset:
         yield handset

@@ -48,12 +48,6 @@ def outbound(text: str = TEXT, **changes: Any) -> OutboundMessage:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as shared:
-        yield shared
-
-
-@pytest.fixture
 async def twilio() -> AsyncIterator[TwilioStandin]:
     async with TwilioStandin() as standin:
         yield standin

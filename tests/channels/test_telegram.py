@@ -52,12 +52,6 @@ def outbound(address: str = "1001", **changes: Any) -> OutboundMessage:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as shared:
-        yield shared
-
-
-@pytest.fixture
 async def api() -> AsyncIterator[TelegramSandbox]:
     async with TelegramSandbox(token=TOKEN) as sandbox:
         yield sandbox

@@ -69,12 +69,6 @@ def telegram_message(address: str, body: str, **changes: Any) -> OutboundMessage
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as shared:
-        yield shared
-
-
-@pytest.fixture
 async def slack() -> AsyncIterator[SlackSandbox]:
     async with SlackSandbox(token=SLACK_TOKEN) as sandbox:
         yield sandbox

@@ -37,12 +37,6 @@ def outbound(address: str, **changes: Any) -> OutboundMessage:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as shared:
-        yield shared
-
-
-@pytest.fixture
 async def standin() -> AsyncIterator[HttpStandin]:
     async with HttpStandin() as server:
         yield server

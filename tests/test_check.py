@@ -24,6 +24,7 @@ from bot.channels.sms import KannelChannel, TwilioChannel
 from bot.channels.telegram import TelegramChannel, build_bot
 from bot.channels.webhook import WebhookChannel
 from bot.config import WebhookChannelSettings
+from tests.channels.conftest import session
 from tests.channels.test_email import settings_for
 from tests.channels.test_sms_kannel import (
     kannel,
@@ -31,7 +32,6 @@ from tests.channels.test_sms_kannel import (
     new_number,
     outbound,
     phone,
-    session,
 )
 from tests.fakes.kannel import FakePhone, Kannel
 from tests.fakes.twilio import TwilioStandin

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -61,3 +61,19 @@ class LocalServer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+
+async def call_arguments(request: web.Request) -> dict[str, Any]:
+    """A Web API call's arguments, whether sent as JSON, as a form or in the query string
+    (Slack's and Telegram's clients use all three)."""
+    args: dict[str, Any] = dict(request.query)
+    if request.content_type == "application/json":
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            args.update(body)
+    elif request.can_read_body:
+        args.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
+    return args

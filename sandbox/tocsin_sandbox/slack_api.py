@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tocsin_sandbox.server import LocalServer
+from tocsin_sandbox.server import LocalServer, call_arguments
 
 METHODS = (
     "auth.test",
@@ -237,7 +237,7 @@ class SlackSandbox(LocalServer):
 
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
-        args = await _arguments(request)
+        args = await call_arguments(request)
         auth = request.headers.get("Authorization", "")
         given = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
         self._calls.append(SlackCall(method, args, bool(given)))
@@ -416,18 +416,3 @@ def _blocks(value: Any) -> list[Any]:
         except ValueError:
             return []
     return list(value) if isinstance(value, list) else []
-
-
-async def _arguments(request: web.Request) -> dict[str, Any]:
-    """The call's arguments, whether sent as JSON, as a form or in the query string."""
-    args: dict[str, Any] = dict(request.query)
-    if request.content_type == "application/json":
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        if isinstance(body, dict):
-            args.update(body)
-    elif request.can_read_body:
-        args.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
-    return args

@@ -37,7 +37,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tocsin_sandbox.server import LocalServer
+from tocsin_sandbox.server import LocalServer, call_arguments
 from tocsin_sandbox.telegram_updates import (
     MAX_LENGTH,
     SECRET_HEADER,
@@ -362,17 +362,7 @@ def _chat_id(params: Mapping[str, Any]) -> int | str:
 
 
 async def _params(request: web.Request) -> dict[str, Any]:
-    params: dict[str, Any] = dict(request.query)
-    if request.content_type == "application/json":
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        if isinstance(body, dict):
-            params.update(body)
-    elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.post()
-        params.update({k: v for k, v in form.items() if isinstance(v, str)})
+    params = await call_arguments(request)
     for key in _JSON_PARAMS & params.keys():
         if isinstance(params[key], str):
             # Form-encoded calls carry these as JSON strings; a bad one stays a string.

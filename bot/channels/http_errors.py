@@ -13,8 +13,7 @@ that a 429, a 503, a reset or a hang means the same thing whichever provider it 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -109,15 +108,27 @@ def exception_error(exc: BaseException) -> ChannelError | None:
     return None
 
 
-@contextmanager
-def translated_errors() -> Iterator[None]:
-    """Re-raise aiohttp client failures inside the block as channel errors."""
-    try:
-        yield
-    except ChannelError:
-        raise
-    except Exception as exc:
+class _TranslatedErrors:
+    """The context manager of :func:`translated_errors` (stateless, so one serves all; a
+    class rather than a generator: it wraps every send)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc is None or isinstance(exc, ChannelError) or not isinstance(exc, Exception):
+            return
         error = exception_error(exc)
         if error is None:
-            raise
+            return
         raise error from exc
+
+
+_TRANSLATED = _TranslatedErrors()
+
+
+def translated_errors() -> _TranslatedErrors:
+    """Re-raise aiohttp client failures inside the block as channel errors."""
+    return _TRANSLATED

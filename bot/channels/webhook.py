@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import orjson
 from yarl import URL
 
 from bot.channels import slack_blocks as kit
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 _AT_MENTION = re.compile(r"(?<![\w@])@(all|channel|here|everyone)\b", re.IGNORECASE)
 
 
+@lru_cache(maxsize=1024)
 def defuse_mentions(text: str) -> str:
     """Text that notifies nobody: Slack's ``<!channel>``, ``<!here>``, ``<@U…>`` are shown as
     text (as the Slack adapter does), and ``@all``/``@channel``/``@here``/``@everyone`` get a
@@ -73,11 +75,8 @@ class WebhookChannel:
 
     def provider_key(self, address: str) -> str:
         """``webhook:host:port``: receivers on one host share their health and rate."""
-        try:
-            url = URL(address)
-        except (TypeError, ValueError):
-            return "webhook:invalid"
-        if not url.host:
+        url = _url(address)
+        if url is None or not url.host:
             return "webhook:invalid"
         return f"webhook:{url.host}:{url.port}"
 
@@ -107,15 +106,19 @@ class WebhookChannel:
 
     async def send(self, message: OutboundMessage) -> Receipt:
         """POST the payload; map the answer with :mod:`bot.channels.http_errors`."""
-        body = self.payload(message)
-        headers = {"Idempotency-Key": self.idempotency_key(message)}
+        body = orjson.dumps(self.payload(message))
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": self.idempotency_key(message),
+        }
         # A timeout here stays transient (see http_errors): the resend carries the same
         # Idempotency-Key, so a receiver that honours it drops the copy; there is nothing to
         # look up first.
+        url = _url(message.address)
         with translated_errors():
             async with self._session.post(
-                message.address,
-                json=body,
+                url if url is not None else message.address,  # aiohttp says why it is bad
+                data=body,
                 headers=headers,
                 timeout=self._timeout,
                 # A webhook that redirects is misconfigured; following would turn a POST
@@ -162,12 +165,22 @@ async def _provider_id(response: aiohttp.ClientResponse) -> str | None:
     except (aiohttp.ClientError, TimeoutError):
         raw = b""  # the 2xx already says it arrived; only the id is lost
     try:
-        data = json.loads(raw) if raw else None
-    except ValueError:
+        data = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
         data = None
     if isinstance(data, dict) and isinstance(data.get("id"), str | int) and data["id"] != "":
         return str(data["id"])
     return response.headers.get("X-Request-Id")
+
+
+@lru_cache(maxsize=4096)
+def _url(address: str) -> URL | None:
+    """The parsed URL of a webhook address (parsed once: a fan-out posts to the same few
+    URLs thousands of times), or None when it is not one."""
+    try:
+        return URL(address)
+    except (TypeError, ValueError):
+        return None
 
 
 def from_settings(settings: Settings, session: aiohttp.ClientSession) -> WebhookChannel:

@@ -23,6 +23,29 @@ def limits_for(channel: Channel, delivery: Delivery) -> list[Limit]:
     return limits
 
 
+class Routes:
+    """Each address's provider key and rate-limit buckets, worked out once: a fan-out sends
+    to the same few providers thousands of times, and the buckets' keys and shapes depend
+    only on the channel and the address. Bounded: past ``size`` addresses it starts over."""
+
+    def __init__(self, size: int = 50_000) -> None:
+        self._size = size
+        self._known: dict[tuple[str, str], tuple[str, list[Limit]]] = {}
+
+    def of(self, channel: Channel, delivery: Delivery) -> tuple[str, list[Limit]]:
+        """``(provider key, limits)`` for ``delivery`` through ``channel``."""
+        key = (delivery.channel, delivery.address)
+        known = self._known.get(key)
+        if known is None:
+            if len(self._known) >= self._size:
+                self._known.clear()
+            known = self._known[key] = (
+                channel.provider_key(delivery.address),
+                limits_for(channel, delivery),
+            )
+        return known
+
+
 def destination_key(delivery: Delivery) -> str:
     """The rate-limit bucket of one chat, channel, number or URL."""
     return f"dest:{delivery.channel.value}:{delivery.address}"

@@ -15,9 +15,9 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from bot.delivery.health import Admission, CircuitBreakers, OutageLog
-from bot.delivery.outbound import destination_key, limits_for, message_for
+from bot.delivery.outbound import Routes, destination_key, message_for
 from bot.delivery.queue import LeaseLost, Release
-from bot.delivery.ratelimit import RateLimiter
+from bot.delivery.ratelimit import Limit, RateLimiter
 from bot.delivery.retry import RetryPolicy, with_quick_retries
 from bot.delivery.routing import Router
 from bot.delivery.statements import StatementSource
@@ -67,6 +67,7 @@ class Sender:
         self.public_url = public_url
         self.inline_wait_max = inline_wait_max
         self.tokens = tokens or AckKeys(b"")
+        self.routes = Routes()
 
     def message_for(self, delivery: Delivery, statement: Statement) -> OutboundMessage:
         """The outbound message of one delivery."""
@@ -85,13 +86,13 @@ class Sender:
                 else "statement missing"
             )
             return await self._fail(delivery, (Attempt(delivery.id, now, "failed", error=reason),))
-        provider = channel.provider_key(delivery.address)
+        provider, limits = self.routes.of(channel, delivery)
         admission = self.breakers.admit(provider)
         if admission == Admission.BLOCKED:
             return await self._blocked(delivery, provider, now)
         settled = False  # the provider was judged: a probe's slot is no longer ours
         try:
-            result, settled = await self._send(delivery, channel, statement, provider)
+            result, settled = await self._send(delivery, channel, statement, provider, limits)
             return result
         finally:
             # Whatever ended this probe (a rate limit, a bug, a lost lease, a cancellation)
@@ -100,12 +101,15 @@ class Sender:
                 self.breakers.released(provider)
 
     async def _send(
-        self, delivery: Delivery, channel: Channel, statement: Statement, provider: str
+        self,
+        delivery: Delivery,
+        channel: Channel,
+        statement: Statement,
+        provider: str,
+        limits: list[Limit],
     ) -> tuple[Result, bool]:
         """Send through ``channel``; the decision, and True once the provider was judged."""
-        wait = await self.limiter.acquire(
-            limits_for(channel, delivery), max_wait=self.inline_wait_max
-        )
+        wait = await self.limiter.acquire(limits, max_wait=self.inline_wait_max)
         if wait > 0:  # no slot soon (rate, a 429's pause): back to the queue, due at its slot
             return Release(delivery.id, self.clock.now() + timedelta(seconds=wait)), False
         attempts: list[Attempt] = []
@@ -236,7 +240,7 @@ class Sender:
             key = (
                 destination_key(delivery)
                 if per_destination
-                else f"provider:{channel.provider_key(delivery.address)}"
+                else f"provider:{self.routes.of(channel, delivery)[0]}"
             )
             await self.limiter.pause(key, retry_after)
             if all(a.outcome == "throttled" for a in attempts):

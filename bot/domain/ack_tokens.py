@@ -42,7 +42,7 @@ class AckKeys:
                 delivery.address,
             )
         ).encode()
-        digest = hmac.new(self._key, message, hashlib.sha256).digest()[:16]
+        digest = hmac.digest(self._key, message, "sha256")[:16]
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
     def token(self, delivery: Delivery, purpose: str = ACK) -> str:

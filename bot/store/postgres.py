@@ -13,6 +13,7 @@ import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import asyncpg
@@ -30,6 +31,7 @@ _LEAD_CLASS = 7461636
 _LEAD_TIMEOUT = 5.0
 
 
+@lru_cache(maxsize=1024)
 def to_dollar(sql: str) -> str:
     """``?`` placeholders → ``$1, $2…`` (the store's SQL has no literal question marks)."""
     counter = iter(range(1, 10_000))

@@ -6,7 +6,10 @@ import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
+
+import orjson
 
 from bot.domain.models import (
     Attempt,
@@ -270,7 +273,17 @@ def new_delivery_row(d: NewDelivery, now: float) -> tuple[Any, ...]:
     )
 
 
+_STATES = {s.value: s for s in DeliveryState}
+_NO_CONTACTS: Mapping[str, str] = MappingProxyType({})
+
+
+def _contacts(raw: str) -> Mapping[str, str]:
+    # Destinations (channels, lists) have none: most rows of a fan-out.
+    return _NO_CONTACTS if raw == "{}" else orjson.loads(raw)
+
+
 def delivery_from(r: Mapping[str, Any]) -> Delivery:
+    """A delivery row → :class:`Delivery` (on the claim path: kept lean)."""
     return Delivery(
         id=r["id"],
         incident_id=r["incident_id"],
@@ -280,10 +293,10 @@ def delivery_from(r: Mapping[str, Any]) -> Delivery:
         recipient=r["recipient"],
         channel=ChannelName(r["channel"]),
         address=r["address"],
-        state=DeliveryState(r["state"]),
+        state=_STATES[r["state"]],
         locale=r["locale"],
         site=r["site"],
-        contacts=json.loads(r["contacts"]),
+        contacts=_contacts(r["contacts"]),
         policy=policy_from_json(r["policy"]),
         ack_token=r["ack_token"],
         attempts=r["attempts"],

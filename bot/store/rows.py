@@ -44,7 +44,8 @@ def _dt(value: float) -> datetime:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON text, UTF-8 as is (what ``json.dumps(..., ensure_ascii=False)`` gives)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def policy_to_json(policy: DeliveryPolicy) -> str:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -22,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from bot.delivery.health import CircuitBreakers, OutageLog, ProviderHealth
-from bot.delivery.queue import LeaseLost, Queue
+from bot.delivery.queue import LeaseLost, Queue, Release
 from bot.delivery.ratelimit import RateLimiter
 from bot.delivery.retry import RetryPolicy
 from bot.delivery.routing import Router
@@ -110,6 +112,11 @@ class Dispatcher:
         self.timeline_note: TimelineNote | None = None
         self.alive_at: datetime | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        # Claimed rows waiting for a send slot, urgent lane first: a send that ends starts
+        # the next at once, without a round trip to the store.
+        self._ready: list[tuple[int, int, Delivery]] = []
+        self._order = itertools.count()
+        self._stopping = False
         self._progress = asyncio.Event()
         self._next_escalation_scan = 0.0
 
@@ -148,8 +155,11 @@ class Dispatcher:
                 self.queue.close()
 
     def _room(self) -> int:
-        # Rows whose outcome is not yet written are still leased: they count as in flight.
-        return self.config.concurrency - len(self._inflight) - self.queue.unwritten
+        """Rows this worker may claim now: up to ``concurrency`` sending plus one batch
+        waiting for a slot. Rows whose outcome is not yet written are still leased: they
+        count as in flight."""
+        held = len(self._inflight) + len(self._ready) + self.queue.unwritten
+        return self.config.concurrency + self.config.batch_size - held
 
     @property
     def _low_water(self) -> int:
@@ -192,18 +202,30 @@ class Dispatcher:
         if self.queue.has_releases:
             return True
         if self.queue.has_outcomes:
-            return self._room() >= self._low_water or not self._inflight
+            # Enough outcomes for a write (which frees their slots for a claim), or the last.
+            return self.queue.unwritten >= self._low_water or not (self._inflight or self._ready)
         return False
 
     async def _shutdown(self) -> None:
+        self._stopping = True
         if self._inflight:
             _, pending = await asyncio.wait(self._inflight, timeout=self.config.shutdown_timeout)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        # Claimed rows that never got a slot go back to the queue, due now, for any worker.
+        self._give_back_ready()
         # Cancelled sends leave their rows leased: the lease expiry hands them to a worker.
         with contextlib.suppress(Exception):
             await self.flush()
+
+    def _give_back_ready(self) -> None:
+        now = self.clock.now()
+        while self._ready:
+            _, _, delivery = heapq.heappop(self._ready)
+            self.queue.settle(delivery, Release(delivery.id, now))
+            self.statements.done(delivery.statement_id)
+            self.queue.finished(delivery.id)
 
     async def drain(self) -> int:
         """Process everything due now until nothing is due (tests, demos); returns sends."""
@@ -212,8 +234,8 @@ class Dispatcher:
         try:
             while True:
                 claimed = await self._claim_and_start()
-                if self._inflight:
-                    await asyncio.wait(self._inflight)
+                while self._inflight:  # an ending send starts the next waiting one
+                    await asyncio.wait(set(self._inflight))
                 await self.flush()
                 total += claimed
                 if claimed == 0:
@@ -235,10 +257,19 @@ class Dispatcher:
                 self.queue.finished(delivery.id)  # back to the queue when the lease expires
             raise
         for delivery in fresh:
+            heapq.heappush(self._ready, (delivery.lane, next(self._order), delivery))
+        self._start_ready()
+        return claimed
+
+    def _start_ready(self) -> None:
+        """Start waiting rows, urgent lane first, while send slots are free."""
+        while self._ready and len(self._inflight) < self.config.concurrency:
+            if self._stopping:
+                return
+            _, _, delivery = heapq.heappop(self._ready)
             task = asyncio.create_task(self._run_one(delivery))
             self._inflight.add(task)
             task.add_done_callback(self._done)
-        return claimed
 
     async def _run_one(self, delivery: Delivery) -> None:
         try:
@@ -254,6 +285,7 @@ class Dispatcher:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
+        self._start_ready()
         self._progress.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed", exc_info=task.exception())

@@ -20,11 +20,13 @@ class _SqliteConnection:
         self._db = db
 
     async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]:
-        async with self._db.execute(sql, args) as cursor:
-            found = await cursor.fetchall()
-            # Plain tuples made into dicts: sqlite3.Row finds a column by name with a linear,
-            # case-insensitive scan (a claimed delivery's 32 columns cost 10 µs that way).
-            names = [column[0] for column in cursor.description or ()]
+        # One round trip to the connection's thread (execute, fetch and close together); the
+        # rows become dicts: sqlite3.Row finds a column by name with a linear, case-insensitive
+        # scan (a claimed delivery's 32 columns cost 10 µs that way).
+        found = list(await self._db.execute_fetchall(sql, args))
+        if not found:
+            return []
+        names = found[0].keys()
         return [dict(zip(names, row, strict=True)) for row in found]
 
     async def execute(self, sql: str, *args: Any) -> int:
@@ -68,6 +70,7 @@ class SqliteStore(SqlStore):
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=NORMAL")
         await self._db.execute("PRAGMA busy_timeout=10000")

@@ -9,7 +9,10 @@ its own process), in one run and against the same stand-in:
 Each keeps the same number of sends in flight; raw and tocsin alternate for a few rounds and
 each keeps its best. The last line is the figure::
 
-    telegram: n=… tocsin_per_s=… raw_per_s=… ratio=…
+    telegram: n=… tocsin_per_s=… raw_per_s=… ratio=… cpu_us=<tocsin>/<raw>
+
+``cpu_us`` is this process's CPU time per send (best round of each), the figure to compare
+when the machine is shared: the ratio moves with the other load, the CPU cost much less.
 """
 
 from __future__ import annotations
@@ -69,17 +72,24 @@ def sandbox_process() -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-async def rate(n: int, send: Callable[[int], Awaitable[object]]) -> float:
-    """Sends/s for ``n`` sends, ``CONCURRENCY`` in flight."""
+async def rate(
+    n: int, send: Callable[[int], Awaitable[object]], cpu: list[float] | None = None
+) -> float:
+    """Sends/s for ``n`` sends, ``CONCURRENCY`` in flight; appends this process's CPU
+    microseconds per send to ``cpu`` (the stand-in runs in its own process, so this is the
+    sender's cost alone, and it does not depend on the machine's other load)."""
     queue = iter(range(n))
 
     async def lane() -> None:
         for i in queue:
             await send(i)
 
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(lane() for _ in range(CONCURRENCY)))
-    return n / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    if cpu is not None:
+        cpu.append((time.process_time() - start_cpu) / n * 1e6)
+    return n / elapsed
 
 
 def message(i: int) -> OutboundMessage:
@@ -129,9 +139,11 @@ async def main(n: int, rounds: int, with_httpx: bool) -> None:
             # Alternate, and keep each one's best round: the machine's other load comes and
             # goes, and it should not decide which of the two looks faster.
             raws, tocsins = [], []
+            raw_cpu: list[float] = []
+            tocsin_cpu: list[float] = []
             for _ in range(rounds):
-                raws.append(await rate(n, raw))
-                tocsins.append(await rate(n, tocsin))
+                raws.append(await rate(n, raw, raw_cpu))
+                tocsins.append(await rate(n, tocsin, tocsin_cpu))
             print(
                 "rounds (raw/tocsin per s): "
                 + ", ".join(f"{r:.0f}/{t:.0f}" for r, t in zip(raws, tocsins, strict=True))
@@ -152,13 +164,14 @@ async def main(n: int, rounds: int, with_httpx: bool) -> None:
     print(f"raw aiohttp: {raw_per_s:.0f}/s; Tocsin's Telegram channel: {tocsin_per_s:.0f}/s")
     print(
         f"telegram: n={n} tocsin_per_s={tocsin_per_s:.0f} raw_per_s={raw_per_s:.0f} "
-        f"ratio={tocsin_per_s / raw_per_s:.2f}"
+        f"ratio={tocsin_per_s / raw_per_s:.2f} "
+        f"cpu_us={min(tocsin_cpu):.0f}/{min(raw_cpu):.0f}"
     )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=5000, help="messages per contender")
+    parser.add_argument("-n", "--n", type=int, default=5000, help="messages per contender")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (best kept)")
     parser.add_argument("--no-httpx", action="store_true", help="skip the httpx reference")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)

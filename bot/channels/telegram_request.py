@@ -8,9 +8,11 @@ shares connection pooling, limits and shutdown with every other adapter.
 from __future__ import annotations
 
 from contextvars import ContextVar
+from typing import Any
 
 import aiohttp
-from telegram.error import NetworkError, TimedOut
+import orjson
+from telegram.error import NetworkError, TelegramError, TimedOut
 from telegram.request import BaseRequest, RequestData
 
 from bot.redaction import redact_secrets
@@ -33,7 +35,9 @@ def bot_urls(api_url: str) -> tuple[str, str]:
 class AiohttpRequest(BaseRequest):
     """A :class:`telegram.request.BaseRequest` over a caller-owned ``aiohttp.ClientSession``.
 
-    Requests go as JSON (the Bot API accepts it for every method); uploads as multipart.
+    Requests go as JSON (the Bot API accepts it for every method); uploads as multipart. JSON
+    is encoded and parsed with orjson, the way PTB's ``BaseRequest`` docs suggest (the
+    parameters' raw values, ``parse_json_payload`` overridden).
     ``initialize``/``shutdown`` leave the session alone: its owner closes it.
     """
 
@@ -80,7 +84,9 @@ class AiohttpRequest(BaseRequest):
         if request_data is not None and request_data.contains_files:
             body = _multipart(request_data)
         elif request_data is not None:
-            body = request_data.json_payload
+            # PTB's json_payload runs json.dumps on each value, then on the whole; orjson
+            # encodes the parameters (nested objects as objects) in one pass, ~20× faster.
+            body = orjson.dumps(request_data.parameters)
             headers["Content-Type"] = "application/json"
         try:
             async with self._session.request(
@@ -102,6 +108,25 @@ class AiohttpRequest(BaseRequest):
         except aiohttp.ClientError as exc:
             # Never the exception's own text unredacted: aiohttp quotes the URL, token included.
             raise NetworkError(f"aiohttp.{type(exc).__name__}: {redact(str(exc))}") from None
+
+    @staticmethod
+    def parse_json_payload(payload: bytes) -> dict[str, Any]:
+        """The Bot API's answer, parsed with orjson; anything but a JSON object is a
+        ``TelegramError``.
+
+        Like PTB's default, invalid UTF-8 is replaced rather than refused; unlike it, the body
+        of an answer that does not parse is never logged.
+        """
+        try:
+            answer = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            try:
+                answer = orjson.loads(payload.decode("utf-8", "replace"))
+            except orjson.JSONDecodeError as exc:
+                raise TelegramError("Invalid server response") from exc
+        if not isinstance(answer, dict):
+            raise TelegramError("Invalid server response: not a JSON object")
+        return answer
 
 
 def _seconds(given: object, default: float | None) -> float | None:

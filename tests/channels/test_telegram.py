@@ -242,6 +242,55 @@ async def test_a_hang_or_a_reset_after_sending_is_unknown(
     assert TOKEN not in str(caught.value)
 
 
+async def test_the_request_is_one_json_object_with_the_button_nested(
+    session: aiohttp.ClientSession,
+) -> None:
+    chat = {"id": 1001, "type": "private"}
+    async with HttpStandin(
+        Reply(200, {"ok": True, "result": {"message_id": 5, "chat": chat}})
+    ) as api:
+        channel = TelegramChannel(build_bot(TOKEN, api.url, session))
+
+        receipt = await channel.send(outbound())
+
+        [request] = await api.wait_for(1)
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.json == {
+        "chat_id": 1001,
+        "text": BODY,
+        "parse_mode": "HTML",
+        "link_preview_options": {"is_disabled": True},
+        "reply_markup": {
+            "inline_keyboard": [
+                [{"text": "Pris en compte", "callback_data": "ack:Xq3-opaque-token_42"}]
+            ]
+        },
+    }
+    assert receipt == Receipt("1001:5", DeliveryState.SENT, "200")
+
+
+@pytest.mark.parametrize(
+    ("reply", "error", "reason"),
+    [
+        (Reply(200, {"ok": True, "result": True}), UnknownOutcome, "names no message"),
+        (Reply(200, {"ok": True, "result": {"message_id": 5}}), UnknownOutcome, "names no"),
+        (Reply(200, text="<html>proxy</html>"), TransientError, "invalid server response"),
+        (Reply(200, [{"ok": True}]), TransientError, "not a json object"),
+    ],
+    ids=["result-true", "no-chat", "not-json", "json-list"],
+)
+async def test_an_odd_success_answer_gets_a_clear_error(
+    session: aiohttp.ClientSession, reply: Reply, error: type[Exception], reason: str
+) -> None:
+    async with HttpStandin(reply) as api:
+        channel = TelegramChannel(build_bot(TOKEN, api.url, session))
+
+        with pytest.raises(error) as caught:
+            await channel.send(outbound())
+
+    assert reason in str(caught.value).lower()
+
+
 async def test_an_unreachable_api_is_transient_and_never_shows_the_token(
     session: aiohttp.ClientSession,
 ) -> None:

@@ -4,7 +4,13 @@ Compares, in one run and against the same sink:
   tocsin  — the real engine on SQLite: claim, send, and commit state + attempt per delivery;
   raw     — a bare aiohttp POST loop, one shared ClientSession, the same 50 in flight;
   apprise — Apprise's own notify() to the same number of json:// targets.
-Only deliveries whose state and attempt record are committed count for Tocsin.
+Only deliveries whose state and attempt record are committed count for Tocsin. Both sides
+run on the same event loop (``--loop``); each run prints one line::
+
+    fanout: n=… loop=… tocsin_per_s=… raw_per_s=… apprise_per_s=… tocsin/raw=… … cpu_us=…/…
+
+``cpu_us`` is the benchmark process's CPU time per message (all its threads) for Tocsin
+(including the commit of the rows) and for the raw loop; the sink's is not counted.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from bot.config import WebhookChannelSettings
 from bot.delivery.worker import DispatchConfig, Dispatcher
 from bot.domain.clock import SystemClock
 from bot.domain.models import ChannelName, DeliveryState
+from bot.event_loop import loop_factory
 from bot.ports import Page
 from bot.store.sqlite import SqliteStore
 from tests import factories
@@ -136,20 +143,33 @@ async def bench_apprise(url: str, n: int) -> float:
     return n / elapsed
 
 
-async def main(n: int, apprise_n: int) -> None:
+async def main(n: int, apprise_n: int, runs: int, only: str, loop: str) -> None:
     with sink_process() as url:
-        raw = await bench_raw(url, n)
-        tocsin = await bench_tocsin(url, n)
-        apprise_rate = await bench_apprise(url, apprise_n)
-        async with aiohttp.ClientSession() as session:
-            total = await sink_count(session, url)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"sink received {total} requests")
-    print(
-        f"fanout: n={n} tocsin_per_s={tocsin:.0f} raw_per_s={raw:.0f} "
-        f"apprise_per_s={apprise_rate:.0f} tocsin/raw={tocsin / raw:.2f} "
-        f"tocsin/apprise={tocsin / apprise_rate:.1f} rss_mb={rss_mb:.0f}"
-    )
+        for _ in range(runs):
+            figures = [f"n={n}", f"loop={loop}"]
+            started = time.process_time()
+            raw = await bench_raw(url, n) if only in ("all", "raw") else None
+            raw_cpu = time.process_time() - started
+            started = time.process_time()
+            tocsin = await bench_tocsin(url, n) if only in ("all", "tocsin") else None
+            tocsin_cpu = time.process_time() - started  # includes committing the n rows
+            if tocsin is not None:
+                figures.append(f"tocsin_per_s={tocsin:.0f}")
+            if raw is not None:
+                figures.append(f"raw_per_s={raw:.0f}")
+            if only == "all":
+                apprise_rate = await bench_apprise(url, apprise_n)
+                assert tocsin is not None and raw is not None
+                figures += [
+                    f"apprise_per_s={apprise_rate:.0f}",
+                    f"tocsin/raw={tocsin / raw:.2f}",
+                    f"tocsin/apprise={tocsin / apprise_rate:.1f}",
+                    f"cpu_us={tocsin_cpu / n * 1e6:.0f}/{raw_cpu / n * 1e6:.0f}",
+                ]
+            rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            async with aiohttp.ClientSession() as session:
+                total = await sink_count(session, url)
+            print(f"fanout: {' '.join(figures)} rss_mb={rss_mb:.0f} sink_total={total}", flush=True)
 
 
 if __name__ == "__main__":
@@ -158,5 +178,16 @@ if __name__ == "__main__":
     parser.add_argument(
         "--apprise-n", type=int, default=None, help="messages for Apprise (default: n)"
     )
+    parser.add_argument("--runs", type=int, default=1, help="runs, one line each")
+    parser.add_argument(
+        "--only", choices=("all", "tocsin", "raw"), default="all", help="e.g. to profile one side"
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the event loop of both sides (server.event_loop)",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.n, args.apprise_n or args.n))
+    with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+        runner.run(main(args.n, args.apprise_n or args.n, args.runs, args.only, args.loop))

@@ -34,6 +34,7 @@ from bot.config_channels import (
 )
 from bot.domain.models import ChannelName, DeliveryPolicy, Role, Severity, StatementKind
 from bot.domain.phone import normalise_phone
+from bot.event_loop import EventLoopName
 
 __all__ = [
     "Channels",
@@ -75,6 +76,8 @@ class Server(Strict):
     public_url: str = "http://127.0.0.1:8080"
     # /metrics needs a token (viewer or metrics role) unless this is true.
     metrics_public: bool = False
+    # The event loop of `serve` and `worker`: the standard library's, or uvloop.
+    event_loop: EventLoopName = "asyncio"
 
 
 class ApiToken(Strict):

@@ -219,12 +219,19 @@ class Queue:
         self._outcomes: list[tuple[Delivery, Outcome]] = []
         self._released: list[Release] = []
         self._settling: set[int] = set()  # rows whose outcome or release waits for a write
+        self._writing = 0  # outcomes in the write under way
         self._wake_at: list[float] = []  # loop times when rows given back come due (a heap)
 
     @property
     def unwritten(self) -> int:
         """Outcomes and releases decided but not yet written: their rows are still leased."""
         return len(self._outcomes) + len(self._released)
+
+    @property
+    def unrecorded(self) -> int:
+        """Rows sent whose outcome is not yet committed (buffered, or in the write under
+        way): with the sends under way, what a crash right now could send twice."""
+        return len(self._outcomes) + self._writing
 
     @property
     def has_releases(self) -> bool:
@@ -309,6 +316,7 @@ class Queue:
         if not self._outcomes:
             return ()
         batch, self._outcomes = self._outcomes, []
+        self._writing = len(batch)
         try:
             applied = set(
                 await self.store.record(
@@ -318,6 +326,8 @@ class Queue:
         except Exception:
             self._outcomes = batch + self._outcomes
             raise
+        finally:
+            self._writing = 0
         for delivery, _ in batch:
             self._settled(delivery.id)
         return [pair for pair in batch if pair[0].id in applied]

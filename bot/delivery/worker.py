@@ -203,7 +203,9 @@ class Dispatcher:
             return True
         if self.queue.has_outcomes:
             # Enough outcomes for a write (which frees their slots for a claim), or the last.
-            return self.queue.unwritten >= self._low_water or not (self._inflight or self._ready)
+            return self.queue.unwritten >= max(1, self.config.concurrency // 8) or not (
+                self._inflight or self._ready
+            )
         return False
 
     async def _shutdown(self) -> None:
@@ -246,7 +248,8 @@ class Dispatcher:
 
     async def _claim_and_start(self) -> int:
         room = self._room()
-        if room <= 0:
+        if room <= 0 or len(self._ready) > self.config.concurrency:
+            # Enough waiting for a slot: the store's time goes to writing outcomes.
             return 0
         claimed, fresh = await self.queue.claim(min(room, self.config.batch_size))
         try:
@@ -262,8 +265,10 @@ class Dispatcher:
         return claimed
 
     def _start_ready(self) -> None:
-        """Start waiting rows, urgent lane first, while send slots are free."""
-        while self._ready and len(self._inflight) < self.config.concurrency:
+        """Start waiting rows, urgent lane first, while send slots are free. A slot is free
+        once its send's outcome is committed: sends under way and outcomes not yet written
+        (what a crash could send twice) stay within ``concurrency``."""
+        while self._ready and len(self._inflight) + self.queue.unrecorded < self.config.concurrency:
             if self._stopping:
                 return
             _, _, delivery = heapq.heappop(self._ready)
@@ -286,13 +291,16 @@ class Dispatcher:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
         self._start_ready()
-        self._progress.set()
+        if self._enough_to_do():  # wake the loop only when it has something to write
+            self._progress.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed", exc_info=task.exception())
 
     async def flush(self) -> None:
         """Write buffered outcomes, releases and health changes; on failure keep them."""
-        for delivery, outcome in await self.queue.flush():
+        written = await self.queue.flush()
+        self._start_ready()  # their slots are free
+        for delivery, outcome in written:
             for observer in self.observers:
                 observer(delivery, outcome)
         await self._flush_health()

@@ -99,6 +99,7 @@ def serve(
     from aiohttp import web
 
     from bot.app import build_app
+    from bot.event_loop import new_loop
     from bot.logs import configure_logging
 
     settings = settings_from(config)
@@ -109,6 +110,7 @@ def serve(
         host=host or settings.server.host,
         port=port or settings.server.port,
         print=None,
+        loop=new_loop(settings.server.event_loop),
     )
 
 
@@ -116,6 +118,7 @@ def serve(
 def worker(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Dispatcher only; run any number of them against PostgreSQL."""
     from bot.app import open_runtime
+    from bot.event_loop import log_loop
     from bot.logs import configure_logging
 
     settings = settings_from(config)
@@ -125,6 +128,7 @@ def worker(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     async def go() -> None:
         import signal
 
+        log_loop()
         async with open_runtime(settings, with_worker=True) as rt:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -132,7 +136,7 @@ def worker(config: ConfigOpt = DEFAULT_CONFIG) -> None:
             assert rt.worker_task is not None
             await rt.worker_task
 
-    run(go())
+    run(go(), settings.server.event_loop)
 
 
 # --- incidents -----------------------------------------------------------------------------

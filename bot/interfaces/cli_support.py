@@ -14,6 +14,7 @@ from rich.console import Console
 
 from bot.config import Settings, load_settings
 from bot.domain.models import ROLE_RANK, Actor, Role
+from bot.event_loop import EventLoopName, loop_factory
 
 T = TypeVar("T")
 
@@ -55,9 +56,10 @@ def settings_from(path: Path) -> Settings:
     return load_settings(path)
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run one command's coroutine."""
-    return asyncio.run(coro)
+def run(coro: Coroutine[Any, Any, T], event_loop: EventLoopName = "asyncio") -> T:
+    """Run one command's coroutine (on uvloop when ``event_loop`` says so)."""
+    with asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner:
+        return runner.run(coro)
 
 
 def actor(name: str | None, settings: Settings) -> Actor:

@@ -11,20 +11,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator, Sequence
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from bot.delivery.worker import DispatchConfig, Dispatcher
 from bot.domain.clock import FakeClock
-from bot.domain.models import ChannelName, Delivery, DeliveryState, Outcome
+from bot.domain.models import ChannelName, DeliveryState, Outcome
 from bot.ports import OutboundMessage, Page, Receipt, Store
 from bot.store.memory import MemoryStore
 from tests.drills import Sink, WorkerProcess, fan_out, wait_until, write_config
 
 DELIVERIES = 10_000
 CONCURRENCY = 50
+BATCH = 200
 LEASE_SECONDS = 2.0
 INCIDENT = "INC-2023-0830-01"
 
@@ -40,7 +40,11 @@ async def test_kill_9_mid_fan_out_loses_nothing(
 ) -> None:
     await store.commit(fan_out(sink.url, DELIVERIES, spread=100))
     config = write_config(
-        tmp_path, storage_url, lease_seconds=LEASE_SECONDS, concurrency=CONCURRENCY
+        tmp_path,
+        storage_url,
+        lease_seconds=LEASE_SECONDS,
+        concurrency=CONCURRENCY,
+        batch_size=BATCH,
     )
     first = WorkerProcess(config, tmp_path / "first.log").start()
     second = WorkerProcess(config, tmp_path / "second.log")
@@ -78,8 +82,10 @@ async def test_kill_9_mid_fan_out_loses_nothing(
     assert set(duplicates) <= set(leased), "only rows the dead worker held may go twice"
     assert max(duplicates.values(), default=0) <= 1
     # The in-flight window (sends under way, outcomes awaiting their batch commit) is what a
-    # crash may send twice; the worker keeps it within ``concurrency``.
-    assert len(leased) <= CONCURRENCY
+    # crash may send twice; the worker keeps it within ``concurrency``. It also held up to one
+    # claim batch waiting for a slot: leased, never sent, so sent once by the next worker.
+    assert len(duplicates) <= CONCURRENCY
+    assert len(leased) <= CONCURRENCY + BATCH
     # The dead worker's rows come back once their lease expires: not before, not much later.
     finished = {d.id: d for d in rows if d.id in leased}
     for delivery_id, held in leased.items():
@@ -99,22 +105,12 @@ async def test_kill_9_mid_fan_out_loses_nothing(
 
 
 class _SlowCommitStore(MemoryStore):
-    """Holds the first non-empty ``record`` until told, as a slow database commit would; keeps
-    the most rows ever leased at once (what a ``kill -9`` right then could send twice)."""
+    """Holds the first non-empty ``record`` until told, as a slow database commit would."""
 
     def __init__(self) -> None:
         super().__init__()
         self.commit_started = asyncio.Event()
         self.commit_gate = asyncio.Event()
-        self.most_held = 0
-
-    async def claim_due(
-        self, worker: str, now: datetime, lease_seconds: float, limit: int
-    ) -> list[Delivery]:
-        claimed = await super().claim_due(worker, now, lease_seconds, limit)
-        held = sum(d.state == DeliveryState.SENDING for d in self.rows.values())
-        self.most_held = max(self.most_held, held)
-        return claimed
 
     async def record(self, outcomes: Sequence[Outcome]) -> int:
         if outcomes and not self.commit_started.is_set():
@@ -132,9 +128,14 @@ class _GatedChannel:
     destination_rate: float | None = None
     destination_burst: int = 1
 
-    def __init__(self, quick: int, calls_to_watch: int) -> None:
+    def __init__(self, store: MemoryStore, quick: int, calls_to_watch: int) -> None:
+        self.store = store
         self.quick = quick
         self.calls = 0
+        self.sent: set[int] = set()
+        # The most rows sent (or being sent) whose outcome was not yet committed, at any send:
+        # what a ``kill -9`` right then could send twice.
+        self.most_unrecorded = 0
         self.gates = [asyncio.Event(), asyncio.Event()]
         self.watched = asyncio.Event()
         self.slow_finished = asyncio.Event()
@@ -146,6 +147,9 @@ class _GatedChannel:
 
     async def send(self, message: OutboundMessage) -> Receipt:
         self.calls += 1
+        self.sent.add(message.delivery_id)
+        unrecorded = [i for i in self.sent if self.store.rows[i].state == DeliveryState.SENDING]
+        self.most_unrecorded = max(self.most_unrecorded, len(unrecorded))
         if self.calls >= self._watch:
             self.watched.set()
         if self.quick < self.calls <= 2 * self.quick:
@@ -162,17 +166,18 @@ class _GatedChannel:
 
 
 async def test_in_flight_window_never_exceeds_concurrency() -> None:
-    """Rows a worker holds (sent or being sent, not yet recorded) are what a ``kill -9`` may
-    send twice: the worker must never hold more than ``concurrency`` of them.
+    """Rows a worker has sent (or is sending) and not yet recorded are what a ``kill -9`` may
+    send twice: the worker must never have more than ``concurrency`` of them.
 
     Two sends answer at once and two hang; while the first batch commit is slow, the hung
-    sends finish, so their outcomes wait in memory for the next commit. The next claim must
-    count them: claiming a full ``concurrency`` more leaves 6 rows held with concurrency 4.
+    sends finish, so their outcomes wait in memory for the next commit. The next sends must
+    count them: starting a full ``concurrency`` more leaves 6 rows unrecorded with
+    concurrency 4 (rows claimed and waiting for a slot do not count: they were never sent).
     """
     concurrency = 4
     store = _SlowCommitStore()
     await store.commit(fan_out("http://127.0.0.1:9/unused", 20))
-    channel = _GatedChannel(quick=2, calls_to_watch=concurrency + 1)
+    channel = _GatedChannel(store, quick=2, calls_to_watch=concurrency + 1)
     worker = Dispatcher(
         store,
         {ChannelName.WEBHOOK: channel},
@@ -187,9 +192,10 @@ async def test_in_flight_window_never_exceeds_concurrency() -> None:
         channel.gates[0].set()  # meanwhile the two slow sends finish
         await channel.slow_finished.wait()
         store.commit_gate.set()
-        await channel.watched.wait()  # the next claim has happened
-        assert store.most_held <= concurrency, (
-            f"{store.most_held} rows held at once by a worker with concurrency {concurrency}"
+        await channel.watched.wait()  # the next sends have started
+        assert channel.most_unrecorded <= concurrency, (
+            f"{channel.most_unrecorded} rows sent and not recorded at once by a worker with "
+            f"concurrency {concurrency}"
         )
     finally:
         channel.gates[1].set()

@@ -1,0 +1,78 @@
+"""``server.event_loop: uvloop``: ``tocsin worker`` and ``tocsin serve`` run on uvloop and
+deliver as they do on asyncio's loop (counted at the sink, every delivery once)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.config import load_settings
+from bot.config_base import ConfigError
+from bot.store.sqlite import SqliteStore
+from tests.drills import Sink, WorkerProcess, fan_out, wait_until, write_config
+from tests.drills.test_scheduler import ServeProcess, free_port, processes, serve_config
+
+N = 300
+
+
+async def _deliver(tmp_path: Path, command: str, loop: str) -> tuple[list[int], str]:
+    """Commit ``N`` webhook deliveries, run ``command`` with ``server.event_loop: loop``
+    until the queue is empty; returns the delivery ids the sink took and the process log."""
+    db = tmp_path / "queue.db"
+    store = SqliteStore(str(db))
+    await store.open()
+    try:
+        await store.migrate()
+        with Sink() as sink:
+            await store.commit(fan_out(sink.url, N))
+            extra = {"server": {"event_loop": loop}}
+            if command == "worker":
+                process: WorkerProcess = WorkerProcess(
+                    write_config(tmp_path, f"sqlite:///{db}", extra=extra), tmp_path / "w.log"
+                )
+                process.start()
+            else:
+                port = free_port()
+                server = {"public_url": f"http://127.0.0.1:{port}", "event_loop": loop}
+                config = serve_config(
+                    tmp_path, f"sqlite:///{db}", port, "serve.yaml", {"server": server}
+                )
+                process = await ServeProcess(config, tmp_path / "s.log", port).start().ready()
+            with processes(process):
+
+                async def emptied() -> bool:
+                    assert process.running(), process.log_tail()
+                    return await store.pending_count() == 0
+
+                await wait_until(emptied, f"{command} to deliver {N}", 60)
+                assert process.stop() == 0, process.log_tail()
+                log = process.log_path.read_text(encoding="utf-8")
+                assert process.errors() == [], process.log_tail()
+            seen = await sink.log()
+    finally:
+        await store.close()
+    return seen.ids, log
+
+
+@pytest.mark.parametrize("command", ["worker", "serve"])
+async def test_uvloop_runs_the_process_and_delivers_every_message_once(
+    tmp_path: Path, command: str
+) -> None:
+    ids, log = await _deliver(tmp_path, command, "uvloop")
+    assert "event loop: uvloop" in log
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == N
+
+
+async def test_the_default_loop_is_asyncio(tmp_path: Path) -> None:
+    ids, log = await _deliver(tmp_path, "worker", "asyncio")
+    assert "event loop: asyncio" in log
+    assert len(set(ids)) == len(ids) == N
+
+
+def test_an_unknown_event_loop_is_refused_with_the_key_named(tmp_path: Path) -> None:
+    config = tmp_path / "tocsin.yaml"
+    config.write_text("server:\n  event_loop: tokio\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config)
+    assert "event_loop" in str(refused.value)

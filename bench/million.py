@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import sys
 import tempfile
 import time
@@ -43,6 +45,28 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes (``/proc/<pid>/stat``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def postgres_pids() -> list[int]:
+    """The PostgreSQL server's processes on this machine (its backends do the queue's SQL)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() in ("postgres", "postmaster"):
+                    found.append(int(entry.name))
+    return found
 
 
 async def commit_fan_out(store: Store, url: str, n: int, chunk: int) -> float:
@@ -82,18 +106,33 @@ async def main(n: int, chunk: int, workers: int) -> None:
                     ).start()
                     for i in range(workers)
                 ]
+                pids = [proc.pid for proc in procs]
+                database = postgres_pids()
                 try:
                     await sink.wait_for(1, timeout=60)
                     started = time.perf_counter()
+                    cpu_before = cpu_seconds(pids), cpu_seconds(database), cpu_seconds([sink.pid])
+                    # Peak memory of each worker once a tenth, then half, of the rows are sent:
+                    # flat memory means the end is no higher than these.
+                    marks: dict[float, list[float]] = {}
 
                     async def done() -> bool:
                         for proc in procs:
                             assert proc.running(), proc.log_tail()
-                        return await store.pending_count(INCIDENT) == 0
+                        pending = await store.pending_count(INCIDENT)
+                        for mark in (0.1, 0.5):
+                            if mark not in marks and pending <= n * (1 - mark):
+                                marks[mark] = [peak_rss_mb(pid) for pid in pids]
+                        return pending == 0
 
                     await wait_until(done, "the fan-out to be sent", 120 + n / 100, every=1.0)
                     elapsed = time.perf_counter() - started
-                    peaks = [peak_rss_mb(proc.pid) for proc in procs]
+                    peaks = [peak_rss_mb(pid) for pid in pids]
+                    cpu = [
+                        cpu_seconds(pids) - cpu_before[0],
+                        cpu_seconds(database) - cpu_before[1],
+                        cpu_seconds([sink.pid]) - cpu_before[2],
+                    ]
                 finally:
                     for proc in procs:
                         proc.stop()
@@ -108,10 +147,16 @@ async def main(n: int, chunk: int, workers: int) -> None:
             await admin.close()
     if counts != {"delivered": n}:
         raise AssertionError(f"not all delivered: {counts}")
+
+    def mbs(values: list[float]) -> str:
+        return "[" + ",".join(f"{v:.0f}" for v in values) + "]"
+
     print(
-        f"million: n={n} commit_s={commit_s:.1f} sends_per_s={n / elapsed:.0f} "
-        f"peak_rss_mb_per_worker=[{', '.join(f'{p:.0f}' for p in peaks)}] "
-        f"db_size_mb={db_bytes / 2**20:.0f}"
+        f"million: n={n} workers={workers} commit_s={commit_s:.1f} "
+        f"sends_per_s={n / elapsed:.0f} peak_rss_mb_at_10pct={mbs(marks.get(0.1, []))} "
+        f"at_50pct={mbs(marks.get(0.5, []))} at_end={mbs(peaks)} "
+        f"cpu_us_per_delivery=workers:{cpu[0] / n * 1e6:.0f},postgres:{cpu[1] / n * 1e6:.0f},"
+        f"sink:{cpu[2] / n * 1e6:.0f} db_size_mb={db_bytes / 2**20:.0f}"
     )
 
 

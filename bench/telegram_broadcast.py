@@ -144,10 +144,7 @@ async def main(n: int, rounds: int, with_httpx: bool) -> None:
             for _ in range(rounds):
                 raws.append(await rate(n, raw, raw_cpu))
                 tocsins.append(await rate(n, tocsin, tocsin_cpu))
-            print(
-                "rounds (raw/tocsin per s): "
-                + ", ".join(f"{r:.0f}/{t:.0f}" for r, t in zip(raws, tocsins, strict=True))
-            )
+            rounds_seen = ",".join(f"{r:.0f}/{t:.0f}" for r, t in zip(raws, tocsins, strict=True))
             raw_per_s, tocsin_per_s = max(raws), max(tocsins)
 
         if with_httpx:
@@ -159,13 +156,13 @@ async def main(n: int, rounds: int, with_httpx: bool) -> None:
                     return await bot.send_message(10_000 + i, BODY, parse_mode="HTML")
 
                 await rate(200, httpx)
-                print(f"python-telegram-bot default (httpx): {await rate(n, httpx):.0f}/s")
+                httpx_per_s = await rate(n, httpx)
 
-    print(f"raw aiohttp: {raw_per_s:.0f}/s; Tocsin's Telegram channel: {tocsin_per_s:.0f}/s")
     print(
         f"telegram: n={n} tocsin_per_s={tocsin_per_s:.0f} raw_per_s={raw_per_s:.0f} "
         f"ratio={tocsin_per_s / raw_per_s:.2f} "
-        f"cpu_us={min(tocsin_cpu):.0f}/{min(raw_cpu):.0f}"
+        f"cpu_us={min(tocsin_cpu):.0f}/{min(raw_cpu):.0f} rounds_raw/tocsin={rounds_seen}"
+        + (f" httpx_per_s={httpx_per_s:.0f}" if with_httpx else "")
     )
 
 

@@ -76,8 +76,9 @@ class Server(Strict):
     public_url: str = "http://127.0.0.1:8080"
     # /metrics needs a token (viewer or metrics role) unless this is true.
     metrics_public: bool = False
-    # The event loop of `serve` and `worker`: the standard library's, or uvloop.
-    event_loop: EventLoopName = "asyncio"
+    # The event loop of `serve` and `worker`: uvloop (faster: see README, Performance), or
+    # the standard library's.
+    event_loop: EventLoopName = "uvloop"
 
 
 class ApiToken(Strict):

@@ -25,6 +25,19 @@ pytest_plugins = ["tests.log_capture"]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
+
+# --- The event loop of the in-process tests ----------------------------------------------------
+# `tocsin serve` and `tocsin worker` run on uvloop by default (server.event_loop), so every
+# drill that starts them runs on it. TOCSIN_TEST_EVENT_LOOP=uvloop runs the in-process tests on
+# it too (the whole suite was run both ways before uvloop became the default).
+if os.environ.get("TOCSIN_TEST_EVENT_LOOP") == "uvloop":
+
+    def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
+
+
 # --- PostgreSQL: the one place the suite's server address is decided ------------------------
 # TOCSIN_TEST_PG when set; else the machine's server on 127.0.0.1:5432 (PGPORT) when it lets
 # `postgres` in without a password; else a throwaway cluster of the suite's own

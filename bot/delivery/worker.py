@@ -236,8 +236,10 @@ class Dispatcher:
         try:
             while True:
                 claimed = await self._claim_and_start()
-                while self._inflight:  # an ending send starts the next waiting one
-                    await asyncio.wait(set(self._inflight))
+                while self._inflight or self._ready:
+                    if self._inflight:
+                        await asyncio.wait(set(self._inflight))
+                    await self.flush()  # frees the slots: the next waiting rows start
                 await self.flush()
                 total += claimed
                 if claimed == 0:

@@ -202,10 +202,9 @@ class Dispatcher:
         if self.queue.has_releases:
             return True
         if self.queue.has_outcomes:
-            # Enough outcomes for a write (which frees their slots for a claim), or the last.
-            return self.queue.unwritten >= max(1, self.config.concurrency // 8) or not (
-                self._inflight or self._ready
-            )
+            # Enough outcomes for a write (which frees their send slots), or the last ones.
+            enough = self.queue.unwritten >= self._low_water
+            return enough or not (self._inflight or self._ready)
         return False
 
     async def _shutdown(self) -> None:
@@ -250,8 +249,7 @@ class Dispatcher:
 
     async def _claim_and_start(self) -> int:
         room = self._room()
-        if room <= 0 or len(self._ready) > self.config.concurrency:
-            # Enough waiting for a slot: the store's time goes to writing outcomes.
+        if room <= 0:
             return 0
         claimed, fresh = await self.queue.claim(min(room, self.config.batch_size))
         try:

@@ -72,6 +72,12 @@ _INSERT_ATTEMPT = (
     "INSERT INTO attempts (delivery_id, at, outcome, provider_id, error, code) "
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
+# The same, only while the lease ``?`` still holds delivery ``?`` (fencing, in one statement).
+_INSERT_ATTEMPT_FENCED = (
+    "INSERT INTO attempts (delivery_id, at, outcome, provider_id, error, code) "
+    "SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS "
+    "(SELECT 1 FROM deliveries WHERE id = ? AND lease_owner = ?)"
+)
 
 
 # An outcome moves the row only while it is still ``sending``: an acknowledgement, a
@@ -84,6 +90,9 @@ class SqlBase:
     # Appended to a SELECT that a fenced write relies on: PostgreSQL locks the rows read
     # (a claim skips them); SQLite's write transaction already excludes every other writer.
     lock_rows = ""
+    # The driver runs statements handed to it one after another in the order given, without
+    # waiting for each answer (aiosqlite's thread): a transaction may queue several at once.
+    pipelined = False
 
     def __init__(self) -> None:
         self._work = asyncio.Event()
@@ -93,6 +102,12 @@ class SqlBase:
 
     def reading(self) -> AbstractAsyncContextManager[Connection]:
         raise NotImplementedError
+
+    def one_statement(self) -> AbstractAsyncContextManager[Connection]:
+        """A connection for one writing statement, atomic by itself. SQLite runs it without
+        an explicit transaction: its write lock is held only while the statement runs, never
+        across round trips to the connection's thread. Elsewhere: a transaction."""
+        return self.transaction()
 
     async def open(self) -> None:
         raise NotImplementedError

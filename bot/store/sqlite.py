@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ class SqliteStore(SqlStore):
 
     dialect = "sqlite"
     claim_sql = query("claim_due.sqlite")
+    pipelined = True
 
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -92,6 +93,9 @@ class SqliteStore(SqlStore):
                 await db.execute("ROLLBACK")
                 raise
             await db.execute("COMMIT")
+
+    def one_statement(self) -> AbstractAsyncContextManager[_SqliteConnection]:
+        return self.reading()  # autocommit: the statement is its own transaction
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[_SqliteConnection]:

@@ -3,10 +3,11 @@ acknowledgements, escalations and channel health."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import bot.store.rows as rows
 from bot.domain.models import (
@@ -21,6 +22,7 @@ from bot.store.queries import query
 from bot.store.sqlbase import (
     _ACKABLE,
     _INSERT_ATTEMPT,
+    _INSERT_ATTEMPT_FENCED,
     _PENDING,
     Connection,
     SqlBase,
@@ -40,6 +42,23 @@ def _last(outcome: Outcome, name: str) -> Any:
     return getattr(outcome.attempts[-1], name) if outcome.attempts else None
 
 
+def _record_row(o: Outcome) -> tuple[Any, ...]:
+    """The parameters of ``record_outcome.sql`` for one outcome."""
+    return (
+        o.state.value,
+        len(o.attempts) if o.count_attempt else 0,
+        _last(o, "provider_id"),
+        _last(o, "error"),
+        rows.ts(o.next_attempt_at),
+        rows.ts(o.next_attempt_at) if o.state in PENDING_STATES else None,
+        rows.ts(o.escalate_at),
+        sum(a.outcome == "unknown" for a in o.attempts),
+        _last(o, "at").timestamp() if o.attempts else None,
+        o.delivery_id,
+        o.lease_owner,
+    )
+
+
 class SqlQueue(SqlBase):
     """The queue half of the Store contract."""
 
@@ -48,13 +67,19 @@ class SqlQueue(SqlBase):
     ) -> list[Delivery]:
         at = now.timestamp()
         until = at + lease_seconds
-        async with self.transaction() as conn:
+        async with self.one_statement() as conn:
             found = await conn.fetch(self.claim_sql, worker, until, until, at, at, limit)
         return sorted((rows.delivery_from(r) for r in found), key=lambda d: d.id)
 
     async def record(self, outcomes: Sequence[Outcome]) -> list[int]:
         if not outcomes:
             return []
+        if (
+            self.pipelined
+            and len(outcomes) <= _CHUNK
+            and all(o.follow_up is None for o in outcomes)
+        ):
+            return await self._record_pipelined(outcomes)
         async with self.transaction() as conn:
             holders = await self._lease_owners(conn, [o.delivery_id for o in outcomes])
             applied = [
@@ -65,25 +90,7 @@ class SqlQueue(SqlBase):
             for o in outcomes:
                 if o.lease_owner is None or holders.get(o.delivery_id) != o.lease_owner:
                     log.warning("outcome of delivery %d dropped: lease lost", o.delivery_id)
-            await conn.executemany(
-                _RECORD,
-                [
-                    (
-                        o.state.value,
-                        len(o.attempts) if o.count_attempt else 0,
-                        _last(o, "provider_id"),
-                        _last(o, "error"),
-                        rows.ts(o.next_attempt_at),
-                        rows.ts(o.next_attempt_at) if o.state in PENDING_STATES else None,
-                        rows.ts(o.escalate_at),
-                        sum(a.outcome == "unknown" for a in o.attempts),
-                        _last(o, "at").timestamp() if o.attempts else None,
-                        o.delivery_id,
-                        o.lease_owner,
-                    )
-                    for o in applied
-                ],
-            )
+            await conn.executemany(_RECORD, [_record_row(o) for o in applied])
             await conn.executemany(
                 _INSERT_ATTEMPT,
                 [
@@ -103,6 +110,49 @@ class SqlQueue(SqlBase):
         if follow_ups:
             self._work.set()
         return [o.delivery_id for o in applied]
+
+    async def _record_pipelined(self, outcomes: Sequence[Outcome]) -> list[int]:
+        """:meth:`record` in three statements queued at once (a driver that runs them in
+        order): who holds each row, the attempts inserted only where the outcome's lease holds
+        it, then the fenced update. One round trip inside the transaction instead of three,
+        so the write lock is not held while the worker's loop is busy."""
+        ids = sorted({o.delivery_id for o in outcomes})
+        owned = [o for o in outcomes if o.lease_owner is not None]
+        async with self.transaction() as conn:
+            answers = await asyncio.gather(
+                conn.fetch(_LEASE_OWNERS.format(ids=_placeholders(len(ids)), lock=""), *ids),
+                conn.executemany(
+                    _INSERT_ATTEMPT_FENCED,
+                    [
+                        (
+                            o.delivery_id,
+                            rows.ts(a.at),
+                            a.outcome,
+                            a.provider_id,
+                            a.error,
+                            a.code,
+                            o.delivery_id,
+                            o.lease_owner,
+                        )
+                        for o in owned
+                        for a in o.attempts
+                    ],
+                ),
+                conn.executemany(_RECORD, [_record_row(o) for o in owned]),
+                return_exceptions=True,  # all three have run when the rollback is queued
+            )
+            for answer in answers:
+                if isinstance(answer, BaseException):
+                    raise answer
+        found = cast(list[Mapping[str, Any]], answers[0])
+        holders = {r["id"]: r["lease_owner"] for r in found}
+        applied = []
+        for o in outcomes:
+            if o.lease_owner is not None and holders.get(o.delivery_id) == o.lease_owner:
+                applied.append(o.delivery_id)
+            else:
+                log.warning("outcome of delivery %d dropped: lease lost", o.delivery_id)
+        return applied
 
     async def _lease_owners(self, conn: Connection, ids: Sequence[int]) -> dict[int, str | None]:
         """Who holds each row now, the rows locked until the transaction ends (PostgreSQL), so

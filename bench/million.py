@@ -107,9 +107,10 @@ async def main(n: int, chunk: int, workers: int) -> None:
                     for i in range(workers)
                 ]
                 pids = [proc.pid for proc in procs]
-                database = postgres_pids()
                 try:
                     await sink.wait_for(1, timeout=60)
+                    # Once the workers send, their database sessions exist: count them too.
+                    database = postgres_pids()
                     started = time.perf_counter()
                     cpu_before = cpu_seconds(pids), cpu_seconds(database), cpu_seconds([sink.pid])
                     # Peak memory of each worker once a tenth, then half, of the rows are sent:

@@ -320,6 +320,36 @@ async def test_graceful_shutdown_finishes_in_flight_sends() -> None:
     assert await store.delivery_counts("INC-2023-0830-01") == {"delivered": 5}
 
 
+async def test_rows_claimed_but_never_started_go_back_to_the_queue_at_shutdown() -> None:
+    """A worker holds up to a batch of claimed rows waiting for a send slot; stopping it gives
+    them back due at once (no lease to wait out), and another worker sends each exactly once."""
+    store, clock = MemoryStore(), FakeClock()
+    await store.commit(webhook_declaration("http://sink", 10))
+    slow = RecordingChannel(ChannelName.WEBHOOK)
+    slow.gate = asyncio.Event()
+    worker = dispatcher(
+        store, {ChannelName.WEBHOOK: slow}, clock, concurrency=2, batch_size=10, shutdown_timeout=5
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await slow.started.wait()
+    held = [d for d in await store.deliveries("INC-2023-0830-01") if d.state == "sending"]
+    assert len(held) == 10  # two sending, eight waiting for a slot
+    stop.set()
+    slow.gate.set()
+    await task
+    rows = await store.deliveries("INC-2023-0830-01")
+    assert sorted(d.state.value for d in rows) == ["delivered"] * 2 + ["queued"] * 8
+    assert all(d.lease_owner is None for d in rows)
+
+    fresh = RecordingChannel(ChannelName.WEBHOOK)
+    second = dispatcher(store, {ChannelName.WEBHOOK: fresh}, clock)
+    assert await second.drain() == 8  # due now: the clock has not moved
+    assert await store.delivery_counts("INC-2023-0830-01") == {"delivered": 10}
+    sent = [m.delivery_id for _, m in slow.sent + fresh.sent]
+    assert sorted(sent) == sorted({d.id for d in rows})
+
+
 async def test_unacknowledged_delivery_escalates_once() -> None:
     store, clock = MemoryStore(), FakeClock()
     changes = f.declaration(0)

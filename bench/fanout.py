@@ -34,7 +34,7 @@ from bot.channels.webhook import WebhookChannel
 from bot.config import WebhookChannelSettings
 from bot.delivery.worker import DispatchConfig, Dispatcher
 from bot.domain.clock import SystemClock
-from bot.domain.models import ChannelName, DeliveryState
+from bot.domain.models import ChannelName, Delivery, DeliveryState, Outcome
 from bot.event_loop import loop_factory
 from bot.ports import Page
 from bot.store.sqlite import SqliteStore
@@ -88,11 +88,20 @@ async def bench_tocsin(url: str, n: int) -> float:
                 SystemClock(),
                 config=DispatchConfig(concurrency=CONCURRENCY, batch_size=500, poll_interval=0.05),
             )
-            stop = asyncio.Event()
+            stop, finished = asyncio.Event(), asyncio.Event()
+            committed = 0
+
+            def count(delivery: Delivery, outcome: Outcome) -> None:
+                # Called once the outcome's batch is committed: the store is not polled.
+                nonlocal committed
+                committed += outcome.state == DeliveryState.DELIVERED
+                if committed == n:
+                    finished.set()
+
+            worker.observers.append(count)
             started = time.perf_counter()
             task = asyncio.create_task(worker.run(stop))
-            while await store.pending_count() > 0:
-                await store.wait_for_work(0.05)
+            await finished.wait()
             elapsed = time.perf_counter() - started
             stop.set()
             await task

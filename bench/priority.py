@@ -23,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# The channels known to the domain (audiences, masking), as every entry point makes them.
+import bot.channels.registry  # noqa: F401
 from bench.workers_pg import fresh_database
 from bot.ports import Page, Store
 from bot.store.postgres import PostgresStore

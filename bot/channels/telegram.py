@@ -67,7 +67,7 @@ MAX_LENGTH = 4096  # characters (UTF-16 code units) of one message
 _MAX_CALLBACK_DATA = 64  # bytes, Telegram's limit
 # Crisis messages stay compact: no preview card for the status-page link.
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
-_NO_PREVIEW_JSON = {"is_disabled": True}  # the same, as the channel sends it
+_NO_PREVIEW_JSON = NO_PREVIEW.to_dict()  # the same, as the channel sends it
 _HTML = ParseMode.HTML.value
 _REMEMBERED = 10_000  # deliveries whose split message is part-way out
 

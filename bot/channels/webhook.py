@@ -75,8 +75,11 @@ class WebhookChannel:
 
     def provider_key(self, address: str) -> str:
         """``webhook:host:port``: receivers on one host share their health and rate."""
-        url = _url(address)
-        if url is None or not url.host:
+        try:
+            url = URL(address)
+        except (TypeError, ValueError):
+            return "webhook:invalid"
+        if not url.host:
             return "webhook:invalid"
         return f"webhook:{url.host}:{url.port}"
 
@@ -114,10 +117,9 @@ class WebhookChannel:
         # A timeout here stays transient (see http_errors): the resend carries the same
         # Idempotency-Key, so a receiver that honours it drops the copy; there is nothing to
         # look up first.
-        url = _url(message.address)
         with translated_errors():
             async with self._session.post(
-                url if url is not None else message.address,  # aiohttp says why it is bad
+                message.address,
                 data=body,
                 headers=headers,
                 timeout=self._timeout,
@@ -171,16 +173,6 @@ async def _provider_id(response: aiohttp.ClientResponse) -> str | None:
     if isinstance(data, dict) and isinstance(data.get("id"), str | int) and data["id"] != "":
         return str(data["id"])
     return response.headers.get("X-Request-Id")
-
-
-@lru_cache(maxsize=4096)
-def _url(address: str) -> URL | None:
-    """The parsed URL of a webhook address (parsed once: a fan-out posts to the same few
-    URLs thousands of times), or None when it is not one."""
-    try:
-        return URL(address)
-    except (TypeError, ValueError):
-        return None
 
 
 def from_settings(settings: Settings, session: aiohttp.ClientSession) -> WebhookChannel:

@@ -181,7 +181,6 @@ class _Sending:
         if kind is not None and issubclass(kind, asyncio.CancelledError) and lapsed:
             task.uncancel()
             raise LeaseLost(self._delivery_id) from None
-        return
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,7 +136,7 @@ class Sender:
         except (TransientError, PermanentError) as exc:
             attempts.append(self._attempt(delivery, exc))
             self._judge_provider(provider, exc)
-            return await self._failure(delivery, channel, exc, tuple(attempts)), True
+            return await self._failure(delivery, channel, provider, exc, tuple(attempts)), True
         except Exception as exc:  # a bug in an adapter must not kill the worker
             log.exception("channel %s raised unexpectedly", delivery.channel.value)
             attempts.append(
@@ -229,6 +229,7 @@ class Sender:
         self,
         delivery: Delivery,
         channel: Channel,
+        provider: str,
         exc: BaseException,
         attempts: tuple[Attempt, ...],
     ) -> Outcome:
@@ -237,11 +238,7 @@ class Sender:
         retry_after = exc.retry_after if isinstance(exc, TransientError) else None
         if retry_after is not None and isinstance(exc, TransientError):
             per_destination = exc.scope == "destination" and channel.destination_rate
-            key = (
-                destination_key(delivery)
-                if per_destination
-                else f"provider:{self.routes.of(channel, delivery)[0]}"
-            )
+            key = destination_key(delivery) if per_destination else f"provider:{provider}"
             await self.limiter.pause(key, retry_after)
             if all(a.outcome == "throttled" for a in attempts):
                 # The provider's pace, not a failure: it never uses up max_attempts.

@@ -269,9 +269,11 @@ class Dispatcher:
         """Start waiting rows, urgent lane first, while send slots are free. A slot is free
         once its send's outcome is committed: sends under way and outcomes not yet written
         (what a crash could send twice) stay within ``concurrency``."""
-        while self._ready and len(self._inflight) + self.queue.unrecorded < self.config.concurrency:
-            if self._stopping:
-                return
+        while (
+            not self._stopping
+            and self._ready
+            and len(self._inflight) + self.queue.unrecorded < self.config.concurrency
+        ):
             _, _, delivery = heapq.heappop(self._ready)
             task = asyncio.create_task(self._run_one(delivery))
             self._inflight.add(task)

@@ -59,6 +59,35 @@ def _record_row(o: Outcome) -> tuple[Any, ...]:
     )
 
 
+def _attempt_rows(outcomes: Sequence[Outcome], *, fenced: bool = False) -> list[tuple[Any, ...]]:
+    """The parameters of the attempts insert, one row per attempt; ``fenced``: followed by the
+    delivery id and lease owner of :data:`_INSERT_ATTEMPT_FENCED`."""
+    return [
+        (
+            o.delivery_id,
+            rows.ts(a.at),
+            a.outcome,
+            a.provider_id,
+            a.error,
+            a.code,
+            *((o.delivery_id, o.lease_owner) if fenced else ()),
+        )
+        for o in outcomes
+        for a in o.attempts
+    ]
+
+
+def _applied(outcomes: Sequence[Outcome], holders: Mapping[int, str | None]) -> list[Outcome]:
+    """The outcomes whose lease still holds their row (the rest are dropped, and logged)."""
+    applied = []
+    for o in outcomes:
+        if o.lease_owner is not None and holders.get(o.delivery_id) == o.lease_owner:
+            applied.append(o)
+        else:
+            log.warning("outcome of delivery %d dropped: lease lost", o.delivery_id)
+    return applied
+
+
 class SqlQueue(SqlBase):
     """The queue half of the Store contract."""
 
@@ -82,23 +111,9 @@ class SqlQueue(SqlBase):
             return await self._record_pipelined(outcomes)
         async with self.transaction() as conn:
             holders = await self._lease_owners(conn, [o.delivery_id for o in outcomes])
-            applied = [
-                o
-                for o in outcomes
-                if o.lease_owner is not None and holders.get(o.delivery_id) == o.lease_owner
-            ]
-            for o in outcomes:
-                if o.lease_owner is None or holders.get(o.delivery_id) != o.lease_owner:
-                    log.warning("outcome of delivery %d dropped: lease lost", o.delivery_id)
+            applied = _applied(outcomes, holders)
             await conn.executemany(_RECORD, [_record_row(o) for o in applied])
-            await conn.executemany(
-                _INSERT_ATTEMPT,
-                [
-                    (o.delivery_id, rows.ts(a.at), a.outcome, a.provider_id, a.error, a.code)
-                    for o in applied
-                    for a in o.attempts
-                ],
-            )
+            await conn.executemany(_INSERT_ATTEMPT, _attempt_rows(applied))
             follow_ups = [o.follow_up for o in applied if o.follow_up is not None]
             if follow_ups:
                 # Created when the worker decided them: the latest attempt of the batch.
@@ -121,23 +136,7 @@ class SqlQueue(SqlBase):
         async with self.transaction() as conn:
             answers = await asyncio.gather(
                 conn.fetch(_LEASE_OWNERS.format(ids=_placeholders(len(ids)), lock=""), *ids),
-                conn.executemany(
-                    _INSERT_ATTEMPT_FENCED,
-                    [
-                        (
-                            o.delivery_id,
-                            rows.ts(a.at),
-                            a.outcome,
-                            a.provider_id,
-                            a.error,
-                            a.code,
-                            o.delivery_id,
-                            o.lease_owner,
-                        )
-                        for o in owned
-                        for a in o.attempts
-                    ],
-                ),
+                conn.executemany(_INSERT_ATTEMPT_FENCED, _attempt_rows(owned, fenced=True)),
                 conn.executemany(_RECORD, [_record_row(o) for o in owned]),
                 return_exceptions=True,  # all three have run when the rollback is queued
             )
@@ -146,13 +145,7 @@ class SqlQueue(SqlBase):
                     raise answer
         found = cast(list[Mapping[str, Any]], answers[0])
         holders = {r["id"]: r["lease_owner"] for r in found}
-        applied = []
-        for o in outcomes:
-            if o.lease_owner is not None and holders.get(o.delivery_id) == o.lease_owner:
-                applied.append(o.delivery_id)
-            else:
-                log.warning("outcome of delivery %d dropped: lease lost", o.delivery_id)
-        return applied
+        return [o.delivery_id for o in _applied(outcomes, holders)]
 
     async def _lease_owners(self, conn: Connection, ids: Sequence[int]) -> dict[int, str | None]:
         """Who holds each row now, the rows locked until the transaction ends (PostgreSQL), so

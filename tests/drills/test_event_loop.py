@@ -81,3 +81,22 @@ def test_an_unknown_event_loop_is_refused_with_the_key_named(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as refused:
         load_settings(config)
     assert "event_loop" in str(refused.value)
+
+
+def test_without_uvloop_the_standard_loop_runs_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+    import sys
+
+    from bot.event_loop import loop_factory
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as on a platform without it
+    factory = loop_factory("uvloop")
+    loop = factory()
+    try:
+        assert type(loop).__module__.startswith("asyncio")
+    finally:
+        loop.close()
+    assert factory is asyncio.new_event_loop
+    assert "uvloop, which is not installed: using asyncio" in caplog.text

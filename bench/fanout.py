@@ -5,9 +5,10 @@ Compares, in one run and against the same sink:
   raw     — a bare aiohttp POST loop, one shared ClientSession, the same 50 in flight;
   apprise — Apprise's own notify() to the same number of json:// targets.
 Only deliveries whose state and attempt record are committed count for Tocsin. Both sides
-run on the same event loop (``--loop``); each run prints one line::
+run on the same event loop (``--loop``) and garbage collector settings (``--gc``: the
+product's ``server.gc``, applied to this whole process); each run prints one line::
 
-    fanout: n=… loop=… tocsin_per_s=… raw_per_s=… apprise_per_s=… tocsin/raw=… … cpu_us=…/…
+    fanout: n=… loop=… gc=… tocsin_per_s=… raw_per_s=… apprise_per_s=… tocsin/raw=… … cpu_us=…/…
 
 ``cpu_us`` is the benchmark process's CPU time per message (all its threads) for Tocsin
 (including the commit of the rows) and for the raw loop; the sink's is not counted.
@@ -31,6 +32,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.channels.webhook import WebhookChannel
+from bot.collector import tune
 from bot.config import WebhookChannelSettings
 from bot.delivery.worker import DispatchConfig, Dispatcher
 from bot.domain.clock import SystemClock
@@ -152,10 +154,10 @@ async def bench_apprise(url: str, n: int) -> float:
     return n / elapsed
 
 
-async def main(n: int, apprise_n: int, runs: int, only: str, loop: str) -> None:
+async def main(n: int, apprise_n: int, runs: int, only: str, loop: str, gc: str) -> None:
     with sink_process() as url:
         for _ in range(runs):
-            figures = [f"n={n}", f"loop={loop}"]
+            figures = [f"n={n}", f"loop={loop}", f"gc={gc}"]
             started = time.process_time()
             raw = await bench_raw(url, n) if only in ("all", "raw") else None
             raw_cpu = time.process_time() - started
@@ -197,6 +199,13 @@ if __name__ == "__main__":
         default="asyncio",
         help="the event loop of both sides (server.event_loop)",
     )
+    parser.add_argument(
+        "--gc",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="the garbage collector settings of this process (server.gc)",
+    )
     args = parser.parse_args()
+    tune(args.gc)
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
-        runner.run(main(args.n, args.apprise_n or args.n, args.runs, args.only, args.loop))
+        runner.run(main(args.n, args.apprise_n or args.n, args.runs, args.only, args.loop, args.gc))

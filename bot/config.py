@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from bot.channels.registry import specs
+from bot.collector import CollectorMode
 from bot.config_base import ConfigError, Duration, Strict, parse_duration
 from bot.config_channels import (
     Channels,
@@ -79,6 +80,9 @@ class Server(Strict):
     # The event loop of `serve` and `worker`: uvloop (faster: see README, Performance), or
     # the standard library's.
     event_loop: EventLoopName = "uvloop"
+    # The garbage collector of `serve` and `worker`: tuned for a stream of short-lived
+    # objects (see bot/collector.py and README, Performance), or CPython's default.
+    gc: CollectorMode = "tuned"
 
 
 class ApiToken(Strict):

@@ -99,14 +99,17 @@ def serve(
     from aiohttp import web
 
     from bot.app import build_app
+    from bot.collector import tune
     from bot.event_loop import new_loop
     from bot.logs import configure_logging
 
     settings = settings_from(config)
     configure_logging()
     warn_without_key(settings)
+    application = build_app(settings, with_scheduler=True, telegram_polling=telegram_polling)
+    tune(settings.server.gc)
     web.run_app(
-        build_app(settings, with_scheduler=True, telegram_polling=telegram_polling),
+        application,
         host=host or settings.server.host,
         port=port or settings.server.port,
         print=None,
@@ -118,12 +121,14 @@ def serve(
 def worker(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Dispatcher only; run any number of them against PostgreSQL."""
     from bot.app import open_runtime
+    from bot.collector import tune
     from bot.event_loop import log_loop
     from bot.logs import configure_logging
 
     settings = settings_from(config)
     configure_logging()
     warn_without_key(settings)
+    tune(settings.server.gc)
 
     async def go() -> None:
         import signal

@@ -1,6 +1,7 @@
-"""``server.event_loop``: ``tocsin worker`` and ``tocsin serve`` run on uvloop by default and
-on the standard library's loop when asked, and deliver every message once either way (counted
-at the sink)."""
+"""``server.event_loop`` and ``server.gc``: ``tocsin worker`` and ``tocsin serve`` run on
+uvloop with the tuned garbage collector by default, on the standard library's loop and
+CPython's collector settings when asked, and deliver every message once either way (counted at
+the sink)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ N = 300
 
 
 async def _deliver(tmp_path: Path, command: str, loop: str | None) -> tuple[list[int], str]:
-    """Commit ``N`` webhook deliveries, run ``command`` with ``server.event_loop: loop`` (not
-    set when None) until the queue is empty; returns the ids the sink took and the log."""
+    """Commit ``N`` webhook deliveries, run ``command`` with ``server.event_loop: loop`` and
+    ``server.gc: default`` (neither set when None) until the queue is empty; returns the ids
+    the sink took and the log."""
     db = tmp_path / "queue.db"
     store = SqliteStore(str(db))
     await store.open()
@@ -27,7 +29,7 @@ async def _deliver(tmp_path: Path, command: str, loop: str | None) -> tuple[list
         await store.migrate()
         with Sink() as sink:
             await store.commit(fan_out(sink.url, N))
-            extra = {"server": {"event_loop": loop}} if loop else {}
+            extra = {"server": {"event_loop": loop, "gc": "default"}} if loop else {}
             if command == "worker":
                 process: WorkerProcess = WorkerProcess(
                     write_config(tmp_path, f"sqlite:///{db}", extra=extra), tmp_path / "w.log"
@@ -37,7 +39,7 @@ async def _deliver(tmp_path: Path, command: str, loop: str | None) -> tuple[list
                 port = free_port()
                 server: dict[str, str] = {"public_url": f"http://127.0.0.1:{port}"}
                 if loop:
-                    server["event_loop"] = loop
+                    server.update(event_loop=loop, gc="default")
                 config = serve_config(
                     tmp_path, f"sqlite:///{db}", port, "serve.yaml", {"server": server}
                 )
@@ -59,28 +61,32 @@ async def _deliver(tmp_path: Path, command: str, loop: str | None) -> tuple[list
 
 
 @pytest.mark.parametrize(
-    ("command", "setting", "runs_on"),
+    ("command", "setting", "runs_on", "collector"),
     [
-        ("worker", None, "uvloop"),
-        ("serve", None, "uvloop"),
-        ("worker", "asyncio", "asyncio"),
-        ("serve", "asyncio", "asyncio"),
+        ("worker", None, "uvloop", "tuned (young generation every 50000 objects"),
+        ("serve", None, "uvloop", "tuned (young generation every 50000 objects"),
+        ("worker", "asyncio", "asyncio", "default (young generation every 700 objects)"),
+        ("serve", "asyncio", "asyncio", "default (young generation every 700 objects)"),
     ],
 )
-async def test_the_process_runs_on_its_loop_and_delivers_every_message_once(
-    tmp_path: Path, command: str, setting: str | None, runs_on: str
+async def test_the_process_runs_on_its_loop_and_collector_and_delivers_every_message_once(
+    tmp_path: Path, command: str, setting: str | None, runs_on: str, collector: str
 ) -> None:
     ids, log = await _deliver(tmp_path, command, setting)
     assert f"event loop: {runs_on}" in log
+    assert f"garbage collector: {collector}" in log
     assert len(set(ids)) == len(ids) == N
 
 
-def test_an_unknown_event_loop_is_refused_with_the_key_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("key", "value"), [("event_loop", "tokio"), ("gc", "off")])
+def test_an_unknown_loop_or_collector_is_refused_with_the_key_named(
+    tmp_path: Path, key: str, value: str
+) -> None:
     config = tmp_path / "tocsin.yaml"
-    config.write_text("server:\n  event_loop: tokio\n", encoding="utf-8")
+    config.write_text(f"server:\n  {key}: {value}\n", encoding="utf-8")
     with pytest.raises(ConfigError) as refused:
         load_settings(config)
-    assert "event_loop" in str(refused.value)
+    assert key in str(refused.value)
 
 
 def test_without_uvloop_the_standard_loop_runs_and_says_so(

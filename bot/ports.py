@@ -35,8 +35,9 @@ class OutboundMessage:
     ``bodies`` are the statement's renderings by format (``subject``, ``text``, ``html``,
     ``slack``, ``telegram``, ``sms``); ``ack_url`` is set when an acknowledgement is required
     and the channel has no button of its own; ``ack_token`` is the opaque, unguessable
-    reference a button or link carries back; ``callback_token`` is what a gateway's delivery
-    report carries back (never the acknowledgement token: gateway logs keep it).
+    reference a button or link carries back (empty when no acknowledgement is asked);
+    ``callback_token`` is what a gateway's delivery report carries back (never the
+    acknowledgement token: gateway logs keep it).
     """
 
     delivery_id: int

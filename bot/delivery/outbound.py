@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bot.delivery.ratelimit import Limit
 from bot.domain.ack_tokens import ACK, CALLBACK, AckKeys
-from bot.domain.models import Delivery, Statement
+from bot.domain.models import Delivery, Statement, assemble
 from bot.ports import Channel, OutboundMessage
 
 
@@ -54,33 +54,37 @@ def destination_key(delivery: Delivery) -> str:
 def message_for(
     delivery: Delivery, statement: Statement, public_url: str, tokens: AckKeys | None = None
 ) -> OutboundMessage:
-    """The outbound message of one delivery, with its acknowledgement token and gateway
-    callback credential recomputed from the deployment key (neither is stored)."""
+    """The outbound message of one delivery, with its gateway callback credential and, when
+    it asks for one, its acknowledgement token recomputed from the deployment key (neither
+    is stored)."""
     tokens = tokens or AckKeys(b"")
-    ack_token = tokens.token(delivery, ACK)
     bodies = statement.bodies
     require_ack = delivery.policy.require_ack and delivery.is_member
+    ack_token = tokens.token(delivery, ACK) if require_ack else ""
     if require_ack and "sms_ack" in bodies:
         bodies = {**bodies, "sms": bodies["sms_ack"]}  # the SMS that asks for "OK"
-    return OutboundMessage(
-        delivery_id=delivery.id,
-        channel=delivery.channel,
-        address=delivery.address,
-        recipient=delivery.recipient,
-        locale=delivery.locale,
-        bodies=bodies,
-        require_ack=require_ack,
-        ack_token=ack_token,
-        ack_url=f"{public_url}/ack/{ack_token}" if require_ack else None,
-        status_url=public_url,
-        callback_token=tokens.token(delivery, CALLBACK),
-        idempotency_key=f"tocsin-{delivery.id}-{tokens.nonce_tag(delivery)}",
-        labels={
-            "incident": delivery.incident_id,
-            "audience": delivery.audience,
-            "kind": statement.kind.value,
+    return assemble(
+        OutboundMessage,
+        {
+            "delivery_id": delivery.id,
+            "channel": delivery.channel,
+            "address": delivery.address,
+            "recipient": delivery.recipient,
+            "locale": delivery.locale,
+            "bodies": bodies,
+            "require_ack": require_ack,
+            "ack_token": ack_token,
+            "ack_url": f"{public_url}/ack/{ack_token}" if require_ack else None,
+            "status_url": public_url,
+            "idempotency_key": f"tocsin-{delivery.id}-{tokens.nonce_tag(delivery)}",
+            "callback_token": tokens.token(delivery, CALLBACK),
+            "labels": {
+                "incident": delivery.incident_id,
+                "audience": delivery.audience,
+                "kind": statement.kind.value,
+            },
+            "attempt": delivery.attempts,
+            "queued_at": delivery.created_at,
+            "unknown_attempts": delivery.unknown_attempts,
         },
-        attempt=delivery.attempts,
-        queued_at=delivery.created_at,
-        unknown_attempts=delivery.unknown_attempts,
     )

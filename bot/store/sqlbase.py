@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import bot.store.rows as rows
 from bot.domain.models import (
     PENDING_STATES,
+    Delivery,
     DeliveryState,
     NewDelivery,
 )
@@ -96,6 +97,10 @@ class SqlBase:
 
     def __init__(self) -> None:
         self._work = asyncio.Event()
+
+    def claimed(self, found: Sequence[Mapping[str, Any]]) -> list[Delivery]:
+        """The deliveries of the rows :attr:`claim_sql` returned."""
+        return [rows.delivery_from(r) for r in found]
 
     def transaction(self) -> AbstractAsyncContextManager[Connection]:
         raise NotImplementedError

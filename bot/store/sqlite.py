@@ -11,6 +11,8 @@ from typing import Any
 
 import aiosqlite
 
+import bot.store.rows as rows
+from bot.domain.models import Delivery
 from bot.store.queries import query
 from bot.store.sqlstore import IntegrityError, SqlStore
 
@@ -58,7 +60,7 @@ class SqliteStore(SqlStore):
     processes (the CLI, a second worker) read and write the same file."""
 
     dialect = "sqlite"
-    claim_sql = query("claim_due.sqlite")
+    claim_sql = query("claim_due.sqlite").format(delivery=rows.json_delivery())
     pipelined = True
 
     def __init__(self, path: str) -> None:
@@ -102,6 +104,9 @@ class SqliteStore(SqlStore):
         db = self._require()
         async with self._lock:
             yield _SqliteConnection(db)
+
+    def claimed(self, found: Sequence[Mapping[str, Any]]) -> list[Delivery]:
+        return rows.deliveries_from_json(r["delivery"] for r in found)
 
     def _require(self) -> aiosqlite.Connection:
         if self._db is None:

@@ -98,7 +98,7 @@ class SqlQueue(SqlBase):
         until = at + lease_seconds
         async with self.one_statement() as conn:
             found = await conn.fetch(self.claim_sql, worker, until, until, at, at, limit)
-        return sorted((rows.delivery_from(r) for r in found), key=lambda d: d.id)
+        return sorted(self.claimed(found), key=lambda d: d.id)
 
     async def record(self, outcomes: Sequence[Outcome]) -> list[int]:
         if not outcomes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from bot.domain.errors import Conflict, DuplicateRequest
 from bot.domain.models import (
     Attempt,
     ChannelName,
+    Delivery,
     DeliveryPolicy,
     DeliveryState,
     IncidentStatus,
@@ -108,6 +109,36 @@ async def test_claim_leases_each_row_once(store: Store) -> None:
     assert not {d.id for d in first} & {d.id for d in second}
     assert all(d.state == DeliveryState.SENDING and d.lease_owner == "w1" for d in first)
     assert await store.claim_due("w3", T0, 60, 10) == []
+
+
+async def test_a_claimed_delivery_is_the_row_as_read_anywhere_else(store: Store) -> None:
+    # The SQL stores build claimed rows without Delivery.__init__ (models.assemble), SQLite
+    # from one JSON text per row: every field is there, times to the microsecond.
+    changes = f.declaration(0)
+    stmt = changes.statements[0]
+    due = T0 + timedelta(microseconds=123457)
+    changes.deliveries = [
+        f.new_delivery(
+            stmt,
+            "+33612345678",
+            ChannelName.SMS,
+            contacts={"sms": "+33612345678", "email": "dr.martin@example.org"},
+            policy=DeliveryPolicy(require_ack=True, escalate_after_s=600),
+            site="Hôpital Nord",
+            next_attempt_at=due,
+        )
+    ]
+    await store.commit(changes)
+    now = due + timedelta(seconds=1, microseconds=999999)
+    [claimed] = await store.claim_due("w1", now, 60.000001, 10)
+    assert set(vars(claimed)) == {field.name for field in fields(Delivery)}
+    assert claimed == replace(claimed)
+    [listed] = await store.deliveries(stmt.incident_id, Page(limit=10))
+    assert claimed == listed
+    assert claimed.contacts == {"sms": "+33612345678", "email": "dr.martin@example.org"}
+    assert claimed.policy.require_ack and claimed.site == "Hôpital Nord"
+    assert claimed.lease_until == now + timedelta(seconds=60.000001)
+    assert claimed.next_attempt_at == due and claimed.updated_at == now
 
 
 async def test_expired_lease_is_claimed_again(store: Store) -> None:

@@ -382,7 +382,7 @@ async def test_postgres_claims_read_due_rows_in_order_from_an_index() -> None:
 
 def test_sqlite_claims_read_due_rows_in_order_from_an_index(tmp_path: Path) -> None:
     asyncio.run(migrated(SqliteStore(str(tmp_path / "q.db"))))
-    due = SqliteStore.claim_sql.split("WHERE id IN (", 1)[1].rsplit(")", 1)[0]
+    due = SqliteStore.claim_sql.split("WHERE id IN (", 1)[1].split("\n)", 1)[0]
     db = sqlite3.connect(tmp_path / "q.db")
     try:
         plan = [r[3] for r in db.execute("EXPLAIN QUERY PLAN " + due, (1.0, 50))]

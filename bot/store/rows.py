@@ -29,6 +29,9 @@ from bot.domain.models import (
     assemble,
 )
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
 
 def ts(value: datetime | None) -> float | None:
     """Aware datetime → epoch seconds."""
@@ -38,6 +41,11 @@ def ts(value: datetime | None) -> float | None:
 def dt(value: float | None) -> datetime | None:
     """Epoch seconds → aware UTC datetime."""
     return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+def micros(value: datetime | None) -> int | None:
+    """Aware datetime → integer microseconds since the epoch (exact, unlike a float)."""
+    return (value - _EPOCH) // _MICROSECOND if value is not None else None
 
 
 def _dt(value: float) -> datetime:
@@ -288,7 +296,6 @@ def _contacts(raw: str) -> Mapping[str, str]:
 # A delivery row's columns are the fields of Delivery, by the same names.
 DELIVERY_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Delivery))
 _DELIVERY_TIMES = tuple(f.name for f in fields(Delivery) if str(f.type).startswith("datetime"))
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def delivery_from(r: Mapping[str, Any]) -> Delivery:

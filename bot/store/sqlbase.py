@@ -73,12 +73,6 @@ _INSERT_ATTEMPT = (
     "INSERT INTO attempts (delivery_id, at, outcome, provider_id, error, code) "
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
-# The same, only while the lease ``?`` still holds delivery ``?`` (fencing, in one statement).
-_INSERT_ATTEMPT_FENCED = (
-    "INSERT INTO attempts (delivery_id, at, outcome, provider_id, error, code) "
-    "SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS "
-    "(SELECT 1 FROM deliveries WHERE id = ? AND lease_owner = ?)"
-)
 
 
 # An outcome moves the row only while it is still ``sending``: an acknowledgement, a

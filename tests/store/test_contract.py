@@ -203,6 +203,63 @@ async def test_record_outcomes_and_attempts(store: Store) -> None:
     assert await store.find_by_provider_id("email", "<m1@x>") == sent
 
 
+async def test_a_batch_of_outcomes_is_recorded_exactly(store: Store) -> None:
+    # SQLite writes a batch in one statement over JSON: every time to the microsecond, the
+    # attempts of one delivery in their order, provider texts as they came.
+    await store.commit(f.declaration(2))
+    a, b = await store.claim_due("w", T0, 60, 10)
+    t1 = T0 + timedelta(seconds=1, microseconds=123457)
+    t2 = T0 + timedelta(seconds=2, microseconds=999999)
+    retry_at = T0 + timedelta(minutes=5, microseconds=1)
+    escalate_at = T0 + timedelta(minutes=10, microseconds=654321)
+    error = 'Réponse "502" de l\'hôte\nretry\\later'
+    applied = await store.record(
+        [
+            Outcome(
+                a.id,
+                DeliveryState.DELIVERED,
+                (
+                    Attempt(a.id, t1, "retry", None, error, "502"),
+                    Attempt(a.id, t2, "delivered", "id-7", None, "200"),
+                ),
+                escalate_at=escalate_at,
+                lease_owner="w",
+            ),
+            Outcome(
+                b.id,
+                DeliveryState.RETRYING,
+                (Attempt(b.id, t1, "unknown", None, error, None),),
+                next_attempt_at=retry_at,
+                lease_owner="w",
+            ),
+        ]
+    )
+    assert applied == [a.id, b.id]
+    attempts = await store.attempts([a.id, b.id])
+    assert [(x.at, x.outcome, x.error, x.code) for x in attempts[a.id]] == [
+        (t1, "retry", error, "502"),
+        (t2, "delivered", None, "200"),
+    ]
+    assert [(x.at, x.outcome, x.error) for x in attempts[b.id]] == [(t1, "unknown", error)]
+    delivered, retrying = await store.get_delivery(a.id), await store.get_delivery(b.id)
+    assert delivered is not None and retrying is not None
+    assert (delivered.state, delivered.attempts, delivered.provider_id) == (
+        DeliveryState.DELIVERED,
+        2,
+        "id-7",
+    )
+    assert delivered.escalate_at == escalate_at and delivered.updated_at == t2
+    assert (retrying.state, retrying.next_attempt_at, retrying.last_error) == (
+        DeliveryState.RETRYING,
+        retry_at,
+        error,
+    )
+    assert retrying.unknown_attempts == 1 and retrying.updated_at == t1
+    assert await store.claim_due("w2", retry_at - timedelta(microseconds=1), 60, 10) == []
+    [due] = await store.claim_due("w2", retry_at, 60, 10)
+    assert due.id == b.id
+
+
 async def test_failover_follow_up_is_queued(store: Store) -> None:
     changes = f.declaration(0)
     stmt = changes.statements[0]

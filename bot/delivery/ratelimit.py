@@ -53,14 +53,15 @@ class TokenBucket:
     tat: float = 0.0  # theoretical arrival time of the next message
     paused_until: float = 0.0
     backlog: float = 0.0  # when the last message given back to the queue is due
+    interval: float = field(init=False)
+    tolerance: float = field(init=False)  # how far ahead of its pace a burst may run
 
-    @property
-    def interval(self) -> float:
-        return 1.0 / self.rate
+    def __post_init__(self) -> None:
+        self.interval = 1.0 / self.rate
+        self.tolerance = (max(self.burst, 1) - 1) * self.interval
 
     def earliest(self, now: float) -> float:
-        tolerance = (max(self.burst, 1) - 1) * self.interval
-        return max(now, self.tat - tolerance, self.paused_until)
+        return max(now, self.tat - self.tolerance, self.paused_until)
 
     def take(self, at: float) -> None:
         self.tat = max(self.tat, at) + self.interval
@@ -137,8 +138,12 @@ class RateLimiter:
         now = self._clock()
         if not limits:
             return 0.0
-        buckets = [self._bucket(limit) for limit in limits]
-        at = max(b.earliest(now) for b in buckets)
+        buckets = [self._buckets.get(limit.key) or self._bucket(limit) for limit in limits]
+        at = now
+        for bucket in buckets:  # a loop, not max() over a generator: this runs every send
+            earliest = bucket.earliest(now)
+            if earliest > at:
+                at = earliest
         if max_wait is not None and at - now > max_wait:
             binding = [b for b in buckets if b.earliest(now) - now > max_wait]
             due = max(at, *(b.backlog for b in binding))

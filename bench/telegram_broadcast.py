@@ -9,7 +9,7 @@ its own process), in one run and against the same stand-in:
 Each keeps the same number of sends in flight; raw and tocsin alternate for a few rounds and
 each keeps its best. The last line is the figure::
 
-    telegram: n=… tocsin_per_s=… raw_per_s=… ratio=… cpu_us=<tocsin>/<raw>
+    telegram: n=… gc=… tocsin_per_s=… raw_per_s=… ratio=… cpu_us=<tocsin>/<raw>
 
 ``cpu_us`` is this process's CPU time per send (best round of each), the figure to compare
 when the machine is shared: the ratio moves with the other load, the CPU cost much less.
@@ -36,6 +36,7 @@ from telegram import Bot
 from telegram.request import HTTPXRequest
 
 from bot.channels.telegram import TelegramChannel, build_bot
+from bot.collector import tune
 from bot.domain.models import ChannelName
 from bot.ports import OutboundMessage
 from tocsin_sandbox.telegram_api import TelegramSandbox
@@ -105,7 +106,7 @@ def message(i: int) -> OutboundMessage:
     )
 
 
-async def main(n: int, rounds: int, with_httpx: bool) -> None:
+async def main(n: int, rounds: int, with_httpx: bool, gc: str) -> None:
     with sandbox_process() as url:
         connector = aiohttp.TCPConnector(limit=CONCURRENCY * 2)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -159,7 +160,7 @@ async def main(n: int, rounds: int, with_httpx: bool) -> None:
                 httpx_per_s = await rate(n, httpx)
 
     print(
-        f"telegram: n={n} tocsin_per_s={tocsin_per_s:.0f} raw_per_s={raw_per_s:.0f} "
+        f"telegram: n={n} gc={gc} tocsin_per_s={tocsin_per_s:.0f} raw_per_s={raw_per_s:.0f} "
         f"ratio={tocsin_per_s / raw_per_s:.2f} "
         f"cpu_us={min(tocsin_cpu):.0f}/{min(raw_cpu):.0f} rounds_raw/tocsin={rounds_seen}"
         + (f" httpx_per_s={httpx_per_s:.0f}" if with_httpx else "")
@@ -171,9 +172,16 @@ if __name__ == "__main__":
     parser.add_argument("-n", "--n", type=int, default=5000, help="messages per contender")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (best kept)")
     parser.add_argument("--no-httpx", action="store_true", help="skip the httpx reference")
+    parser.add_argument(
+        "--gc",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="the garbage collector settings of this process (server.gc)",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         asyncio.run(serve())
     else:
-        asyncio.run(main(args.n, args.rounds, not args.no_httpx))
+        tune(args.gc)
+        asyncio.run(main(args.n, args.rounds, not args.no_httpx, args.gc))

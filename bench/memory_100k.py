@@ -8,7 +8,9 @@ memory means the second half needs no more than the first). Each of the 100,000 
 its own webhook URL, so the worker also keeps a rate-limit bucket per recipient, as it would
 for people (``--no-recipient-limits`` leaves them out, to tell the two apart).
 
-    python bench/memory_100k.py [-n 100000] [--pg] [--no-recipient-limits]
+    python bench/memory_100k.py [-n 100000] [--pg] [--no-recipient-limits] [--gc default]
+
+``--gc`` is the worker's ``server.gc`` (default: the product's default, ``tuned``).
 """
 
 from __future__ import annotations
@@ -75,13 +77,19 @@ async def declare(storage_url: str, sink_url: str, n: int) -> str:
         await store.close()
 
 
-async def fan_out(storage_url: str, n: int, recipient_limits: bool) -> None:
+async def fan_out(storage_url: str, n: int, recipient_limits: bool, gc: str) -> None:
     with tempfile.TemporaryDirectory() as folder, Sink() as sink:
         declared_at = time.perf_counter()
         incident_id = await declare(storage_url, sink.url, n)
         declare_s = time.perf_counter() - declared_at
         declare_mb = own_peak_mb()
-        config = write_config(Path(folder), storage_url, lease_seconds=60, poll_interval=0.5)
+        config = write_config(
+            Path(folder),
+            storage_url,
+            lease_seconds=60,
+            poll_interval=0.5,
+            extra={"server": {"gc": gc}},
+        )
         if recipient_limits:
             # Per-recipient limits stay on (one bucket per URL); the host-wide one is lifted.
             text = config.read_text(encoding="utf-8").replace(
@@ -118,20 +126,20 @@ async def fan_out(storage_url: str, n: int, recipient_limits: bool) -> None:
         f"first_half_mb={first:.0f} second_half_mb={second:.0f} "
         f"declare_peak_mb={declare_mb:.0f} declare_s={declare_s:.1f} sink_peak_mb={sink_mb:.0f} "
         f"per_s={n / elapsed:.0f} samples={len(samples)} "
-        f"store={storage_url.split(':', 1)[0]} recipient_limits={recipient_limits}"
+        f"store={storage_url.split(':', 1)[0]} recipient_limits={recipient_limits} gc={gc}"
     )
 
 
-async def main(n: int, pg: bool, recipient_limits: bool) -> None:
+async def main(n: int, pg: bool, recipient_limits: bool, gc: str) -> None:
     if not pg:
         with tempfile.TemporaryDirectory() as folder:
-            await fan_out(f"sqlite:///{Path(folder) / 'memory.db'}", n, recipient_limits)
+            await fan_out(f"sqlite:///{Path(folder) / 'memory.db'}", n, recipient_limits, gc)
         return
     name = f"tocsin_bench_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(ADMIN_URL)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        await fan_out(ADMIN_URL.rsplit("/", 1)[0] + "/" + name, n, recipient_limits)
+        await fan_out(ADMIN_URL.rsplit("/", 1)[0] + "/" + name, n, recipient_limits, gc)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
@@ -146,5 +154,8 @@ if __name__ == "__main__":
         action="store_true",
         help="no per-recipient rate-limit bucket (isolates the worker's own memory)",
     )
+    parser.add_argument(
+        "--gc", choices=("tuned", "default"), default="tuned", help="the worker's server.gc"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.n, args.pg, not args.no_recipient_limits))
+    asyncio.run(main(args.n, args.pg, not args.no_recipient_limits, args.gc))

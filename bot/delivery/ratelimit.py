@@ -44,7 +44,7 @@ class SharedBudget(Protocol):
     async def pause_bucket(self, key: str, until: float) -> None: ...
 
 
-@dataclass
+@dataclass(slots=True)
 class TokenBucket:
     """``rate`` messages per second with bursts of ``burst``; ``paused_until`` from 429s."""
 
@@ -67,7 +67,7 @@ class TokenBucket:
         self.tat = max(self.tat, at) + self.interval
 
 
-@dataclass
+@dataclass(slots=True)
 class Stash:
     """Tokens one worker took from a shared bucket and has not used yet."""
 
@@ -86,7 +86,7 @@ class Stash:
         return False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Limit:
     """One bucket to pass: its key and its shape."""
 

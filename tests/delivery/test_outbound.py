@@ -59,3 +59,13 @@ def test_a_message_that_asks_for_none_carries_no_acknowledgement_token() -> None
     assert not message.require_ack
     assert message.ack_token == "" and message.ack_url is None
     assert message.callback_token == KEYS.token(delivery, CALLBACK)
+
+
+def test_tokens_are_those_of_messages_already_sent() -> None:
+    # Links and gateway callbacks already out in the world must keep working after an
+    # upgrade: the tokens of a delivery never change (values from the first release).
+    delivery = _delivery()
+    message = message_for(delivery, f.statement(), "https://tocsin.example", KEYS)
+    assert message.ack_token == "42.N3Z0u9XoV3wtflQ59uKT7Q"
+    assert message.callback_token == "42.ZVfnBy-hFH0yQYHtQ4BK6A"
+    assert message.idempotency_key == "tocsin-42-c08d3d36"

@@ -173,7 +173,7 @@ async def main(n: int, apprise_n: int, runs: int, only: str, loop: str, gc: str)
                 assert tocsin is not None and raw is not None
                 figures += [
                     f"apprise_per_s={apprise_rate:.0f}",
-                    f"tocsin/raw={tocsin / raw:.2f}",
+                    f"tocsin/raw={tocsin / raw:.3f}",
                     f"tocsin/apprise={tocsin / apprise_rate:.1f}",
                     f"cpu_us={tocsin_cpu / n * 1e6:.0f}/{raw_cpu / n * 1e6:.0f}",
                 ]

@@ -30,8 +30,9 @@ def tune(mode: CollectorMode) -> str:
         gc.freeze()
         _, middle, old = gc.get_threshold()
         gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+        # Said from what the collector now reports, not from what was asked of it.
         said = (
-            f"tuned (young generation every {YOUNG_THRESHOLD} objects, "
+            f"tuned (young generation every {gc.get_threshold()[0]} objects, "
             f"{gc.get_freeze_count()} start-up objects frozen)"
         )
     else:

@@ -2,7 +2,8 @@
 
 Compares, in one run and against the same sink:
   tocsin  — the real engine on SQLite: claim, send, and commit state + attempt per delivery;
-  raw     — a bare aiohttp POST loop, one shared ClientSession, the same 50 in flight;
+  raw     — a bare aiohttp POST loop, one shared ClientSession, the same 50 in flight
+            (``--concurrency``: both sides);
   apprise — Apprise's own notify() to the same number of json:// targets.
 Only deliveries whose state and attempt record are committed count for Tocsin. Both sides
 run on the same event loop (``--loop``) and garbage collector settings (``--gc``: the
@@ -42,7 +43,7 @@ from bot.ports import Page
 from bot.store.sqlite import SqliteStore
 from tests import factories
 
-CONCURRENCY = 50
+CONCURRENCY = 50  # sends in flight on both sides (--concurrency); the product's default
 
 
 @contextlib.contextmanager
@@ -68,7 +69,7 @@ async def sink_count(session: aiohttp.ClientSession, url: str) -> int:
         return int((await response.json())["count"])
 
 
-async def bench_tocsin(url: str, n: int) -> float:
+async def bench_tocsin(url: str, n: int, concurrency: int) -> float:
     with tempfile.TemporaryDirectory() as folder:
         store = SqliteStore(str(Path(folder) / "bench.db"))
         await store.open()
@@ -80,7 +81,7 @@ async def bench_tocsin(url: str, n: int) -> float:
             for i in range(n)
         ]
         await store.commit(changes)
-        connector = aiohttp.TCPConnector(limit=CONCURRENCY * 2)
+        connector = aiohttp.TCPConnector(limit=concurrency * 2)
         async with aiohttp.ClientSession(connector=connector) as session:
             channel = WebhookChannel(session, WebhookChannelSettings())
             channel.rate, channel.burst, channel.destination_rate = 1e9, 10**9, None
@@ -88,7 +89,7 @@ async def bench_tocsin(url: str, n: int) -> float:
                 store,
                 {ChannelName.WEBHOOK: channel},
                 SystemClock(),
-                config=DispatchConfig(concurrency=CONCURRENCY, batch_size=500, poll_interval=0.05),
+                config=DispatchConfig(concurrency=concurrency, batch_size=500, poll_interval=0.05),
             )
             stop, finished = asyncio.Event(), asyncio.Event()
             committed = 0
@@ -118,8 +119,8 @@ async def bench_tocsin(url: str, n: int) -> float:
     return done / elapsed
 
 
-async def bench_raw(url: str, n: int) -> float:
-    connector = aiohttp.TCPConnector(limit=CONCURRENCY * 2)
+async def bench_raw(url: str, n: int, concurrency: int) -> float:
+    connector = aiohttp.TCPConnector(limit=concurrency * 2)
     async with aiohttp.ClientSession(connector=connector) as session:
         queue = iter(range(n))
         ok = 0
@@ -134,7 +135,7 @@ async def bench_raw(url: str, n: int) -> float:
                     ok += r.status == 200
 
         started = time.perf_counter()
-        await asyncio.gather(*(lane() for _ in range(CONCURRENCY)))
+        await asyncio.gather(*(lane() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     assert ok == n
     return n / elapsed
@@ -154,15 +155,19 @@ async def bench_apprise(url: str, n: int) -> float:
     return n / elapsed
 
 
-async def main(n: int, apprise_n: int, runs: int, only: str, loop: str, gc: str) -> None:
+async def main(
+    n: int, apprise_n: int, runs: int, only: str, loop: str, gc: str, concurrency: int
+) -> None:
     with sink_process() as url:
         for _ in range(runs):
             figures = [f"n={n}", f"loop={loop}", f"gc={gc}"]
+            if concurrency != CONCURRENCY:
+                figures.append(f"in_flight={concurrency}")
             started = time.process_time()
-            raw = await bench_raw(url, n) if only in ("all", "raw") else None
+            raw = await bench_raw(url, n, concurrency) if only in ("all", "raw") else None
             raw_cpu = time.process_time() - started
             started = time.process_time()
-            tocsin = await bench_tocsin(url, n) if only in ("all", "tocsin") else None
+            tocsin = await bench_tocsin(url, n, concurrency) if only in ("all", "tocsin") else None
             tocsin_cpu = time.process_time() - started  # includes committing the n rows
             if tocsin is not None:
                 figures.append(f"tocsin_per_s={tocsin:.0f}")
@@ -205,7 +210,23 @@ if __name__ == "__main__":
         default="tuned",
         help="the garbage collector settings of this process (server.gc)",
     )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=CONCURRENCY,
+        help="sends in flight, the same on both sides (Tocsin's delivery.concurrency)",
+    )
     args = parser.parse_args()
     tune(args.gc)
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
-        runner.run(main(args.n, args.apprise_n or args.n, args.runs, args.only, args.loop, args.gc))
+        runner.run(
+            main(
+                args.n,
+                args.apprise_n or args.n,
+                args.runs,
+                args.only,
+                args.loop,
+                args.gc,
+                args.concurrency,
+            )
+        )

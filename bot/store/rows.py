@@ -309,17 +309,16 @@ def _from_micros(value: int | None) -> datetime | None:
     return datetime.fromtimestamp(value / 1_000_000, UTC) if value is not None else None
 
 
-def json_delivery(table: str = "") -> str:
+def json_delivery() -> str:
     """The SQLite expression of a delivery row as one JSON object, its times in integer
     microseconds (exact: SQLite writes a real number to JSON with 15 significant digits).
     One text per row crosses into Python instead of 30 values: SQLite builds it while the
     connection's thread has let go of the GIL (see :func:`deliveries_from_json`)."""
-    prefix = f"{table}." if table else ""
     parts = []
     for name in DELIVERY_FIELDS:
-        column = prefix + name
+        column = name
         if name in _DELIVERY_TIMES:
-            column = f"CAST(round({column} * 1000000) AS INTEGER)"
+            column = f"CAST(round({name} * 1000000) AS INTEGER)"
         parts.append(f"'{name}', {column}")
     return "json_object(" + ", ".join(parts) + ")"
 

@@ -85,9 +85,6 @@ class SqlBase:
     # Appended to a SELECT that a fenced write relies on: PostgreSQL locks the rows read
     # (a claim skips them); SQLite's write transaction already excludes every other writer.
     lock_rows = ""
-    # The driver runs statements handed to it one after another in the order given, without
-    # waiting for each answer (aiosqlite's thread): a transaction may queue several at once.
-    pipelined = False
 
     def __init__(self) -> None:
         self._work = asyncio.Event()

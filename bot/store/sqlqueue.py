@@ -3,13 +3,10 @@ acknowledgements, escalations and channel health."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, cast
-
-import orjson
+from typing import Any
 
 import bot.store.rows as rows
 from bot.domain.models import (
@@ -34,81 +31,54 @@ _RECORD = query("record_outcome")
 _RENEW = query("renew")
 _RELEASE = query("release")
 _LEASE_OWNERS = query("lease_owners")
-_RECORD_JSON = query("record_outcomes.sqlite")
-_INSERT_ATTEMPTS_JSON = query("insert_attempts.sqlite")
-_LEASE_OWNERS_JSON = query("lease_owners.sqlite")
 _CHUNK = 500
 
 log = logging.getLogger("tocsin.store")
 
 
-def _last(outcome: Outcome, name: str) -> Any:
-    return getattr(outcome.attempts[-1], name) if outcome.attempts else None
+Time = Callable[[datetime | None], Any]
 
 
-def _record_row(o: Outcome) -> tuple[Any, ...]:
-    """The parameters of ``record_outcome.sql`` for one outcome."""
+def outcome_row(o: Outcome, time: Time) -> tuple[Any, ...]:
+    """The parameters of ``record_outcome.sql`` for one outcome, times through ``time``
+    (epoch seconds; integer microseconds in SQLite's JSON batch, which takes the same rows):
+    state, attempts added, provider id, last error, next attempt, due time, escalation time,
+    unknown attempts added, update time, delivery id, lease owner."""
+    last = o.attempts[-1] if o.attempts else None
     return (
         o.state.value,
         len(o.attempts) if o.count_attempt else 0,
-        _last(o, "provider_id"),
-        _last(o, "error"),
-        rows.ts(o.next_attempt_at),
-        rows.ts(o.next_attempt_at) if o.state in PENDING_STATES else None,
-        rows.ts(o.escalate_at),
+        last.provider_id if last else None,
+        last.error if last else None,
+        time(o.next_attempt_at),
+        time(o.next_attempt_at) if o.state in PENDING_STATES else None,
+        time(o.escalate_at),
         sum(a.outcome == "unknown" for a in o.attempts),
-        _last(o, "at").timestamp() if o.attempts else None,
+        time(last.at) if last else None,
         o.delivery_id,
         o.lease_owner,
     )
 
 
-def _attempt_rows(outcomes: Sequence[Outcome]) -> list[tuple[Any, ...]]:
-    """The parameters of the attempts insert, one row per attempt."""
+def attempt_values(outcomes: Sequence[Outcome], time: Time) -> list[tuple[Any, ...]]:
+    """The attempts of ``outcomes``, one row each: delivery id, time (through ``time``),
+    outcome, provider id, error, code."""
     return [
-        (o.delivery_id, rows.ts(a.at), a.outcome, a.provider_id, a.error, a.code)
+        (o.delivery_id, time(a.at), a.outcome, a.provider_id, a.error, a.code)
         for o in outcomes
         for a in o.attempts
     ]
 
 
-def _outcome_json(o: Outcome) -> list[Any]:
-    """One outcome for ``record_outcomes.sqlite.sql``: :func:`_record_row`, led by the id and
-    the lease owner, times in integer microseconds."""
-    last = o.attempts[-1] if o.attempts else None
-    return [
-        o.delivery_id,
-        o.lease_owner,
-        o.state.value,
-        len(o.attempts) if o.count_attempt else 0,
-        last.provider_id if last else None,
-        last.error if last else None,
-        rows.micros(o.next_attempt_at),
-        rows.micros(o.next_attempt_at) if o.state in PENDING_STATES else None,
-        rows.micros(o.escalate_at),
-        sum(a.outcome == "unknown" for a in o.attempts),
-        rows.micros(last.at) if last else None,
-    ]
-
-
-def _attempts_json(outcomes: Sequence[Outcome]) -> list[list[Any]]:
-    """The attempts of ``outcomes`` for ``insert_attempts.sqlite.sql``."""
-    return [
-        [o.delivery_id, o.lease_owner, rows.micros(a.at), a.outcome, a.provider_id, a.error, a.code]
-        for o in outcomes
-        for a in o.attempts
-    ]
-
-
-def _applied(outcomes: Sequence[Outcome], holders: Mapping[int, str | None]) -> list[Outcome]:
+def applied(outcomes: Sequence[Outcome], holders: Mapping[int, str | None]) -> list[Outcome]:
     """The outcomes whose lease still holds their row (the rest are dropped, and logged)."""
-    applied = []
+    kept = []
     for o in outcomes:
         if o.lease_owner is not None and holders.get(o.delivery_id) == o.lease_owner:
-            applied.append(o)
+            kept.append(o)
         else:
             log.warning("outcome of delivery %d dropped: lease lost", o.delivery_id)
-    return applied
+    return kept
 
 
 class SqlQueue(SqlBase):
@@ -126,51 +96,22 @@ class SqlQueue(SqlBase):
     async def record(self, outcomes: Sequence[Outcome]) -> list[int]:
         if not outcomes:
             return []
-        if (
-            self.pipelined
-            and len(outcomes) <= _CHUNK
-            and all(o.follow_up is None for o in outcomes)
-        ):
-            return await self._record_pipelined(outcomes)
         async with self.transaction() as conn:
             holders = await self._lease_owners(conn, [o.delivery_id for o in outcomes])
-            applied = _applied(outcomes, holders)
-            await conn.executemany(_RECORD, [_record_row(o) for o in applied])
-            await conn.executemany(_INSERT_ATTEMPT, _attempt_rows(applied))
-            follow_ups = [o.follow_up for o in applied if o.follow_up is not None]
+            kept = applied(outcomes, holders)
+            await conn.executemany(_RECORD, [outcome_row(o, rows.ts) for o in kept])
+            await conn.executemany(_INSERT_ATTEMPT, attempt_values(kept, rows.ts))
+            follow_ups = [o.follow_up for o in kept if o.follow_up is not None]
             if follow_ups:
                 # Created when the worker decided them: the latest attempt of the batch.
-                times = [a.at for o in applied for a in o.attempts]
+                times = [a.at for o in kept for a in o.attempts]
                 decided = max(times or [f.next_attempt_at for f in follow_ups])
                 await self._insert_deliveries(conn, follow_ups, decided.timestamp())
-            if follow_ups or any(o.state in PENDING_STATES for o in applied):
+            if follow_ups or any(o.state in PENDING_STATES for o in kept):
                 await self._notify(conn)
         if follow_ups:
             self._work.set()
-        return [o.delivery_id for o in applied]
-
-    async def _record_pipelined(self, outcomes: Sequence[Outcome]) -> list[int]:
-        """:meth:`record` in three statements queued at once (a driver that runs them in
-        order), each over the whole batch as one JSON parameter: who holds each row, the
-        attempts inserted only where the outcome's lease holds it, then the fenced update.
-        One round trip inside the transaction instead of three, so the write lock is not held
-        while the worker's loop is busy; one step of SQLite per statement, so its thread takes
-        the GIL three times per batch rather than three times per row."""
-        ids = sorted({o.delivery_id for o in outcomes})
-        owned = [o for o in outcomes if o.lease_owner is not None]
-        async with self.transaction() as conn:
-            answers = await asyncio.gather(
-                conn.fetch(_LEASE_OWNERS_JSON, orjson.dumps(ids)),
-                conn.execute(_INSERT_ATTEMPTS_JSON, orjson.dumps(_attempts_json(owned))),
-                conn.execute(_RECORD_JSON, orjson.dumps([_outcome_json(o) for o in owned])),
-                return_exceptions=True,  # all three have run when the rollback is queued
-            )
-            for answer in answers:
-                if isinstance(answer, BaseException):
-                    raise answer
-        found = cast(list[Mapping[str, Any]], answers[0])
-        holders = dict(orjson.loads(found[0]["owners"]))
-        return [o.delivery_id for o in _applied(outcomes, holders)]
+        return [o.delivery_id for o in kept]
 
     async def _lease_owners(self, conn: Connection, ids: Sequence[int]) -> dict[int, str | None]:
         """Who holds each row now, the rows locked until the transaction ends (PostgreSQL), so

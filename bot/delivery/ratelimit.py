@@ -138,7 +138,7 @@ class RateLimiter:
         now = self._clock()
         if not limits:
             return 0.0
-        buckets = [self._buckets.get(limit.key) or self._bucket(limit) for limit in limits]
+        buckets = [self._bucket(limit) for limit in limits]
         at = now
         for bucket in buckets:  # a loop, not max() over a generator: this runs every send
             earliest = bucket.earliest(now)

@@ -289,9 +289,8 @@ def assemble(cls: type[R], values: dict[str, Any]) -> R:
     """A record of the frozen dataclass ``cls`` from a value for each of its fields, without
     its ``__init__``, which sets every field through ``object.__setattr__`` (a delivery's 30
     fields cost 3 µs that way, 0.5 µs this way). For the send path only, where the caller
-    names every field: the store contract suite and ``tests/delivery/test_outbound.py``
-    check that each caller does. ``values`` becomes the record's own: the caller lets go of
-    it."""
+    names every field (or copies them from another record): the store contract suite and
+    ``tests/delivery/test_outbound.py`` check the callers that name them."""
     record: R = object.__new__(cls)
     record.__dict__.update(values)
     return record

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from bot.domain.models import (
     Attempt,
@@ -37,7 +37,8 @@ class OutboundMessage:
     and the channel has no button of its own; ``ack_token`` is the opaque, unguessable
     reference a button or link carries back (empty when no acknowledgement is asked);
     ``callback_token`` is what a gateway's delivery report carries back (never the
-    acknowledgement token: gateway logs keep it).
+    acknowledgement token: gateway logs keep it). ``callback_token`` and ``idempotency_key``
+    are empty unless the channel names them in its ``keys``.
     """
 
     delivery_id: int
@@ -88,6 +89,10 @@ class Receipt:
     moved_to: str | None = None
 
 
+MessageKey = Literal["callback_token", "idempotency_key"]
+ALL_KEYS: frozenset[MessageKey] = frozenset(("callback_token", "idempotency_key"))
+
+
 @runtime_checkable
 class Channel(Protocol):
     """One outbound channel (e-mail, webhook, Slack, Telegram, SMS).
@@ -95,9 +100,13 @@ class Channel(Protocol):
     ``send`` returns a :class:`Receipt` or raises ``TransientError``, ``PermanentError`` or
     ``UnknownOutcome`` from :mod:`bot.domain.errors`. Limits are class attributes: ``rate`` and
     ``burst`` for the whole provider, ``destination_rate``/``destination_burst`` per address.
+    ``keys`` names the derived credentials of :class:`OutboundMessage` the adapter reads
+    (``callback_token``, ``idempotency_key``): only those are made for its messages (an HMAC
+    and a hash each), and a channel is never handed a credential it has no use for.
     """
 
     name: ChannelName
+    keys: frozenset[MessageKey]
     rate: float
     burst: int
     destination_rate: float | None

@@ -23,7 +23,7 @@ from bot.config_base import Duration, Strict
 from bot.domain.errors import ChannelError, PermanentError, TransientError
 from bot.domain.masking import mask_email, scrub
 from bot.domain.models import ChannelName, DeliveryState
-from bot.ports import OutboundMessage, Receipt
+from bot.ports import MessageKey, OutboundMessage, Receipt
 
 if TYPE_CHECKING:
     import aiohttp
@@ -142,6 +142,8 @@ class EmailChannel:
     """
 
     name = ChannelName.EMAIL
+    # The Message-ID of every attempt of a delivery derives from its idempotency key.
+    keys: frozenset[MessageKey] = frozenset({"idempotency_key"})
     # A relay, not a mailbox provider: bounded by the relay's own throttling, which is
     # usually generous for an organisation's own mail server.
     rate: float = 100.0

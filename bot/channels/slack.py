@@ -40,7 +40,7 @@ from bot.channels.spec import ChannelSpec, RateLimits, built_check
 from bot.config_base import Duration, Strict
 from bot.domain.errors import ChannelError, PermanentError, TransientError, UnknownOutcome
 from bot.domain.models import ChannelName, DeliveryState
-from bot.ports import OutboundMessage, Receipt
+from bot.ports import MessageKey, OutboundMessage, Receipt
 
 if TYPE_CHECKING:
     from bot.channels.spec import Settings
@@ -135,6 +135,7 @@ class SlackChannel:
     """Posts deliveries to Slack channels and users through ``chat.postMessage``."""
 
     name = ChannelName.SLACK
+    keys: frozenset[MessageKey] = frozenset()
     # The workspace-wide bucket: Slack allows "several hundred messages a minute" per app.
     rate: float = 5.0
     burst: int = 20

@@ -57,7 +57,7 @@ from bot.channels.telegram_request import AiohttpRequest, bot_urls, last_status,
 from bot.config_base import ConfigError
 from bot.domain.errors import ChannelError, PermanentError, TransientError, UnknownOutcome
 from bot.domain.models import ChannelName, DeliveryState
-from bot.ports import OutboundMessage, Receipt
+from bot.ports import MessageKey, OutboundMessage, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,7 @@ class TelegramChannel:
     """Sends a delivery's Telegram rendering to a chat id with the Bot API's ``sendMessage``."""
 
     name = ChannelName.TELEGRAM
+    keys: frozenset[MessageKey] = frozenset()
     max_length = MAX_LENGTH
     rate: float = 30.0  # messages/s for the whole bot
     burst: int = 30

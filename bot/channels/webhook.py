@@ -21,7 +21,7 @@ from bot.config_base import Duration, Strict
 from bot.domain.errors import PermanentError
 from bot.domain.masking import mask_url
 from bot.domain.models import ChannelName, DeliveryState
-from bot.ports import OutboundMessage, Receipt
+from bot.ports import MessageKey, OutboundMessage, Receipt
 
 if TYPE_CHECKING:
     from bot.channels.spec import Settings
@@ -59,6 +59,8 @@ class WebhookChannel:
     """
 
     name = ChannelName.WEBHOOK
+    # Its Idempotency-Key comes from the delivery id alone; no gateway calls back.
+    keys: frozenset[MessageKey] = frozenset()
     # Per receiving host (see provider_key); generous, the per-URL limit is the tight one.
     rate: float = 20.0
     burst: int = 40

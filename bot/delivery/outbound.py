@@ -5,7 +5,7 @@ from __future__ import annotations
 from bot.delivery.ratelimit import Limit
 from bot.domain.ack_tokens import ACK, CALLBACK, AckKeys
 from bot.domain.models import Delivery, Statement, assemble
-from bot.ports import Channel, OutboundMessage
+from bot.ports import ALL_KEYS, Channel, MessageKey, OutboundMessage
 
 
 def limits_for(channel: Channel, delivery: Delivery) -> list[Limit]:
@@ -52,11 +52,16 @@ def destination_key(delivery: Delivery) -> str:
 
 
 def message_for(
-    delivery: Delivery, statement: Statement, public_url: str, tokens: AckKeys | None = None
+    delivery: Delivery,
+    statement: Statement,
+    public_url: str,
+    tokens: AckKeys | None = None,
+    keys: frozenset[MessageKey] = ALL_KEYS,
 ) -> OutboundMessage:
-    """The outbound message of one delivery, with its gateway callback credential and, when
-    it asks for one, its acknowledgement token recomputed from the deployment key (neither
-    is stored)."""
+    """The outbound message of one delivery, with, when it asks for one, its acknowledgement
+    token recomputed from the deployment key (never stored), and the credentials ``keys``
+    names (the channel's :attr:`~bot.ports.Channel.keys`): the gateway callback credential
+    (recomputed too) and the idempotency key."""
     tokens = tokens or AckKeys(b"")
     bodies = statement.bodies
     require_ack = delivery.policy.require_ack and delivery.is_member
@@ -76,8 +81,12 @@ def message_for(
             "ack_token": ack_token,
             "ack_url": f"{public_url}/ack/{ack_token}" if require_ack else None,
             "status_url": public_url,
-            "idempotency_key": f"tocsin-{delivery.id}-{tokens.nonce_tag(delivery)}",
-            "callback_token": tokens.token(delivery, CALLBACK),
+            "idempotency_key": (
+                f"tocsin-{delivery.id}-{tokens.nonce_tag(delivery)}"
+                if "idempotency_key" in keys
+                else ""
+            ),
+            "callback_token": tokens.token(delivery, CALLBACK) if "callback_token" in keys else "",
             "labels": {
                 "incident": delivery.incident_id,
                 "audience": delivery.audience,

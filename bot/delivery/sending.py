@@ -69,9 +69,11 @@ class Sender:
         self.tokens = tokens or AckKeys(b"")
         self.routes = Routes()
 
-    def message_for(self, delivery: Delivery, statement: Statement) -> OutboundMessage:
-        """The outbound message of one delivery."""
-        return message_for(delivery, statement, self.public_url, self.tokens)
+    def message_for(
+        self, delivery: Delivery, statement: Statement, channel: Channel
+    ) -> OutboundMessage:
+        """The outbound message of one delivery, with the credentials its channel reads."""
+        return message_for(delivery, statement, self.public_url, self.tokens, channel.keys)
 
     async def send(self, delivery: Delivery) -> Result:
         """Send ``delivery`` and decide what becomes of it; raises :class:`LeaseLost` when the
@@ -117,7 +119,7 @@ class Sender:
         def failed_try(exc: BaseException) -> None:
             attempts.append(self._attempt(delivery, exc))
 
-        message = self.message_for(delivery, statement)
+        message = self.message_for(delivery, statement, channel)
         try:
             # Refused, or cancelled, once this worker's lease on the row has lapsed (LeaseLost).
             with self.guard(delivery.id):

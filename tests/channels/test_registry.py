@@ -24,7 +24,7 @@ from bot.domain.declarations import IncidentDraft
 from bot.domain.masking import mask_address
 from bot.domain.models import Actor, ChannelName, DeliveryState, Role, StatementKind
 from bot.domain.rendering import KIND_FORMATS, packaged_templates
-from bot.ports import OutboundMessage, Receipt
+from bot.ports import MessageKey, OutboundMessage, Receipt
 from bot.store.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ class ToyChannel:
     """The toy's adapter: keeps what it is asked to send."""
 
     name = TOY
+    keys: frozenset[MessageKey] = frozenset()
     rate = 5.0
     burst = 5
     destination_rate: float | None = 1.0

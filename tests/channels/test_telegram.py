@@ -25,7 +25,7 @@ from bot.domain.models import (
     DeliveryState,
     StatementKind,
 )
-from bot.ports import Changes, Channel, OutboundMessage, Receipt
+from bot.ports import ALL_KEYS, Changes, Channel, OutboundMessage, Receipt
 from bot.store.memory import MemoryStore
 from tests.factories import T0, incident, new_delivery, statement
 from tests.fakes.http_standin import HttpStandin, Reply
@@ -364,6 +364,7 @@ class Recording:
     """A channel that accepts everything (the SMS and e-mail gateways are not under test)."""
 
     rate, burst, destination_rate, destination_burst = 1000.0, 1000, None, 1
+    keys = ALL_KEYS
 
     def __init__(self, name: ChannelName) -> None:
         self.name = name

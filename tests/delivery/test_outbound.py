@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from dataclasses import fields, replace
 
+import pytest
+
+from bot.channels.email import EmailChannel
+from bot.channels.slack import SlackChannel
+from bot.channels.sms.kannel import KannelChannel
+from bot.channels.sms.twilio import TwilioChannel
+from bot.channels.telegram import TelegramChannel
+from bot.channels.webhook import WebhookChannel
 from bot.delivery.outbound import message_for
 from bot.domain.ack_tokens import ACK, CALLBACK, AckKeys
 from bot.domain.models import ChannelName, Delivery, DeliveryPolicy, DeliveryState
@@ -69,3 +79,27 @@ def test_tokens_are_those_of_messages_already_sent() -> None:
     assert message.ack_token == "42.N3Z0u9XoV3wtflQ59uKT7Q"
     assert message.callback_token == "42.ZVfnBy-hFH0yQYHtQ4BK6A"
     assert message.idempotency_key == "tocsin-42-c08d3d36"
+
+
+def test_a_channel_is_handed_only_the_credentials_it_reads() -> None:
+    delivery = _delivery()
+    bare = message_for(delivery, f.statement(), "https://tocsin.example", KEYS, frozenset())
+    assert bare.callback_token == "" and bare.idempotency_key == ""
+    assert bare.ack_token == KEYS.token(delivery, ACK)  # asked of the person, whatever the channel
+    gateway = message_for(
+        delivery, f.statement(), "https://tocsin.example", KEYS, frozenset({"callback_token"})
+    )
+    assert gateway.callback_token == KEYS.token(delivery, CALLBACK)
+    assert gateway.idempotency_key == ""
+
+
+@pytest.mark.parametrize(
+    "adapter",
+    [WebhookChannel, SlackChannel, TelegramChannel, EmailChannel, KannelChannel, TwilioChannel],
+)
+def test_every_adapter_names_the_credentials_its_module_reads(adapter: type) -> None:
+    # An adapter that read message.callback_token without naming it would send an empty
+    # credential (a delivery report nobody could match): checked against its module's source.
+    source = inspect.getsource(inspect.getmodule(adapter))
+    read = set(re.findall(r"message\.(callback_token|idempotency_key)\b", source))
+    assert read == set(adapter.keys)

@@ -18,7 +18,7 @@ import pytest
 from bot.delivery.worker import DispatchConfig, Dispatcher
 from bot.domain.clock import FakeClock
 from bot.domain.models import ChannelName, DeliveryState, Outcome
-from bot.ports import OutboundMessage, Page, Receipt, Store
+from bot.ports import MessageKey, OutboundMessage, Page, Receipt, Store
 from bot.store.memory import MemoryStore
 from tests.drills import Sink, WorkerProcess, fan_out, wait_until, write_config
 
@@ -123,6 +123,7 @@ class _GatedChannel:
     """A webhook stand-in: the first ``quick`` sends answer at once, the rest wait for a gate."""
 
     name = ChannelName.WEBHOOK
+    keys: frozenset[MessageKey] = frozenset()
     rate: float = 1e6
     burst: int = 10**6
     destination_rate: float | None = None

@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable
 
 from bot.domain.models import ChannelName, DeliveryState
-from bot.ports import OutboundMessage, Receipt
+from bot.ports import ALL_KEYS, OutboundMessage, Receipt
 
 Script = Callable[[OutboundMessage], Receipt]
 
@@ -20,6 +20,7 @@ class RecordingChannel:
     burst = 1000
     destination_rate: float | None = None
     destination_burst = 1
+    keys = ALL_KEYS  # keeps every message whole, as an adapter that reads them all
 
     def __init__(
         self,

@@ -20,7 +20,7 @@ from bot.config import ConfigError, Settings, settings_from_dict
 from bot.domain.clock import FakeClock
 from bot.domain.models import ChannelName, Delivery, DeliveryPolicy, DeliveryState, StatementKind
 from bot.interfaces.telegram_bot import REFUSAL, UNKNOWN_ACK, WEBHOOK_PATH
-from bot.ports import Changes, Channel, OutboundMessage, Receipt
+from bot.ports import ALL_KEYS, Changes, Channel, OutboundMessage, Receipt
 from bot.store.memory import MemoryStore
 from tests.factories import T0, incident, new_delivery, statement
 from tocsin_sandbox.telegram_api import SECRET_HEADER, TelegramSandbox
@@ -47,6 +47,7 @@ class Recording:
 
     name = ChannelName.EMAIL
     rate, burst, destination_rate, destination_burst = 1000.0, 1000, None, 1
+    keys = ALL_KEYS
 
     def __init__(self) -> None:
         self.sent: list[OutboundMessage] = []

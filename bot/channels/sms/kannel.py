@@ -25,7 +25,7 @@ from bot.domain.errors import PermanentError, TransientError, UnknownOutcome
 from bot.domain.masking import mask_phone
 from bot.domain.models import ChannelName, DeliveryState
 from bot.domain.sms_text import sms_encoding
-from bot.ports import OutboundMessage, Receipt
+from bot.ports import MessageKey, OutboundMessage, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ class KannelChannel:
     """
 
     name = ChannelName.SMS
+    # Kannel's dlr-url carries the callback credential back with each delivery report.
+    keys: frozenset[MessageKey] = frozenset({"callback_token"})
     # Kannel queues what it accepts and paces the SMSC itself (its ``throughput``); this only
     # keeps a declaration's burst from flooding the smsbox.
     rate: float = 100.0

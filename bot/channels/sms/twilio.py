@@ -33,7 +33,7 @@ from bot.domain.errors import ChannelError, PermanentError, TransientError, Unkn
 from bot.domain.masking import mask_phone
 from bot.domain.models import ChannelName, DeliveryState
 from bot.domain.sms_text import sms_encoding
-from bot.ports import OutboundMessage, Receipt
+from bot.ports import MessageKey, OutboundMessage, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class TwilioChannel:
     """
 
     name = ChannelName.SMS
+    keys: frozenset[MessageKey] = frozenset({"callback_token", "idempotency_key"})
     # Twilio queues what it accepts (up to four hours) and paces each sender itself.
     rate: float = 30.0
     burst: int = 60

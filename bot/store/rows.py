@@ -303,12 +303,6 @@ def delivery_from(r: Mapping[str, Any]) -> Delivery:
     return _delivery({name: r[name] for name in DELIVERY_FIELDS}, dt)
 
 
-def _from_micros(value: int | None) -> datetime | None:
-    # Exact until 2106: below 2**32 seconds, the nearest double to a whole number of
-    # microseconds is within a quarter of a microsecond of it, and fromtimestamp rounds.
-    return datetime.fromtimestamp(value / 1_000_000, UTC) if value is not None else None
-
-
 def json_delivery() -> str:
     """The SQLite expression of a delivery row as one JSON object, its times in integer
     microseconds (exact: SQLite writes a real number to JSON with 15 significant digits).
@@ -324,8 +318,22 @@ def json_delivery() -> str:
 
 
 def deliveries_from_json(texts: Iterable[str]) -> list[Delivery]:
-    """The deliveries of :func:`json_delivery`'s texts, parsed together."""
-    return [_delivery(v, _from_micros) for v in orjson.loads(f"[{','.join(texts)}]")]
+    """The deliveries of :func:`json_delivery`'s texts, parsed together. The rows of a claim
+    share most of their times (one declaration's creation and due time, one lease): each
+    distinct time is converted once and the rows share the (immutable) datetime."""
+    seen: dict[int, datetime] = {}
+
+    def time(micros: int | None) -> datetime | None:
+        if micros is None:
+            return None
+        found = seen.get(micros)
+        if found is None:
+            # Exact until 2106: below 2**32 seconds, the nearest double to a whole number of
+            # microseconds is within a quarter of a microsecond of it, and fromtimestamp rounds.
+            found = seen[micros] = datetime.fromtimestamp(micros / 1_000_000, UTC)
+        return found
+
+    return [_delivery(v, time) for v in orjson.loads(f"[{','.join(texts)}]")]
 
 
 def _delivery(v: dict[str, Any], time: Callable[[Any], datetime | None]) -> Delivery:

@@ -211,7 +211,7 @@ def build_dispatcher(runtime: Runtime) -> Dispatcher:
             backoff_max=cfg.backoff_max,
         ),
         # Every worker of the deployment shares each provider's and destination's budget.
-        limiter=RateLimiter(clock=lambda: runtime.clock.now().timestamp(), shared=runtime.store),
+        limiter=RateLimiter(clock=runtime.clock.timestamp, shared=runtime.store),
         tokens=runtime.service.tokens,
     )
     system = Actor("tocsin", Role.ADMIN)

@@ -27,6 +27,10 @@ class Clock(Protocol):
 
     def now(self) -> datetime: ...
 
+    def timestamp(self) -> float:
+        """``now()`` in epoch seconds."""
+        ...
+
 
 @dataclass(frozen=True)
 class OutboundMessage:

@@ -81,7 +81,7 @@ class Dispatcher:
         self.clock = clock
         self.config = config or DispatchConfig()
         self.retry = retry or RetryPolicy()
-        self.limiter = limiter or RateLimiter(clock=lambda: clock.now().timestamp())
+        self.limiter = limiter or RateLimiter(clock=clock.timestamp)
         self.worker_id = worker_id or f"worker-{secrets.token_hex(4)}"
         self.breakers = CircuitBreakers(
             clock.now,

@@ -24,7 +24,7 @@ from bot.domain.declarations import IncidentDraft
 from bot.domain.masking import mask_address
 from bot.domain.models import Actor, ChannelName, DeliveryState, Role, StatementKind
 from bot.domain.rendering import KIND_FORMATS, packaged_templates
-from bot.ports import MessageKey, OutboundMessage, Receipt
+from bot.ports import OutboundMessage, Receipt
 from bot.store.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -43,10 +43,10 @@ class ToySettings(Strict):
 
 
 class ToyChannel:
-    """The toy's adapter: keeps what it is asked to send."""
+    """The toy's adapter: keeps what it is asked to send. It names no ``keys``, like an adapter
+    written before they existed: it is handed every credential."""
 
     name = TOY
-    keys: frozenset[MessageKey] = frozenset()
     rate = 5.0
     burst = 5
     destination_rate: float | None = 1.0
@@ -191,6 +191,7 @@ async def test_a_declaration_reaches_the_channel_through_the_worker(
             assert message.channel == TOY
             assert message.bodies["toy"].startswith("[toy] ")
             assert "Orbis" in message.bodies["toy"]
+            assert message.callback_token and message.idempotency_key
         rows = await rt.store.deliveries(incident.id)
         assert {(d.channel, d.state) for d in rows} == {(TOY, DeliveryState.DELIVERED)}
 

@@ -38,11 +38,13 @@ class _SqliteConnection:
         return [dict(zip(names, row, strict=True)) for row in found]
 
     async def execute(self, sql: str, *args: Any) -> int:
+        # One round trip to the connection's thread: the cursor is not closed by another
+        # (closing it only frees the statement, which dropping it does too).
         try:
-            async with self._db.execute(sql, args) as cursor:
-                return cursor.rowcount
+            cursor = await self._db.execute(sql, args)
         except sqlite3.IntegrityError as exc:
             raise IntegrityError(str(exc)) from None
+        return cursor.rowcount
 
     async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
         try:

@@ -49,6 +49,8 @@ test: lint
 # `make bench MILLION=1` adds a million deliveries on PostgreSQL (tens of minutes, GB of disk).
 bench: $(BIN)/tocsin
 	$(BIN)/python bench/fanout.py
+	$(BIN)/python bench/engine_alone.py
+	$(BIN)/python bench/loop_idle.py
 	$(BIN)/python bench/priority.py
 	$(BIN)/python bench/ratelimited.py
 	$(BIN)/python bench/telegram_broadcast.py

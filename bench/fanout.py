@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import aiohttp
@@ -69,7 +70,17 @@ async def sink_count(session: aiohttp.ClientSession, url: str) -> int:
         return int((await response.json())["count"])
 
 
-async def bench_tocsin(url: str, n: int, concurrency: int) -> float:
+async def run_tracked(
+    channel: WebhookChannel,
+    url: str,
+    n: int,
+    concurrency: int,
+    timed: AbstractContextManager[object] | None = None,
+) -> float:
+    """The real engine on SQLite sends ``n`` deliveries to ``url``/hook/… through ``channel``
+    (its rate limits lifted); returns deliveries a second from the start of the worker to the
+    commit of the last outcome, the part ``timed`` wraps, once every state and attempt is
+    checked committed."""
     with tempfile.TemporaryDirectory() as folder:
         store = SqliteStore(str(Path(folder) / "bench.db"))
         await store.open()
@@ -81,33 +92,31 @@ async def bench_tocsin(url: str, n: int, concurrency: int) -> float:
             for i in range(n)
         ]
         await store.commit(changes)
-        connector = aiohttp.TCPConnector(limit=concurrency * 2)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            channel = WebhookChannel(session, WebhookChannelSettings())
-            channel.rate, channel.burst, channel.destination_rate = 1e9, 10**9, None
-            worker = Dispatcher(
-                store,
-                {ChannelName.WEBHOOK: channel},
-                SystemClock(),
-                config=DispatchConfig(concurrency=concurrency, batch_size=500, poll_interval=0.05),
-            )
-            stop, finished = asyncio.Event(), asyncio.Event()
-            committed = 0
+        channel.rate, channel.burst, channel.destination_rate = 1e9, 10**9, None
+        worker = Dispatcher(
+            store,
+            {ChannelName.WEBHOOK: channel},
+            SystemClock(),
+            config=DispatchConfig(concurrency=concurrency, batch_size=500, poll_interval=0.05),
+        )
+        stop, finished = asyncio.Event(), asyncio.Event()
+        committed = 0
 
-            def count(delivery: Delivery, outcome: Outcome) -> None:
-                # Called once the outcome's batch is committed: the store is not polled.
-                nonlocal committed
-                committed += outcome.state == DeliveryState.DELIVERED
-                if committed == n:
-                    finished.set()
+        def count(delivery: Delivery, outcome: Outcome) -> None:
+            # Called once the outcome's batch is committed: the store is not polled.
+            nonlocal committed
+            committed += outcome.state == DeliveryState.DELIVERED
+            if committed == n:
+                finished.set()
 
-            worker.observers.append(count)
+        worker.observers.append(count)
+        with timed or contextlib.nullcontext():
             started = time.perf_counter()
             task = asyncio.create_task(worker.run(stop))
             await finished.wait()
             elapsed = time.perf_counter() - started
-            stop.set()
-            await task
+        stop.set()
+        await task
         counts = await store.delivery_counts(stmt.incident_id)
         attempts = await store.attempts(
             [d.id for d in await store.deliveries(stmt.incident_id, Page(limit=n))]
@@ -117,6 +126,13 @@ async def bench_tocsin(url: str, n: int, concurrency: int) -> float:
     recorded = sum(1 for rows in attempts.values() if rows)
     assert done == n and recorded == n, (counts, recorded)
     return done / elapsed
+
+
+async def bench_tocsin(url: str, n: int, concurrency: int) -> float:
+    connector = aiohttp.TCPConnector(limit=concurrency * 2)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        channel = WebhookChannel(session, WebhookChannelSettings())
+        return await run_tracked(channel, url, n, concurrency)
 
 
 async def bench_raw(url: str, n: int, concurrency: int) -> float:

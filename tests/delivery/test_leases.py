@@ -251,6 +251,76 @@ async def test_lapsed_lease_stops_the_send_and_the_next_holder_decides(
     assert "lease lapsed before its outcome" in caplog.text
 
 
+class _FirstLeaseTakenOver(MemoryStore):
+    """Refuses to renew the first lease it is asked about, as when another worker has taken
+    its row; every later lease renews."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: str | None = None
+
+    async def renew(
+        self, owner: str, delivery_ids: Sequence[int], now: datetime, lease_seconds: float
+    ) -> list[int]:
+        if self.refused in (None, owner):
+            self.refused = owner
+            return []
+        return await super().renew(owner, delivery_ids, now, lease_seconds)
+
+
+class _StuckOnce(CountingChannel):
+    """Its first send hangs until cancelled; ``swallow`` makes it ignore that cancellation and
+    answer anyway, as a badly written adapter might. Every later send answers at once."""
+
+    def __init__(self, swallow: bool) -> None:
+        super().__init__()
+        self.swallow = swallow
+
+    async def send(self, message: OutboundMessage) -> Receipt:
+        if self.calls:
+            return await super().send(message)
+        self.calls.append(message)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cut_short += 1
+            if not self.swallow:
+                raise
+        return Receipt("late", DeliveryState.DELIVERED)
+
+
+@pytest.mark.parametrize("swallow", [False, True], ids=["cancelled", "cancellation-swallowed"])
+async def test_a_send_stopped_by_its_lease_leaves_the_worker_sending_the_rest(
+    swallow: bool,
+) -> None:
+    """One send slot: the row whose lease is taken over is stopped mid-send, and the same
+    worker goes on to send every other row (and, once the lease is free again, that row)."""
+    store = _FirstLeaseTakenOver()
+    await store.commit(hooks(4))
+    channel = _StuckOnce(swallow)
+    w1 = worker(
+        store, channel, SystemClock(), "w1", lease_seconds=0.3, poll_interval=0.01, concurrency=1
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(w1.run(stop))
+    try:
+
+        async def all_done() -> bool:
+            return await store.pending_count(INCIDENT) == 0
+
+        await wait_until(all_done, "every delivery to finish", 10, every=0.01)
+    finally:
+        stop.set()
+        await running
+    assert channel.cut_short == 1
+    rows = await store.deliveries(INCIDENT)
+    assert [d.state for d in rows] == [DeliveryState.DELIVERED] * 4
+    # The stopped send recorded nothing (or, swallowed, was fenced): each row sent and
+    # recorded once, the stopped one again after its lease ran out.
+    assert sorted(d.attempts for d in rows) == [1, 1, 1, 1]
+    assert len(channel.calls) == 5
+
+
 class _SlowFirstCommit(MemoryStore):
     """Holds the first ``record`` until told, as a database stalled mid-commit would."""
 

@@ -174,16 +174,13 @@ class _Sending:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
         leases, task = self._leases, self._task
+        # A send that swallowed the cancellation ends normally: its outcome is fenced.
         lapsed = task in leases._lapsed
         leases._lapsed.discard(task)
         leases._sending.pop(self._delivery_id, None)
-        if lapsed:
-            # The task is the worker's send lane, which goes on to its next row: the
-            # cancellation asked for here is spent, whether the send let it through or
-            # swallowed it (then its outcome ends normally and is fenced).
+        if kind is not None and issubclass(kind, asyncio.CancelledError) and lapsed:
             task.uncancel()
-            if kind is not None and issubclass(kind, asyncio.CancelledError):
-                raise LeaseLost(self._delivery_id) from None
+            raise LeaseLost(self._delivery_id) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,6 @@ shown as blocked.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import heapq
 import itertools
@@ -112,13 +111,7 @@ class Dispatcher:
         self.observers: list[Observer] = []
         self.timeline_note: TimelineNote | None = None
         self.alive_at: datetime | None = None
-        # One long-lived task per send slot (a lane) rather than a task per delivery: a lane
-        # waits for a row, sends it, buffers its outcome and waits again.
-        self._lanes: list[asyncio.Task[None]] = []
-        self._idle: collections.deque[asyncio.Future[Delivery | None]] = collections.deque()
-        self._sending = 0  # lanes with a send under way
-        self._sent = asyncio.Event()  # set whenever no send is under way
-        self._sent.set()
+        self._inflight: set[asyncio.Task[None]] = set()
         # Claimed rows waiting for a send slot, urgent lane first: a send that ends starts
         # the next at once, without a round trip to the store.
         self._ready: list[tuple[int, int, Delivery]] = []
@@ -165,7 +158,7 @@ class Dispatcher:
         """Rows this worker may claim now: up to ``concurrency`` sending plus one batch
         waiting for a slot. Rows whose outcome is not yet written are still leased: they
         count as in flight."""
-        held = self._sending + len(self._ready) + self.queue.unwritten
+        held = len(self._inflight) + len(self._ready) + self.queue.unwritten
         return self.config.concurrency + self.config.batch_size - held
 
     @property
@@ -212,31 +205,21 @@ class Dispatcher:
             # Write once every send under way has its outcome: one transaction per round of
             # sends. Writing every quarter of the concurrency was no faster, and held SQLite's
             # write lock four times as often (another process's commit waited up to 107 ms).
-            return not self._sending or self.queue.unwritten >= self.config.concurrency
+            return not self._inflight or self.queue.unwritten >= self.config.concurrency
         return False
 
     async def _shutdown(self) -> None:
         self._stopping = True
-        if self._sending:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._sent.wait(), self.config.shutdown_timeout)
-        # Lanes still sending are cancelled; the idle ones stop.
-        await self._stop_lanes()
+        if self._inflight:
+            _, pending = await asyncio.wait(self._inflight, timeout=self.config.shutdown_timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         # Claimed rows that never got a slot go back to the queue, due now, for any worker.
         self._give_back_ready()
         # Cancelled sends leave their rows leased: the lease expiry hands them to a worker.
         with contextlib.suppress(Exception):
             await self.flush()
-
-    async def _stop_lanes(self) -> None:
-        while self._idle:
-            waiting = self._idle.popleft()
-            if not waiting.done():
-                waiting.set_result(None)
-        lanes, self._lanes = self._lanes, []
-        for lane in lanes:
-            lane.cancel()
-        await asyncio.gather(*lanes, return_exceptions=True)
 
     def _give_back_ready(self) -> None:
         now = self.clock.now()
@@ -253,9 +236,9 @@ class Dispatcher:
         try:
             while True:
                 claimed = await self._claim_and_start()
-                while self._sending or self._ready:
-                    if self._sending:
-                        await self._sent.wait()
+                while self._inflight or self._ready:
+                    if self._inflight:
+                        await asyncio.wait(set(self._inflight))
                     await self.flush()  # frees the slots: the next waiting rows start
                 await self.flush()
                 total += claimed
@@ -264,7 +247,6 @@ class Dispatcher:
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
-            await self._stop_lanes()
 
     async def _claim_and_start(self) -> int:
         room = self._room()
@@ -290,43 +272,12 @@ class Dispatcher:
         while (
             not self._stopping
             and self._ready
-            and self._sending + self.queue.unrecorded < self.config.concurrency
+            and len(self._inflight) + self.queue.unrecorded < self.config.concurrency
         ):
             _, _, delivery = heapq.heappop(self._ready)
-            self._sending += 1
-            self._sent.clear()
-            self._idle_lane().set_result(delivery)
-
-    def _idle_lane(self) -> asyncio.Future[Delivery | None]:
-        """A lane waiting for a row (one is started when none is: at most ``concurrency``
-        lanes ever run, since each send holds a slot)."""
-        while self._idle:
-            waiting = self._idle.popleft()
-            if not waiting.done():
-                return waiting
-        waiting = asyncio.get_running_loop().create_future()
-        self._lanes.append(asyncio.create_task(self._lane(waiting)))
-        return waiting
-
-    async def _lane(self, waiting: asyncio.Future[Delivery | None]) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            delivery = await waiting
-            if delivery is None:
-                return
-            try:
-                await self._run_one(delivery)
-            except Exception:
-                log.exception("delivery task failed")
-            finally:
-                self._sending -= 1
-                if not self._sending:
-                    self._sent.set()
-            waiting = loop.create_future()
-            self._idle.append(waiting)
-            self._start_ready()
-            if self._enough_to_do():  # wake the loop only when it has something to write
-                self._progress.set()
+            task = asyncio.create_task(self._run_one(delivery))
+            self._inflight.add(task)
+            task.add_done_callback(self._done)
 
     async def _run_one(self, delivery: Delivery) -> None:
         try:
@@ -339,6 +290,14 @@ class Dispatcher:
         finally:
             self.statements.done(delivery.statement_id)
             self.queue.finished(delivery.id)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._start_ready()
+        if self._enough_to_do():  # wake the loop only when it has something to write
+            self._progress.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task failed", exc_info=task.exception())
 
     async def flush(self) -> None:
         """Write buffered outcomes, releases and health changes; on failure keep them."""

@@ -5,11 +5,15 @@ Times every ``select()`` of the loop while the worker runs, by what the worker w
 is under way), ``sending`` (sends in flight, neither of the above). One line per run::
 
     loop_idle: n=… tocsin_per_s=… wall_us=… writing_us=… claiming_us=… sending_us=… \
-wakeups_per_write=…
+wakeups_per_write=… selects_per_delivery=…/… events_per_select=…/…
 
 Each ``*_us`` is microseconds of waiting per delivery; ``wakeups_per_write`` is how many times
 the loop woke up while one batch of outcomes was written (each answer from aiosqlite's thread
-wakes it). The timing wraps the selector, so the rates are a little below ``fanout.py``'s.
+wakes it). ``selects_per_delivery`` and ``events_per_select`` count the loop's iterations
+(calls of ``select()``) and the sockets each found ready, for Tocsin and then for the raw loop
+of ``fanout.py`` (run just before it, against the same sink): a loop that keeps up with its
+answers iterates once per answer or two, one that runs behind takes many per iteration. The
+timing wraps the selector, so the rates are a little below ``fanout.py``'s.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fanout import CONCURRENCY, bench_tocsin, sink_process
+from fanout import CONCURRENCY, bench_raw, bench_tocsin, sink_process
 
 from bot.collector import tune
 from bot.delivery.worker import Dispatcher
@@ -37,6 +41,7 @@ _claiming = [False]
 _waited: Counter[str] = Counter()
 _wakeups: Counter[str] = Counter()
 _writes = [0]
+_selects: Counter[str] = Counter()  # "calls" and "events", whichever loop is running
 
 
 def _state(worker: Dispatcher) -> str:
@@ -51,6 +56,8 @@ def _timed_select(select: Callable[..., Any]) -> Callable[..., Any]:
     def timed(self: selectors.BaseSelector, timeout: float | None = None) -> Any:
         started = time.perf_counter()
         ready = select(self, timeout)
+        _selects["calls"] += 1
+        _selects["events"] += len(ready)
         if _worker:
             state = _state(_worker[0])
             _waited[state] += time.perf_counter() - started
@@ -92,17 +99,30 @@ def _instrument() -> None:
         setattr(Dispatcher, name, patched)
 
 
+def _loop_counts(n: int) -> tuple[float, float]:
+    """Selects per delivery and ready sockets per select since the last call."""
+    calls, events = _selects["calls"], _selects["events"]
+    _selects.clear()
+    return calls / n, events / max(1, calls)
+
+
 async def main(n: int, runs: int) -> None:
     with sink_process() as url:
         for _ in range(runs):
             _waited.clear()
             _wakeups.clear()
             _writes[0] = 0
+            _selects.clear()
+            await bench_raw(url, n, CONCURRENCY)
+            raw_selects, raw_events = _loop_counts(n)
             rate = await bench_tocsin(url, n, CONCURRENCY)
+            selects, events = _loop_counts(n)
             figures = [f"n={n}", f"tocsin_per_s={rate:.0f}", f"wall_us={1e6 / rate:.0f}"]
             for state in ("writing", "claiming", "sending"):
                 figures.append(f"{state}_us={_waited[state] / n * 1e6:.1f}")
             figures.append(f"wakeups_per_write={_wakeups['writing'] / max(1, _writes[0]):.1f}")
+            figures.append(f"selects_per_delivery={selects:.2f}/{raw_selects:.2f}")
+            figures.append(f"events_per_select={events:.1f}/{raw_events:.1f}")
             print(f"loop_idle: {' '.join(figures)}", flush=True)
 
 

@@ -310,9 +310,7 @@ def json_delivery() -> str:
     connection's thread has let go of the GIL (see :func:`deliveries_from_json`)."""
     parts = []
     for name in DELIVERY_FIELDS:
-        column = name
-        if name in _DELIVERY_TIMES:
-            column = f"CAST(round({name} * 1000000) AS INTEGER)"
+        column = f"CAST(round({name} * 1000000) AS INTEGER)" if name in _DELIVERY_TIMES else name
         parts.append(f"'{name}', {column}")
     return "json_object(" + ", ".join(parts) + ")"
 

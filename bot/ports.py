@@ -280,9 +280,10 @@ class Store(Protocol):
         row is not due); returns the ids ``owner`` still holds (the others were taken)."""
         ...
 
-    async def release(self, delivery_ids: Sequence[int], worker: str, at: datetime) -> None:
-        """Give deliveries leased by ``worker`` (the lease owner) back to the queue, due at
-        ``at``, without counting an attempt; rows another owner holds are left alone."""
+    async def release(self, due: Sequence[tuple[int, datetime]], worker: str) -> None:
+        """Give deliveries leased by ``worker`` (the lease owner) back to the queue, each
+        ``(id, time)`` due at its own time, in one transaction, without counting an attempt;
+        rows another owner holds are left alone."""
         ...
 
     async def advance(

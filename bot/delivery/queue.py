@@ -210,6 +210,7 @@ class Queue:
         self._released: list[Release] = []
         self._settling: set[int] = set()  # rows whose outcome or release waits for a write
         self._writing = 0  # outcomes in the write under way
+        self.outcomes_since = 0.0  # loop time the oldest buffered outcome was decided
         self._wake_at: list[float] = []  # loop times when rows given back come due (a heap)
 
     @property
@@ -247,6 +248,8 @@ class Queue:
         if isinstance(result, Release):
             self._released.append(result)
         else:
+            if not self._outcomes:
+                self.outcomes_since = asyncio.get_running_loop().time()
             self._outcomes.append((delivery, result))
 
     def finished(self, delivery_id: int) -> None:
@@ -284,28 +287,34 @@ class Queue:
         failure keep them. Returns the outcomes the store applied (fencing dropped the rest)."""
         if self._released:
             released, self._released = self._released, []
-            by_time: dict[tuple[datetime, str | None], list[int]] = {}
+            # One transaction per lease, whatever the rows' times: rows given back by a rate
+            # limit are each due one interval after the last, so one per time would be one
+            # per row.
+            by_owner: dict[str, list[tuple[int, datetime]]] = {}
             for r in released:
-                by_time.setdefault((r.at, self.leases.owner(r.delivery_id)), []).append(
-                    r.delivery_id
-                )
+                owner = self.leases.owner(r.delivery_id)
+                if owner is not None:
+                    by_owner.setdefault(owner, []).append((r.delivery_id, r.at))
             try:
-                for (at, owner), ids in by_time.items():
-                    if owner is not None:
-                        await self.store.release(ids, owner, at)
+                for owner, given_back in by_owner.items():
+                    await self.store.release(given_back, owner)
             except Exception:
                 self._released = released + self._released
                 raise
             for r in released:
                 self._settled(r.delivery_id)
             loop, now = asyncio.get_running_loop(), self.clock.now()
-            for at, _ in by_time:
-                due = loop.time() + max(0.0, (at - now).total_seconds())
-                # Rounded up to 10 ms: never wake before the row is due, nor for every row.
-                heapq.heappush(self._wake_at, math.ceil(due * 100) / 100)
+            # Rounded up to 10 ms: never wake before a row is due, nor for every row.
+            wake = {
+                math.ceil((loop.time() + max(0.0, (r.at - now).total_seconds())) * 100) / 100
+                for r in released
+            }
+            for due in wake:
+                heapq.heappush(self._wake_at, due)
         if not self._outcomes:
             return ()
         batch, self._outcomes = self._outcomes, []
+        since = self.outcomes_since
         self._writing = len(batch)
         try:
             applied = set(
@@ -315,6 +324,7 @@ class Queue:
             )
         except Exception:
             self._outcomes = batch + self._outcomes
+            self.outcomes_since = since  # the oldest is the batch's
             raise
         finally:
             self._writing = 0

@@ -17,6 +17,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import math
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ class DispatchConfig:
     concurrency: int = 50
     batch_size: int = 200
     poll_interval: float = 0.5
+    # The longest an outcome waits for the rest of its round: a send that hangs (a provider
+    # slow to answer, a rate limit's wait) must not hold the others' outcomes and slots.
+    write_after: float = 0.05
     shutdown_timeout: float = 10.0
     inline_wait_max: float = 0.5
     escalation_interval: float = 1.0
@@ -119,6 +123,7 @@ class Dispatcher:
         self._stopping = False
         self._progress = asyncio.Event()
         self._next_escalation_scan = 0.0
+        self._wake_by = math.inf  # when the loop's wait ends at the latest, while it waits
 
     # --- the loop ------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -177,26 +182,39 @@ class Dispatcher:
             # Rows given back to the queue (rate limits, 429s) are due before the next poll.
             timeout = min(timeout, due - now)
         deadline = now + timeout
-        while not self._enough_to_do():
-            self._progress.clear()
-            waiters: list[asyncio.Future[Any]] = [
-                asyncio.ensure_future(stop.wait()),
-                asyncio.ensure_future(self._progress.wait()),
-            ]
-            if self._room() > 0:
-                waiters.append(asyncio.ensure_future(self.store.wait_for_work(timeout)))
-            try:
-                done, _ = await asyncio.wait(
-                    waiters,
-                    timeout=max(0.0, deadline - loop.time()),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-            finally:
-                for waiter in waiters:
-                    waiter.cancel()
-                await asyncio.gather(*waiters, return_exceptions=True)
-            if not done or stop.is_set() or waiters[1] not in done:
-                return  # stopped, new work announced, or time to poll
+        try:
+            while not self._enough_to_do():
+                self._progress.clear()
+                # The round's write is due ``write_after`` from its first outcome at the latest.
+                self._wake_by = deadline
+                if self.queue.has_outcomes:
+                    self._wake_by = min(deadline, self._write_due())
+                waiters: list[asyncio.Future[Any]] = [
+                    asyncio.ensure_future(stop.wait()),
+                    asyncio.ensure_future(self._progress.wait()),
+                ]
+                if self._room() > 0:
+                    waiters.append(asyncio.ensure_future(self.store.wait_for_work(timeout)))
+                try:
+                    done, _ = await asyncio.wait(
+                        waiters,
+                        timeout=max(0.0, self._wake_by - loop.time()),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    for waiter in waiters:
+                        waiter.cancel()
+                    await asyncio.gather(*waiters, return_exceptions=True)
+                if not done and loop.time() < deadline:
+                    continue  # the write is due: the loop's test now says so
+                if not done or stop.is_set() or waiters[1] not in done:
+                    return  # stopped, new work announced, or time to poll
+        finally:
+            self._wake_by = math.inf
+
+    def _write_due(self) -> float:
+        """The loop time by which the buffered outcomes are to be written."""
+        return self.queue.outcomes_since + self.config.write_after
 
     def _enough_to_do(self) -> bool:
         if self.queue.has_releases:
@@ -205,7 +223,12 @@ class Dispatcher:
             # Write once every send under way has its outcome: one transaction per round of
             # sends. Writing every quarter of the concurrency was no faster, and held SQLite's
             # write lock four times as often (another process's commit waited up to 107 ms).
-            return not self._inflight or self.queue.unwritten >= self.config.concurrency
+            # A round whose last sends are slow is written after ``write_after`` all the same.
+            return (
+                not self._inflight
+                or self.queue.unwritten >= self.config.concurrency
+                or asyncio.get_running_loop().time() >= self._write_due()
+            )
         return False
 
     async def _shutdown(self) -> None:
@@ -294,7 +317,9 @@ class Dispatcher:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
         self._start_ready()
-        if self._enough_to_do():  # wake the loop only when it has something to write
+        # Wake the loop only when it has something to write, or to set the time by which it
+        # will (this round's first outcome).
+        if self._enough_to_do() or (self.queue.has_outcomes and self._write_due() < self._wake_by):
             self._progress.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed", exc_info=task.exception())

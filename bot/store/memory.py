@@ -181,8 +181,8 @@ class MemoryStore(MemoryCoordination):
                 kept.append(i)
         return sorted(kept)
 
-    async def release(self, delivery_ids: Sequence[int], worker: str, at: datetime) -> None:
-        for i in delivery_ids:
+    async def release(self, due: Sequence[tuple[int, datetime]], worker: str) -> None:
+        for i, at in due:
             d = self.rows[i]
             if d.state == DeliveryState.SENDING and d.lease_owner == worker:
                 self.rows[i] = replace(

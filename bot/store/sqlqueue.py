@@ -146,12 +146,12 @@ class SqlQueue(SqlBase):
                 kept.extend(r["id"] for r in found)
         return sorted(kept)
 
-    async def release(self, delivery_ids: Sequence[int], worker: str, at: datetime) -> None:
-        if not delivery_ids:
+    async def release(self, due: Sequence[tuple[int, datetime]], worker: str) -> None:
+        if not due:
             return
-        due = at.timestamp()
+        params = [(at.timestamp(), at.timestamp(), i, worker) for i, at in due]
         async with self.transaction() as conn:
-            await conn.executemany(_RELEASE, [(due, due, i, worker) for i in delivery_ids])
+            await conn.executemany(_RELEASE, params)
 
     async def advance(
         self,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -421,3 +421,49 @@ async def test_worker_never_sends_a_row_it_holds_twice() -> None:
     assert len(channel.calls) == 1
     [row] = await store.deliveries(INCIDENT)
     assert (row.state, row.attempts) == (DeliveryState.DELIVERED, 1)  # under the new lease
+
+
+class _OneHangs(CountingChannel):
+    """Its first send hangs until ``answer`` is set (a provider slow to answer); every later
+    send answers at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = asyncio.Event()
+
+    async def send(self, message: OutboundMessage) -> Receipt:
+        if self.calls:
+            return await super().send(message)
+        self.calls.append(message)
+        await self.answer.wait()
+        return Receipt("late", DeliveryState.DELIVERED)
+
+
+async def test_a_send_that_hangs_holds_neither_the_others_outcomes_nor_their_slots() -> None:
+    """Five send slots, one taken by a send that does not answer: the other 19 rows are sent
+    and recorded through the four slots left, long before the poll (a minute here) would
+    have written them; the slow row is recorded once it answers."""
+    store = MemoryStore()
+    await store.commit(hooks(20))
+    channel = _OneHangs()
+    w1 = worker(store, channel, SystemClock(), "w1", poll_interval=60.0, concurrency=5)
+    stop = asyncio.Event()
+    running = asyncio.create_task(w1.run(stop))
+
+    def delivered(n: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            counts = await store.delivery_counts(INCIDENT)
+            return counts.get(DeliveryState.DELIVERED.value, 0) == n
+
+        return check
+
+    try:
+        await wait_until(delivered(19), "the 19 other rows to be recorded", 10, every=0.01)
+        assert not channel.answer.is_set() and len(channel.calls) == 20
+        channel.answer.set()
+        await wait_until(delivered(20), "the slow row to be recorded", 10, every=0.01)
+    finally:
+        stop.set()
+        await running
+    rows = await store.deliveries(INCIDENT)
+    assert sorted(d.attempts for d in rows) == [1] * 20

@@ -365,11 +365,28 @@ async def test_release_does_not_count_an_attempt(store: Store) -> None:
     await store.commit(f.declaration(1))
     [d] = await store.claim_due("w", T0, 60, 10)
     later = T0 + timedelta(seconds=5)
-    await store.release([d.id], "w", later)
+    await store.release([(d.id, later)], "w")
     back = await store.get_delivery(d.id)
     assert back is not None and back.state == DeliveryState.QUEUED and back.attempts == 0
     assert await store.claim_due("w", T0, 60, 10) == []
     assert len(await store.claim_due("w", later, 60, 10)) == 1
+
+
+async def test_a_release_gives_each_row_back_at_its_own_time(store: Store) -> None:
+    await store.commit(f.declaration(3))
+    first, second, third = await store.claim_due("w", T0, 60, 10)
+    soon, later = T0 + timedelta(seconds=1), T0 + timedelta(seconds=2)
+    # ``third`` is given back by a lease that does not hold it: left as it is.
+    await store.release([(first.id, soon), (second.id, later)], "w")
+    await store.release([(third.id, soon)], "another")
+    rows = {r.id: r for r in await store.deliveries(first.incident_id)}
+    assert [rows[d.id].state for d in (first, second, third)] == [
+        DeliveryState.QUEUED,
+        DeliveryState.QUEUED,
+        DeliveryState.SENDING,
+    ]
+    assert [d.id for d in await store.claim_due("w2", soon, 60, 10)] == [first.id]
+    assert [d.id for d in await store.claim_due("w2", later, 60, 10)] == [second.id]
 
 
 async def test_latest_pending_acknowledgement_by_address(store: Store) -> None:
@@ -487,7 +504,7 @@ async def test_stale_owner_outcome_changes_nothing(store: Store) -> None:
     assert (row.state, row.lease_owner, row.attempts) == (DeliveryState.SENDING, "w2:1", 0)
     assert row.lease_until == again.lease_until
     assert (await store.attempts([d.id]))[d.id] == []
-    await store.release([d.id], "w1:1", T0)  # a stale release is ignored too
+    await store.release([(d.id, T0)], "w1:1")  # a stale release is ignored too
     assert await store.claim_due("w3:1", T0 + timedelta(seconds=62), 60, 10) == []
     sent_at = T0 + timedelta(seconds=63)
     assert await store.record(

@@ -123,7 +123,9 @@ class Dispatcher:
         self._stopping = False
         self._progress = asyncio.Event()
         self._next_escalation_scan = 0.0
-        self._wake_by = math.inf  # when the loop's wait ends at the latest, while it waits
+        # When the loop's current wait ends at the latest (outside a wait, a wake-up is
+        # harmless: each wait clears the event first).
+        self._wake_by = math.inf
 
     # --- the loop ------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -182,35 +184,32 @@ class Dispatcher:
             # Rows given back to the queue (rate limits, 429s) are due before the next poll.
             timeout = min(timeout, due - now)
         deadline = now + timeout
-        try:
-            while not self._enough_to_do():
-                self._progress.clear()
-                # The round's write is due ``write_after`` from its first outcome at the latest.
-                self._wake_by = deadline
-                if self.queue.has_outcomes:
-                    self._wake_by = min(deadline, self._write_due())
-                waiters: list[asyncio.Future[Any]] = [
-                    asyncio.ensure_future(stop.wait()),
-                    asyncio.ensure_future(self._progress.wait()),
-                ]
-                if self._room() > 0:
-                    waiters.append(asyncio.ensure_future(self.store.wait_for_work(timeout)))
-                try:
-                    done, _ = await asyncio.wait(
-                        waiters,
-                        timeout=max(0.0, self._wake_by - loop.time()),
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                finally:
-                    for waiter in waiters:
-                        waiter.cancel()
-                    await asyncio.gather(*waiters, return_exceptions=True)
-                if not done and loop.time() < deadline:
-                    continue  # the write is due: the loop's test now says so
-                if not done or stop.is_set() or waiters[1] not in done:
-                    return  # stopped, new work announced, or time to poll
-        finally:
-            self._wake_by = math.inf
+        while not self._enough_to_do():
+            self._progress.clear()
+            # The round's write is due ``write_after`` from its first outcome at the latest.
+            self._wake_by = deadline
+            if self.queue.has_outcomes:
+                self._wake_by = min(deadline, self._write_due())
+            waiters: list[asyncio.Future[Any]] = [
+                asyncio.ensure_future(stop.wait()),
+                asyncio.ensure_future(self._progress.wait()),
+            ]
+            if self._room() > 0:
+                waiters.append(asyncio.ensure_future(self.store.wait_for_work(timeout)))
+            try:
+                done, _ = await asyncio.wait(
+                    waiters,
+                    timeout=max(0.0, self._wake_by - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+                await asyncio.gather(*waiters, return_exceptions=True)
+            if not done and loop.time() < deadline:
+                continue  # the write is due: the loop's test now says so
+            if not done or stop.is_set() or waiters[1] not in done:
+                return  # stopped, new work announced, or time to poll
 
     def _write_due(self) -> float:
         """The loop time by which the buffered outcomes are to be written."""

@@ -3,6 +3,7 @@ their send slots. SQLite and PostgreSQL, real HTTP."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bot.domain.models import DeliveryState
@@ -41,21 +42,19 @@ async def test_a_hanging_send_holds_neither_the_other_outcomes_nor_their_slots(
         worker = WorkerProcess(config, tmp_path / "worker.log").start()
         try:
 
-            async def others_recorded() -> bool:
-                assert worker.running(), worker.log_tail()
-                return await store.pending_count(INCIDENT) == 1
+            def pending(n: int) -> Callable[[], Awaitable[bool]]:
+                async def check() -> bool:
+                    assert worker.running(), worker.log_tail()
+                    return await store.pending_count(INCIDENT) == n
 
-            await wait_until(others_recorded, "the 19 other deliveries to be recorded", 20)
+                return check
+
+            await wait_until(pending(1), "the 19 other deliveries to be recorded", 20)
             rows = await store.deliveries(INCIDENT)
             [hanging] = [d for d in rows if d.state != DeliveryState.DELIVERED]
             assert hanging.id == provider.arrived[0] and hanging.state == DeliveryState.SENDING
             provider.release()
-
-            async def all_recorded() -> bool:
-                assert worker.running(), worker.log_tail()
-                return await store.pending_count(INCIDENT) == 0
-
-            await wait_until(all_recorded, "the answered delivery to be recorded", 20)
+            await wait_until(pending(0), "the answered delivery to be recorded", 20)
             assert worker.stop() == 0, worker.log_tail()
         finally:
             worker.close()
